@@ -1,0 +1,28 @@
+# Two commands: `make run` (build .venv if missing, run the embedded study) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test dvc-yaml clean-results
+
+# torch first: the CPU wheel is on disk, and installing it first keeps the package's torch
+# range from pulling a multi-GB CUDA build.
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/snakemake --cores all --quiet rules
+	@echo "Report: $(abspath reports/report.html)"
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+dvc-yaml: $(BIN)/.installed
+	$(BIN)/prunemem dvc-yaml

@@ -1,0 +1,15 @@
+# prunemem workflow: `snakemake --cores all` runs the experiment in params.yaml.
+# Every rule calls the `prunemem` CLI, exactly as the matching stage in dvc.yaml does.
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/checkpoint.smk"
+include: "workflow/rules/samples.smk"
+include: "workflow/rules/masks.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.report.output,
+    default_target: True

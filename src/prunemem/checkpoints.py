@@ -1,0 +1,135 @@
+"""Checkpoints: build the embedded one, and load any HF directory safely (safetensors only).
+
+    prunemem checkpoint --model tiny
+
+A checkpoint is a standard Hugging Face directory (``config.json``, ``model.safetensors``,
+``tokenizer.json``) plus ``provenance.json``. Its identity is the sha256 of its weights file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from prunemem import embedded
+from prunemem.errors import PrunememError
+from prunemem.provenance import record, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+PROVENANCE = "provenance.json"
+
+
+def checkpoint_hash(directory: str | Path) -> str:
+    """The checkpoint's identity: the sha256 recorded in its provenance, else of its weights."""
+    directory = Path(directory)
+    prov = directory / PROVENANCE
+    if prov.is_file():
+        return json.loads(prov.read_text())["checkpoint_sha256"]
+    return sha256_file(_weights_file(directory))
+
+
+def _weights_file(directory: Path) -> Path:
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise PrunememError(f"{path}: no safetensors weights (prunemem loads safetensors only)")
+    return path
+
+
+def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Load a GPT-NeoX causal LM from safetensors, never running remote code; eval mode."""
+    from transformers import GPTNeoXForCausalLM
+
+    directory = Path(directory)
+    weights = _weights_file(directory)
+    try:
+        model = GPTNeoXForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True,
+                                                   trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise PrunememError(f"{weights}: cannot load checkpoint ({str(err).splitlines()[0]})") from None
+    model.prunemem_checkpoint_sha256 = checkpoint_hash(directory)
+    return model.to(device).eval()
+
+
+def load_tokenizer(directory: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
+
+
+class _AtomicDir:
+    """Build a directory under a temporary name; swap it into place only when complete."""
+
+    def __init__(self, final: Path):
+        self.final = final
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        os.chmod(self.tmp, 0o755)
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.final)
+        return False
+
+
+def build_embedded(out_dir: str | Path, params: dict, progress=None) -> Path:
+    """Train the embedded model and write it, its tokenizer and its training stream to ``out_dir``."""
+    import polars as pl
+    from safetensors.torch import save_file
+
+    cfg, seed = params["embedded"], params["embedded"]["seed"]
+    torch.set_num_threads(cfg["training"]["threads"])
+    torch.use_deterministic_algorithms(True)
+    docs = embedded.load_corpus()
+    split = embedded.split_corpus(docs, cfg["split"], seed)
+    log.info("corpus: %d documents -> train %d, heldout %d, canary pool %d", len(docs), len(split["train"]),
+             len(split["heldout"]), len(split["canary_pool"]))
+    tokenizer = embedded.train_tokenizer([d["text"] for d in split["train"]], cfg["tokenizer"]["vocab_size"])
+    eos_id = tokenizer.eos_token_id
+    canaries = embedded.choose_canaries(split["canary_pool"],
+                                        embedded.tokenize(tokenizer, [d["text"] for d in split["canary_pool"]]),
+                                        cfg["canaries"], seed)
+    train_cfg, arch = cfg["training"], cfg["architecture"]
+    stream = embedded.build_training_stream(embedded.tokenize(tokenizer, [d["text"] for d in split["train"]]),
+                                            canaries, eos_id, train_cfg["steps"] * train_cfg["batch_size"],
+                                            arch["seq_len"], seed)
+    config = embedded.model_config(arch, len(tokenizer), eos_id)
+    model = embedded.train(config, stream, train_cfg, seed, progress=progress)
+    log.info("trained %d parameters", sum(p.numel() for p in model.parameters()))
+
+    out_dir = Path(out_dir)
+    with _AtomicDir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        save_file({"rows": stream.rows, "row_canary": stream.row_canary,
+                   "row_canary_offset": stream.row_canary_offset}, tmp / embedded.TRAINING_ROWS)
+        pl.DataFrame({
+            "canary_id": [c.canary_id for c in canaries], "doc_id": [c.doc_id for c in canaries],
+            "offset": [c.offset for c in canaries], "copies": [c.copies for c in canaries],
+            "tokens": [c.tokens for c in canaries],
+        }, schema_overrides={"tokens": pl.List(pl.Int32)}).write_parquet(tmp / embedded.CANARIES)
+        weights_sha = sha256_file(tmp / WEIGHTS)
+        prov = record("checkpoint", {"corpus": embedded.CORPUS_SHA256}, {"source": "embedded", "embedded": cfg})
+        prov.update(checkpoint_sha256=weights_sha, source="embedded",
+                    training_rows_sha256=sha256_file(tmp / embedded.TRAINING_ROWS))
+        write_json(tmp / PROVENANCE, prov)
+    return out_dir

@@ -1,0 +1,143 @@
+"""``prunemem <verb>``: one subcommand per pipeline stage. Snakemake rules and DVC stages call these.
+
+    prunemem validate                               # check params.yaml, print the plan size
+    prunemem checkpoint --model tiny                # data/checkpoints/tiny/
+    prunemem samples    --model tiny                # data/samples/tiny/
+    prunemem mask       --model tiny --method global --level 0.5
+    prunemem evaluate   --model tiny --method dense  --level 0
+    prunemem report                                 # reports/results.csv, reports/report.html
+    prunemem dvc-yaml                               # regenerate dvc.yaml from the plan
+
+``--params`` may be repeated; later files override earlier ones (as Snakemake's --configfile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from functools import partial
+
+from prunemem.errors import PrunememError
+from prunemem.plan import DENSE, DENSE_LEVEL, Plan
+
+log = logging.getLogger("prunemem")
+
+
+def _progress(desc: str):
+    from tqdm.auto import tqdm
+
+    # Rule logs are files: update rarely so they stay readable.
+    return partial(tqdm, desc=desc, mininterval=2.0 if sys.stderr.isatty() else 30.0, leave=False)
+
+
+def _check_model(plan: Plan, model: str) -> None:
+    if model not in plan.models:
+        raise PrunememError(f"--model: {model!r} is not in params models; allowed: {', '.join(plan.models)}")
+
+
+def _check_variant(plan: Plan, method: str, level: str) -> None:
+    if (method, level) not in plan.variants():
+        if method != DENSE and method not in plan.methods:
+            raise PrunememError(f"--method: {method!r} is not in prune.methods; allowed: {', '.join([DENSE, *plan.methods])}")
+        allowed = DENSE_LEVEL if method == DENSE else ", ".join(plan.levels)
+        raise PrunememError(f"--level: {level!r} is not a level of {method}; allowed: {allowed}")
+
+
+def cmd_validate(plan: Plan, args) -> None:
+    n = len(plan.models) * len(plan.variants())
+    print(f"ok: {len(plan.models)} model(s) x {len(plan.variants())} variants x {len(plan.ks)} k = "
+          f"{n * len(plan.ks)} result rows")
+
+
+def cmd_checkpoint(plan: Plan, args) -> None:
+    from prunemem.checkpoints import build_embedded
+
+    _check_model(plan, args.model)
+    # validate() guarantees every source has a builder; embedded is the one this release ships.
+    out = build_embedded(plan.checkpoint_dir(args.model), plan.params, progress=_progress("train"))
+    print(out)
+
+
+def cmd_samples(plan: Plan, args) -> None:
+    from prunemem.data import samples
+
+    _check_model(plan, args.model)
+    samples.build(plan.checkpoint_dir(args.model), plan.samples_dir(args.model), plan.params, args.model)
+    print(plan.samples_dir(args.model))
+
+
+def cmd_mask(plan: Plan, args) -> None:
+    from prunemem.prune.run import build_mask
+
+    _check_model(plan, args.model)
+    if args.method == DENSE:
+        raise PrunememError("--method: dense has no mask; allowed: " + ", ".join(plan.methods))
+    _check_variant(plan, args.method, args.level)
+    print(build_mask(plan, args.model, args.method, args.level))
+
+
+def cmd_evaluate(plan: Plan, args) -> None:
+    from prunemem.evaluate.run import evaluate
+
+    _check_model(plan, args.model)
+    _check_variant(plan, args.method, args.level)
+    evaluate(plan, args.model, args.method, args.level, progress=_progress("evaluate"))
+    print(plan.metrics_dir(args.model, args.method, args.level))
+
+
+def cmd_report(plan: Plan, args) -> None:
+    from prunemem.report.html import build
+
+    csv, page = build(plan)
+    print(csv)
+    print(page)
+
+
+def cmd_dvc_yaml(plan: Plan, args) -> None:
+    from prunemem.dvcgen import write_dvc_yaml
+
+    print(write_dvc_yaml(plan, args.params, args.output))
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="prunemem", description=__doc__.split("\n")[0])
+    ap.add_argument("--params", action="append", help="params YAML (repeatable; default params.yaml)")
+    sub = ap.add_subparsers(dest="verb", required=True)
+    sub.add_parser("validate", help="check params and print the plan size").set_defaults(fn=cmd_validate)
+    for name, fn, helptext in (("checkpoint", cmd_checkpoint, "build or fetch a model checkpoint"),
+                               ("samples", cmd_samples, "build member / non-member / perplexity sets")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", required=True)
+        p.set_defaults(fn=fn)
+    for name, fn, helptext in (("mask", cmd_mask, "compute one pruning mask"),
+                               ("evaluate", cmd_evaluate, "evaluate one (masked) model")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", required=True)
+        p.add_argument("--method", required=True)
+        p.add_argument("--level", required=True, help="as spelt in paths, e.g. 0.5 (dense: 0)")
+        p.set_defaults(fn=fn)
+    sub.add_parser("report", help="results.csv and report.html").set_defaults(fn=cmd_report)
+    p = sub.add_parser("dvc-yaml", help="regenerate dvc.yaml from the plan")
+    p.add_argument("--output", default="dvc.yaml")
+    p.set_defaults(fn=cmd_dvc_yaml)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.params = args.params or ["params.yaml"]
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        plan = Plan.load(args.params)
+        args.fn(plan, args)
+    except PrunememError as err:
+        print(f"prunemem: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

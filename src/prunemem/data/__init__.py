@@ -1,0 +1,1 @@
+"""Sample sets: members, non-members and perplexity text, per model."""

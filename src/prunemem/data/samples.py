@@ -1,0 +1,116 @@
+"""Build the sample sets a model is evaluated on.
+
+    prunemem samples --model tiny       # -> data/samples/tiny/{members,nonmembers,perplexity}.parquet
+
+Every extraction sample is one window of ``max(k) + suffix`` tokens; the suffix is its last
+``suffix`` tokens and the prompt for each k is the k tokens just before it, so all k test the
+same suffixes (DESIGN.md section 3).
+
+For the embedded source:
+- members are canaries planted >= 1 times plus ordinary windows cut from training rows that
+  carry no canary (seen exactly once), both taken from the exact training stream;
+- non-members are canaries planted 0 times: same distribution, never trained on;
+- perplexity text is the held-out split, which training never saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import polars as pl
+
+from prunemem import embedded
+from prunemem.errors import PrunememError
+from prunemem.provenance import digest_json, record, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+FILES = ("members.parquet", "nonmembers.parquet", "perplexity.parquet")
+PROVENANCE = "provenance.json"
+SAMPLE_SCHEMA = {"sample_id": pl.String, "kind": pl.String, "copies": pl.Int32, "member": pl.Boolean,
+                 "source": pl.String, "position": pl.Int64, "tokens": pl.List(pl.Int32)}
+
+
+def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    from prunemem.provenance import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp, compression="zstd", statistics=False)
+
+
+def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]:
+    from safetensors.torch import load_file
+
+    from prunemem.checkpoints import load_tokenizer
+
+    samples, cfg = params["samples"], params["embedded"]
+    window = max(samples["k"]) + samples["suffix_tokens"]
+    canaries = pl.read_parquet(checkpoint_dir / embedded.CANARIES)
+    canary_rows = [
+        {"sample_id": f"canary-{r['canary_id']:05d}", "kind": "canary", "copies": r["copies"],
+         "member": r["copies"] > 0, "source": r["doc_id"], "position": r["offset"] + len(r["tokens"]) - window,
+         "tokens": r["tokens"][-window:]}
+        for r in canaries.iter_rows(named=True)
+    ]
+    stream = load_file(checkpoint_dir / embedded.TRAINING_ROWS)
+    rows, row_canary = stream["rows"], stream["row_canary"]
+    plain = (row_canary < 0).nonzero().flatten().tolist()
+    n = samples["training_members"]
+    if n > len(plain):
+        raise PrunememError(f"samples.training_members: {n} exceeds the {len(plain)} canary-free training rows")
+    rng = random.Random(samples["seed"])
+    seq_len = rows.shape[1]
+    train_rows = []
+    for i, r in enumerate(sorted(rng.sample(plain, n))):
+        offset = rng.randrange(seq_len - window + 1)
+        train_rows.append({"sample_id": f"train-{i:05d}", "kind": "train", "copies": 1, "member": True,
+                           "source": f"training_rows[{r}]", "position": offset,
+                           "tokens": rows[r, offset : offset + window].tolist()})
+    members = [r for r in canary_rows if r["member"]] + train_rows
+    nonmembers = [r for r in canary_rows if not r["member"]]
+
+    split = embedded.split_corpus(embedded.load_corpus(), cfg["split"], cfg["seed"])
+    tokenizer = load_tokenizer(checkpoint_dir)
+    budget, ppl = samples["perplexity_tokens"], []
+    for doc, ids in zip(split["heldout"], embedded.tokenize(tokenizer, [d["text"] for d in split["heldout"]])):
+        ids = (ids + [tokenizer.eos_token_id])[:budget]
+        ppl.append({"doc_id": doc["id"], "tokens": ids})
+        budget -= len(ids)
+        if budget == 0:
+            break
+    if budget > 0:
+        raise PrunememError(f"samples.perplexity_tokens: asks for {samples['perplexity_tokens']} but the held-out "
+                            f"split has only {samples['perplexity_tokens'] - budget}")
+    return {
+        "members.parquet": pl.DataFrame(members, schema=SAMPLE_SCHEMA),
+        "nonmembers.parquet": pl.DataFrame(nonmembers, schema=SAMPLE_SCHEMA),
+        "perplexity.parquet": pl.DataFrame(ppl, schema={"doc_id": pl.String, "tokens": pl.List(pl.Int32)}),
+    }
+
+
+def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_name: str) -> dict:
+    from prunemem.checkpoints import checkpoint_hash
+
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    source = params["models"][model_name]["source"]
+    if source != "embedded":
+        raise PrunememError(f"models.{model_name}.source: {source!r} has no sample builder; allowed: embedded")
+    sets = embedded_sets(checkpoint_dir, params)
+    for name, frame in sets.items():
+        _write_parquet(frame, out_dir / name)
+        log.info("%s: %d rows", name, frame.height)
+    hashes = {name: sha256_file(out_dir / name) for name in FILES}
+    prov = record("samples", {"checkpoint": checkpoint_hash(checkpoint_dir)},
+                  {"samples": params["samples"], "source": source})
+    prov.update(files=hashes, samples_sha256=digest_json(hashes))
+    write_json(out_dir / PROVENANCE, prov)
+    return prov
+
+
+def samples_hash(samples_dir: str | Path) -> str:
+    """The identity of a sample set: the digest of its files' hashes, as recorded when built."""
+    import json
+
+    return json.loads((Path(samples_dir) / PROVENANCE).read_text())["samples_sha256"]

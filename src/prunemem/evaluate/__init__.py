@@ -1,0 +1,1 @@
+"""Evaluation: exact extraction, perplexity, and the statistics reported with them."""

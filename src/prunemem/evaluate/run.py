@@ -1,0 +1,99 @@
+"""One evaluation job: a checkpoint, optionally masked, scored on its samples.
+
+    prunemem evaluate --model tiny --method global --level 0.5
+    prunemem evaluate --model tiny --method dense --level 0     # the unpruned baseline
+
+Writes ``memorization.parquet`` (one row per sample x k) and ``summary.json`` (rates with
+Wilson 95% intervals, perplexity, sparsity, provenance) to ``data/metrics/{model}/{method}/{level}/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from prunemem.checkpoints import checkpoint_hash, load_model
+from prunemem.data.samples import samples_hash
+from prunemem.evaluate.memorization import score_windows
+from prunemem.evaluate.perplexity import perplexity
+from prunemem.evaluate.stats import wilson
+from prunemem.plan import DENSE, Plan
+from prunemem.prune import masks as mask_io
+from prunemem.prune.targets import prunable
+from prunemem.provenance import atomic_path, record, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+def sparsity(model: torch.nn.Module, mask: dict[str, torch.Tensor] | None) -> dict[str, float]:
+    """Achieved sparsity over all prunable weights, and over the tensors the method touched."""
+    params = dict(model.named_parameters())
+    targets = [t.name for t in prunable(list(params))]
+    total = sum(params[n].numel() for n in targets)
+    if not mask:
+        return {"achieved_sparsity": 0.0, "target_sparsity": 0.0}
+    pruned = {n: int((~m).sum()) for n, m in mask.items()}
+    touched = [n for n in pruned if pruned[n]]
+    touched_total = sum(params[n].numel() for n in touched)
+    return {"achieved_sparsity": sum(pruned.values()) / total,
+            "target_sparsity": sum(pruned[n] for n in touched) / touched_total if touched_total else 0.0}
+
+
+def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None) -> dict:
+    cfg = plan.params
+    torch.set_num_threads(cfg["evaluate"]["threads"])
+    torch.use_deterministic_algorithms(True)
+    ckpt_dir, samples_dir = plan.checkpoint_dir(model_name), plan.samples_dir(model_name)
+    model = load_model(ckpt_dir)
+    mask_sha, mask = None, None
+    if method != DENSE:
+        mask_file = plan.mask_path(model_name, method, level)
+        mask_io.apply(model, mask_file)
+        mask, mask_sha = mask_io.load(mask_file), sha256_file(mask_file)
+    sp = sparsity(model, mask)
+
+    samples = pl.concat([pl.read_parquet(samples_dir / "members.parquet"),
+                         pl.read_parquet(samples_dir / "nonmembers.parquet")])
+    windows = torch.tensor(samples["tokens"].to_list(), dtype=torch.long)
+    suffix, batch = cfg["samples"]["suffix_tokens"], cfg["evaluate"]["batch_size"]
+    frames = []
+    for k in plan.ks:
+        scores = score_windows(model, windows, k, suffix, batch, progress=progress)
+        frames.append(samples.select("sample_id", "kind", "copies", "member").with_columns(
+            pl.lit(k, pl.Int32).alias("k"),
+            **{name: pl.Series(v.numpy()) for name, v in scores.items()}))
+        log.info("k=%d: %d/%d members extracted", k, int(scores["extracted"][torch.tensor(samples["member"].to_list())].sum()),
+                 int(samples["member"].sum()))
+    per_sample = pl.concat(frames)
+
+    ppl_tokens = torch.tensor([t for doc in pl.read_parquet(samples_dir / "perplexity.parquet")["tokens"].to_list()
+                               for t in doc])
+    ppl, n_scored = perplexity(model, ppl_tokens, cfg["perplexity"]["window"], cfg["perplexity"]["stride"], progress)
+    log.info("perplexity %.3f over %d tokens", ppl, n_scored)
+
+    per_k = []
+    for k in plan.ks:
+        members = per_sample.filter((pl.col("k") == k) & pl.col("member"))
+        n, hits = members.height, int(members["extracted"].sum())
+        lo, hi = wilson(hits, n)
+        per_k.append({"k": k, "n_samples": n, "n_extracted": hits, "extraction_rate": hits / n if n else 0.0,
+                      "ci_low": lo, "ci_high": hi,
+                      "token_match_rate": float(members["token_match_rate"].mean()) if n else 0.0})
+
+    out_dir = plan.metrics_dir(model_name, method, level)
+    with atomic_path(out_dir / "memorization.parquet") as tmp:
+        per_sample.write_parquet(tmp, compression="zstd", statistics=False)
+    inputs = {"checkpoint": checkpoint_hash(ckpt_dir), "samples": samples_hash(samples_dir)}
+    if mask_sha:
+        inputs["mask"] = mask_sha
+    summary = {
+        "model": model_name, "method": method, "level": level, "perplexity": ppl, "perplexity_tokens": n_scored,
+        **sp, "per_k": per_k,
+        "memorization_sha256": sha256_file(out_dir / "memorization.parquet"),
+        "provenance": record("evaluate", inputs, plan.stage_params("evaluate")),
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary

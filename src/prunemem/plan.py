@@ -1,0 +1,205 @@
+"""params.yaml -> a validated experiment plan: the single source of truth for Snakemake and DVC.
+
+    prunemem validate --params params.yaml      # one line per problem, exit 1
+
+Every path an artifact lives at is defined here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from prunemem.errors import PrunememError
+from prunemem.provenance import digest_json
+
+DENSE = "dense"
+DENSE_LEVEL = "0"
+
+
+def schema() -> dict:
+    return yaml.safe_load(resources.files("prunemem").joinpath("schemas/params.schema.yaml").read_text())
+
+
+def level_name(level: float) -> str:
+    """The canonical spelling of a level in paths and tables: 0.5 -> '0.5', 0.30 -> '0.3'."""
+    return f"{level:g}"
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_params(paths: Iterable[str | Path]) -> dict:
+    """Read and deep-merge YAML files, later files winning (Snakemake's --configfile semantics)."""
+    merged: dict = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise PrunememError(f"{path}: params file not found") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise PrunememError(f"{path}:{where} malformed YAML ({getattr(err, 'problem', err)})") from None
+        if not isinstance(data, dict):
+            raise PrunememError(f"{path}: expected a mapping of sections at the top level")
+        merged = _deep_merge(merged, data)
+    return merged
+
+
+def _key_path(error) -> str:
+    parts = []
+    for part in error.absolute_path:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts).lstrip(".") or "<top level>"
+
+
+def _describe(error) -> str:
+    """Turn a jsonschema error into 'key: problem; allowed: ...'."""
+    key = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        where = f"{key}." if key != "<top level>" else ""
+        return f"unknown key '{where}{extra[0] if extra else '?'}'; allowed keys here: {', '.join(allowed) or 'model names'}"
+    if error.validator == "enum":
+        return f"{key}: {error.instance!r} is not allowed; allowed: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "required":
+        return f"{key}: {error.message}"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        bound = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[error.validator]
+        return f"{key}: {error.instance!r} is out of range; allowed: {bound} {error.validator_value}"
+    if error.validator == "type":
+        return f"{key}: {error.instance!r} has the wrong type; allowed: {error.validator_value}"
+    return f"{key}: {error.message}"
+
+
+def validate(params: dict, source: str = "params") -> None:
+    """Schema check plus the cross-field checks a schema cannot express. Raises PrunememError."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: (len(list(e.absolute_path)), _key_path(e)))
+    if errors:
+        raise PrunememError(f"{source}: {_describe(errors[0])}")
+
+    samples = params["samples"]
+    suffix, k_max = samples["suffix_tokens"], max(samples["k"])
+    for name, model in params["models"].items():
+        if model["source"] == "embedded":
+            if "embedded" not in params:
+                raise PrunememError(f"{source}: models.{name}.source is 'embedded' but there is no 'embedded' section")
+            emb = params["embedded"]
+            context = emb["architecture"]["seq_len"]
+            if k_max > context - suffix:
+                raise PrunememError(f"{source}: samples.k: {k_max} is larger than the context minus the suffix; "
+                                    f"allowed: k <= {context - suffix} (embedded.architecture.seq_len {context} - "
+                                    f"samples.suffix_tokens {suffix})")
+            canary = emb["canaries"]["tokens"]
+            if k_max + suffix > canary:
+                raise PrunememError(f"{source}: samples.k: {k_max} + suffix {suffix} exceeds embedded.canaries.tokens "
+                                    f"{canary}; allowed: k <= {canary - suffix}")
+            if canary > context:
+                raise PrunememError(f"{source}: embedded.canaries.tokens: {canary} does not fit the context; "
+                                    f"allowed: <= embedded.architecture.seq_len {context}")
+            arch = emb["architecture"]
+            if arch["hidden_size"] % arch["num_heads"]:
+                raise PrunememError(f"{source}: embedded.architecture.num_heads: {arch['num_heads']} must divide "
+                                    f"hidden_size {arch['hidden_size']}")
+            planted = emb["canaries"]["per_copy_count"] * sum(emb["canaries"]["copies"])
+            rows = emb["training"]["steps"] * emb["training"]["batch_size"]
+            if planted > rows:
+                raise PrunememError(f"{source}: embedded.canaries: {planted} planted copies need at least as many "
+                                    f"training rows; allowed: <= steps x batch_size = {rows}")
+    ppl = params["perplexity"]
+    if ppl["stride"] > ppl["window"]:
+        raise PrunememError(f"{source}: perplexity.stride: {ppl['stride']} is larger than perplexity.window "
+                            f"{ppl['window']}; allowed: stride <= window")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The validated experiment: which artifacts exist and where."""
+
+    params: dict
+    root: Path = Path(".")
+
+    @classmethod
+    def load(cls, paths: Iterable[str | Path], root: str | Path = ".") -> "Plan":
+        paths = [Path(p) for p in paths]
+        params = read_params(paths)
+        validate(params, source=", ".join(map(str, paths)))
+        return cls(params, Path(root))
+
+    # -- the grid ---------------------------------------------------------------------------
+    @property
+    def models(self) -> list[str]:
+        return list(self.params["models"])
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.params["prune"]["methods"])
+
+    @cached_property
+    def levels(self) -> list[str]:
+        return [level_name(x) for x in self.params["prune"]["levels"]]
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted(self.params["samples"]["k"])
+
+    def variants(self) -> list[tuple[str, str]]:
+        """Every (method, level) evaluated per model, the dense baseline first."""
+        return [(DENSE, DENSE_LEVEL)] + [(m, lv) for m in self.methods for lv in self.levels]
+
+    def source(self, model: str) -> str:
+        return self.params["models"][model]["source"]
+
+    # -- paths (the artifact contract, DESIGN.md section 4) ------------------------------------
+    def checkpoint_dir(self, model: str) -> Path:
+        return self.root / "data" / "checkpoints" / model
+
+    def samples_dir(self, model: str) -> Path:
+        return self.root / "data" / "samples" / model
+
+    def mask_path(self, model: str, method: str, level: str) -> Path:
+        return self.root / "data" / "masks" / model / method / f"{level}.safetensors"
+
+    def metrics_dir(self, model: str, method: str, level: str) -> Path:
+        return self.root / "data" / "metrics" / model / method / level
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    # -- the params each stage depends on (for provenance and rerun triggers) -----------------
+    def stage_params(self, stage: str, model: str | None = None) -> dict[str, Any]:
+        p = self.params
+        if stage == "checkpoint":
+            spec = dict(p["models"][model])
+            if spec["source"] == "embedded":
+                spec["embedded"] = p["embedded"]
+            return spec
+        if stage == "samples":
+            return {"checkpoint": self.stage_params("checkpoint", model), "samples": p["samples"]}
+        if stage == "mask":
+            return {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")}
+        if stage == "evaluate":
+            return {"samples": p["samples"], "perplexity": p["perplexity"], "evaluate": p["evaluate"]}
+        if stage == "report":
+            return {}
+        raise KeyError(stage)
+
+    def stage_digest(self, stage: str, model: str | None = None) -> str:
+        return digest_json(self.stage_params(stage, model))

@@ -1,0 +1,114 @@
+"""The mask artifact: ``data/masks/{model}/{method}/{level}.safetensors`` (DESIGN.md section 4).
+
+Keys are ``model.state_dict()`` parameter names; values are uint8 tensors holding the keep-mask
+bit-packed 8 weights per byte, most significant bit first, row-major, zero-padded at the end
+(``numpy.packbits`` order). The header metadata holds ``method``, ``level``,
+``checkpoint_sha256``, per-tensor ``shapes`` and ``kept`` counts, and ``provenance`` (JSON).
+
+    from prunemem.prune import masks
+    keep = masks.load("data/masks/tiny/global/0.5.safetensors")   # {name: BoolTensor}, True = kept
+    masks.apply(model, "data/masks/tiny/global/0.5.safetensors")  # refuses another checkpoint's mask
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunemem.errors import PrunememError
+from prunemem.provenance import atomic_path
+
+FORMAT = "prunemem-mask/1"
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack(mask: torch.Tensor) -> torch.Tensor:
+    flat = mask.detach().flatten().to(torch.uint8).cpu()
+    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
+    return (flat.view(-1, 8) * _BITS).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    n = 1
+    for s in shape:
+        n *= s
+    bits = (packed.view(-1, 1) & _BITS) != 0
+    return bits.flatten()[:n].view(shape)
+
+
+def save(path: str | Path, masks: dict[str, torch.Tensor], *, method: str, level: str, checkpoint_sha256: str,
+         provenance: dict[str, Any] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    meta = {
+        "format": FORMAT, "method": method, "level": str(level), "checkpoint_sha256": checkpoint_sha256,
+        "shapes": json.dumps({n: list(m.shape) for n, m in masks.items()}, sort_keys=True),
+        "kept": json.dumps({n: int(m.sum()) for n, m in masks.items()}, sort_keys=True),
+        "provenance": json.dumps(provenance or {}, sort_keys=True),
+    }
+    with atomic_path(path) as tmp:
+        save_file({n: pack(m) for n, m in masks.items()}, str(tmp), metadata=meta)
+
+
+def header(path: str | Path) -> dict[str, Any]:
+    """The mask's metadata, JSON fields decoded. Fails with one line on a missing or corrupt file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+    except FileNotFoundError:
+        raise PrunememError(f"{path}: mask file not found") from None
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise PrunememError(f"{path}: not a readable safetensors mask ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise PrunememError(f"{path}: not a prunemem mask (format {meta.get('format')!r}, expected {FORMAT!r})")
+    for key in ("shapes", "kept", "provenance"):
+        meta[key] = json.loads(meta[key])
+    return meta
+
+
+def load(path: str | Path) -> dict[str, torch.Tensor]:
+    """``{parameter name: BoolTensor}``, True = kept."""
+    from safetensors.torch import load_file
+
+    meta = header(path)
+    try:
+        packed = load_file(str(path))
+    except Exception as err:
+        raise PrunememError(f"{path}: corrupt mask tensors ({err})") from None
+    out = {name: unpack(packed[name], shape) for name, shape in meta["shapes"].items()}
+    for name, mask in out.items():
+        if int(mask.sum()) != meta["kept"][name]:
+            raise PrunememError(f"{path}: tensor {name} keeps {int(mask.sum())} weights, header says {meta['kept'][name]}")
+    return out
+
+
+@torch.no_grad()
+def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *, check_checkpoint: bool = True) -> None:
+    """Zero the pruned weights of ``model`` in place.
+
+    Given a path, the mask's ``checkpoint_sha256`` must equal the model's
+    ``prunemem_checkpoint_sha256`` (set by ``prunemem.checkpoints.load_model``).
+    """
+    if not isinstance(masks, dict):
+        path = Path(masks)
+        meta = header(path)
+        if check_checkpoint:
+            have = getattr(model, "prunemem_checkpoint_sha256", None)
+            if have != meta["checkpoint_sha256"]:
+                raise PrunememError(f"{path}: mask was made for checkpoint {meta['checkpoint_sha256'][:12]}..., "
+                                    f"not this model's {str(have)[:12]}...")
+        masks = load(path)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise PrunememError(f"mask tensor {name} has no parameter in the model")
+        weight = params[name]
+        if tuple(weight.shape) != tuple(mask.shape):
+            raise PrunememError(f"mask tensor {name} has shape {tuple(mask.shape)}, the weight {tuple(weight.shape)}")
+        weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))

@@ -1,0 +1,51 @@
+"""Altair charts, rendered to inline SVG (vl-convert) so the report needs no CDN and is byte-stable."""
+
+from __future__ import annotations
+
+import io
+
+import altair as alt
+import polars as pl
+
+from prunemem.plan import DENSE
+
+
+def to_svg(chart: alt.TopLevelMixin) -> str:
+    buf = io.StringIO()
+    chart.save(buf, format="svg")
+    return buf.getvalue()
+
+
+def _with_dense_origin(results: pl.DataFrame) -> pl.DataFrame:
+    """Repeat the dense row under every method so each curve starts at the unpruned baseline."""
+    dense = results.filter(pl.col("method") == DENSE)
+    pruned = results.filter(pl.col("method") != DENSE)
+    starts = [dense.with_columns(pl.lit(m).alias("method")) for m in pruned["method"].unique(maintain_order=True)]
+    return pl.concat([*starts, pruned])
+
+
+def extraction_vs_sparsity(results: pl.DataFrame) -> alt.Chart:
+    """Extraction rate (Wilson 95% CI) against achieved sparsity per method, one panel per k; perplexity beside."""
+    data = _with_dense_origin(results)
+    x = alt.X("achieved_sparsity:Q", title="achieved sparsity (share of prunable weights removed)")
+    color = alt.Color("method:N", title="method")
+    base = alt.Chart(data)
+    rate = (base.mark_line(point=True).encode(x=x, y=alt.Y("extraction_rate:Q", title="extraction rate"), color=color)
+            + base.mark_errorbar().encode(x=x, y=alt.Y("ci_low:Q", title="extraction rate"), y2="ci_high:Q", color=color)
+            ).properties(width=220, height=200).facet(column=alt.Column("k:O", title="prefix length k"))
+    ppl_data = data.unique(subset=["method", "level"], maintain_order=True)
+    ppl = alt.Chart(ppl_data).mark_line(point=True).encode(
+        x=x, y=alt.Y("perplexity:Q", title="held-out perplexity", scale=alt.Scale(zero=False)), color=color,
+    ).properties(width=220, height=200, title="perplexity")
+    return alt.hconcat(rate, ppl).resolve_scale(color="shared")
+
+
+def extraction_vs_duplication(table: pl.DataFrame, k: int) -> alt.Chart:
+    """Carlini et al.'s curve: canary extraction against the number of planted copies."""
+    x = alt.X("copies:O", title="copies of the canary in the training stream")
+    color = alt.Color("variant:N", title="model variant")
+    base = alt.Chart(table)
+    return (base.mark_line(point=True).encode(x=x, y=alt.Y("extraction_rate:Q", title=f"extraction rate (k={k})"),
+                                              color=color)
+            + base.mark_errorbar().encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=color)
+            ).properties(width=420, height=260)

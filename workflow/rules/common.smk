@@ -1,0 +1,55 @@
+# Validation and input functions. The plan (prunemem.plan) is the single source of truth:
+# paths, the grid and the params each stage depends on all come from it.
+import shlex
+import sys
+
+from snakemake.utils import validate
+
+from prunemem.errors import PrunememError
+from prunemem.plan import DENSE, Plan, read_params
+from prunemem.plan import validate as validate_params
+
+
+configfile: "params.yaml"
+
+
+PARAMS_FILES = [str(p) for p in workflow.configfiles]
+PARAMS_ARGS = " ".join(f"--params {shlex.quote(p)}" for p in PARAMS_FILES)
+
+try:
+    validate_params(config, source=", ".join(PARAMS_FILES))
+    if read_params(PARAMS_FILES) != config:
+        raise PrunememError("--config: overrides on the command line do not reach the prunemem jobs; "
+                            "put them in a params file and pass it with --configfile")
+except PrunememError as err:
+    print(f"prunemem: error: {err}", file=sys.stderr)
+    sys.exit(1)
+
+validate(config, "../schemas/params.schema.yaml")
+PLAN = Plan(config)
+
+
+wildcard_constraints:
+    model="|".join(PLAN.models),
+    method="|".join([DENSE] + PLAN.methods),
+    level=r"[0-9.e-]+",
+
+
+def prunemem(verb):
+    """The shell command for a stage; logs capture both the CLI's output and its progress."""
+    return f"prunemem {PARAMS_ARGS} {verb} > {{log}} 2>&1"
+
+
+def evaluate_inputs(wildcards):
+    inputs = {
+        "checkpoint": PLAN.checkpoint_dir(wildcards.model),
+        "samples": PLAN.samples_dir(wildcards.model) / "provenance.json",
+    }
+    if wildcards.method != DENSE:
+        inputs["mask"] = PLAN.mask_path(wildcards.model, wildcards.method, wildcards.level)
+    return inputs
+
+
+def all_summaries(wildcards):
+    return [PLAN.metrics_dir(m, method, level) / "summary.json"
+            for m in PLAN.models for method, level in PLAN.variants()]

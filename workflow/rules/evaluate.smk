@@ -1,0 +1,13 @@
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        "data/metrics/{model}/{method}/{level}/memorization.parquet",
+        "data/metrics/{model}/{method}/{level}/summary.json",
+    params:
+        digest=lambda w: PLAN.stage_digest("evaluate"),
+    log:
+        "logs/evaluate/{model}/{method}/{level}.log",
+    threads: lambda w: config["evaluate"]["threads"]
+    shell:
+        prunemem("evaluate --model {wildcards.model} --method {wildcards.method} --level {wildcards.level}")

@@ -1,0 +1,14 @@
+rule samples:
+    input:
+        checkpoint="data/checkpoints/{model}",
+    output:
+        "data/samples/{model}/members.parquet",
+        "data/samples/{model}/nonmembers.parquet",
+        "data/samples/{model}/perplexity.parquet",
+        "data/samples/{model}/provenance.json",
+    params:
+        digest=lambda w: PLAN.stage_digest("samples", w.model),
+    log:
+        "logs/samples/{model}.log",
+    shell:
+        prunemem("samples --model {wildcards.model}")
