@@ -19,7 +19,7 @@ import torch
 
 from prunemem import embedded
 from prunemem.errors import PrunememError
-from prunemem.provenance import record, sha256_file, write_json
+from prunemem.provenance import record, sha256_file, umask, write_json
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ class _AtomicDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        os.chmod(self.tmp, 0o755)
+        os.chmod(self.tmp, 0o777 & ~umask())
+        for f in self.tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask())
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -43,7 +43,7 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
         }
         out[stage_name("samples", model)] = {
             "cmd": f"prunemem{flag} samples --model {model}",
-            "deps": [ckpt, f"{CODE}/data/samples.py"],
+            "deps": [ckpt, f"{CODE}/data/samples.py", f"{CODE}/embedded.py"],
             "params": _params(params_file, ["samples"] + (["embedded.split", "embedded.seed"] if embedded else [])),
             "outs": [samples],
         }

@@ -22,6 +22,12 @@ from prunemem import __version__
 _PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "polars", "altair")
 
 
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -54,6 +60,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp creates 0600; artifacts are shared files
         os.replace(tmp_path, final)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -1,8 +1,10 @@
 """Token-weighted perplexity over held-out text with a sliding window.
 
 Windows of ``window`` tokens start every ``stride`` tokens; each window scores only the tokens
-no earlier window scored, so every token after the first is scored exactly once, with up to
-``window - stride`` tokens of context. Perplexity = exp(total NLL / scored tokens).
+no earlier window scored, each with at least ``window - stride`` tokens of context. With
+``stride < window`` every token after the first is scored exactly once; with ``stride == window``
+the first token of each window has no context and is skipped. Perplexity = exp(total NLL /
+scored tokens), so longer documents weigh more (token-weighted).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def perplexity(model, tokens: torch.Tensor, window: int, stride: int, progress=N
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids),
                        position_ids=torch.arange(ids.shape[1]).unsqueeze(0)).logits[0, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
-        fresh = end - done  # targets at positions done..end-1
+        fresh = end - max(done, start + 1)  # targets at positions max(done, start+1)..end-1
         total_nll += float(nll[-fresh:].double().sum())
         scored += fresh
         done = end

@@ -1,0 +1,102 @@
+"""End to end: the real Snakemake pipeline on a small embedded config in a temporary directory."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, write_params
+from prunemem.report.tables import RESULT_COLUMNS
+
+SMALL = {
+    "models": {"tiny": {"source": "embedded"}},
+    "embedded": {
+        "seed": 0,
+        "split": {"heldout": 0.1, "canary_pool": 0.3, "max_documents": 300},
+        "tokenizer": {"vocab_size": 512},
+        "architecture": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "seq_len": 64},
+        "training": {"steps": 150, "batch_size": 8, "lr": 1.0e-2, "warmup_steps": 10, "weight_decay": 0.0,
+                     "threads": 2},
+        "canaries": {"tokens": 48, "copies": [0, 8, 32], "per_copy_count": 8},
+    },
+    "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048},
+    "perplexity": {"window": 64, "stride": 64},
+    "prune": {"methods": ["global", "attention", "random"], "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0},
+    "evaluate": {"batch_size": 32, "threads": 1},
+}
+
+
+def _snakemake(workdir, *extra):
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                           "--cores", "2", *extra], capture_output=True, text=True, timeout=600)
+
+
+def _md5s(root):
+    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted((root / "data").rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    write_params(workdir / "params.yaml", SMALL)
+    run = _snakemake(workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return workdir
+
+
+def _results(workdir):
+    with open(workdir / "reports" / "results.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_results_table_follows_the_contract(pipeline):
+    rows = _results(pipeline)
+    assert list(rows[0]) == RESULT_COLUMNS
+    assert len(rows) == (1 + 3 * 2) * 2
+    dense = [r for r in rows if r["method"] == "dense"]
+    assert {r["k"] for r in dense} == {"16", "32"} and all(float(r["achieved_sparsity"]) == 0 for r in dense)
+    for r in rows:
+        assert float(r["ci_low"]) <= float(r["extraction_rate"]) <= float(r["ci_high"])
+        assert int(r["n_extracted"]) == round(float(r["extraction_rate"]) * int(r["n_samples"]))
+    glob = {r["level"]: r for r in rows if r["method"] == "global" and r["k"] == "32"}
+    assert float(glob["0.5"]["achieved_sparsity"]) == pytest.approx(0.5, abs=1e-4)
+    att = [r for r in rows if r["method"] == "attention" and r["level"] == "0.9"][0]
+    assert float(att["achieved_sparsity"]) < 0.9 * 0.5  # attention is about a third of the prunable weights
+    assert all(len(r["checkpoint_sha256"]) == 64 and len(r["samples_sha256"]) == 64 for r in rows)
+    assert all((r["mask_sha256"] == "") == (r["method"] == "dense") for r in rows)
+
+
+def test_memorization_is_real_and_pruning_removes_it(pipeline):
+    import polars as pl
+
+    per_sample = pl.read_parquet(pipeline / "data/metrics/tiny/dense/0/memorization.parquet")
+    k32 = per_sample.filter(pl.col("k") == 32)
+    rate = {c: k32.filter(pl.col("copies") == c)["extracted"].mean() for c in (0, 8, 32)}
+    assert rate[32] >= 0.5 and rate[32] > rate[0], rate
+    rows = {(r["method"], r["level"]): r for r in _results(pipeline) if r["k"] == "32"}
+    dense, heavy = rows[("dense", "0.0")], rows[("global", "0.9")]
+    assert float(heavy["extraction_rate"]) < float(dense["extraction_rate"])
+    assert float(heavy["perplexity"]) > float(dense["perplexity"])
+
+
+def test_report_is_offline_and_states_the_findings(pipeline):
+    page = (pipeline / "reports" / "report.html").read_text()
+    assert page.count("<svg") >= 2 and "<script" not in page and "cdn" not in page.lower()
+    assert "the dense model extracts" in page and "canaries planted 32 times" in page
+    assert "Results at k=16" in page and "Results at k=32" in page
+
+
+def test_second_run_does_nothing_and_rebuilds_are_byte_identical(pipeline):
+    before = _md5s(pipeline)
+    again = _snakemake(pipeline)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    (pipeline / "data/masks/tiny/global/0.5.safetensors").unlink()
+    (pipeline / "data/metrics/tiny/global/0.5/summary.json").unlink()
+    rebuilt = _snakemake(pipeline)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert _md5s(pipeline) == before
