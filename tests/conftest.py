@@ -52,6 +52,15 @@ def memorizing_model():
     return model.eval(), seqs
 
 
+def venv_env() -> dict:
+    """The environment for subprocesses: this interpreter's bin first, so rules find `prunemem`."""
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path

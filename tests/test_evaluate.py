@@ -89,3 +89,4 @@ def test_wilson_known_values():
     assert wilson(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-4)
     assert wilson(45, 45)[1] == 1.0 and wilson(45, 45)[0] == pytest.approx(0.92135, abs=1e-4)
     assert wilson(0, 0) == (0.0, 1.0)
+    assert wilson(0, 7)[0] == 0.0 and wilson(7, 7)[1] == 1.0  # exact at the edges, no rounding residue

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, write_params
+from conftest import REPO, venv_env, write_params
 from prunemem.report.tables import RESULT_COLUMNS
 
 SMALL = {
@@ -18,10 +19,11 @@ SMALL = {
         "seed": 0,
         "split": {"heldout": 0.1, "canary_pool": 0.3, "max_documents": 300},
         "tokenizer": {"vocab_size": 512},
-        "architecture": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "seq_len": 64},
-        "training": {"steps": 150, "batch_size": 8, "lr": 1.0e-2, "warmup_steps": 10, "weight_decay": 0.0,
+        "architecture": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "seq_len": 64},
+        "training": {"steps": 300, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 10, "weight_decay": 0.0,
                      "threads": 2},
-        "canaries": {"tokens": 48, "copies": [0, 8, 32], "per_copy_count": 8},
+        # a model this small memorizes only under heavy duplication
+        "canaries": {"tokens": 48, "copies": [0, 32, 256], "per_copy_count": 4},
     },
     "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048},
     "perplexity": {"window": 64, "stride": 64},
@@ -32,12 +34,13 @@ SMALL = {
 
 def _snakemake(workdir, *extra):
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-                           "--cores", "2", *extra], capture_output=True, text=True, timeout=600)
+                           "--cores", "2", *extra], capture_output=True, text=True, timeout=600,
+                          env=venv_env())
 
 
 def _md5s(root):
     return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted((root / "data").rglob("*")) if p.is_file()}
+            for d in ("data", "reports") for p in sorted((root / d).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +79,8 @@ def test_memorization_is_real_and_pruning_removes_it(pipeline):
 
     per_sample = pl.read_parquet(pipeline / "data/metrics/tiny/dense/0/memorization.parquet")
     k32 = per_sample.filter(pl.col("k") == 32)
-    rate = {c: k32.filter(pl.col("copies") == c)["extracted"].mean() for c in (0, 8, 32)}
-    assert rate[32] >= 0.5 and rate[32] > rate[0], rate
+    rate = {c: k32.filter(pl.col("copies") == c)["extracted"].mean() for c in (0, 32, 256)}
+    assert rate[256] >= 0.5 and rate[256] > rate[0], rate
     rows = {(r["method"], r["level"]): r for r in _results(pipeline) if r["k"] == "32"}
     dense, heavy = rows[("dense", "0.0")], rows[("global", "0.9")]
     assert float(heavy["extraction_rate"]) < float(dense["extraction_rate"])
@@ -87,16 +90,18 @@ def test_memorization_is_real_and_pruning_removes_it(pipeline):
 def test_report_is_offline_and_states_the_findings(pipeline):
     page = (pipeline / "reports" / "report.html").read_text()
     assert page.count("<svg") >= 2 and "<script" not in page and "cdn" not in page.lower()
-    assert "the dense model extracts" in page and "canaries planted 32 times" in page
+    assert "the dense model extracts" in page and "canaries planted 256 times" in page
     assert "Results at k=16" in page and "Results at k=32" in page
 
 
-def test_second_run_does_nothing_and_rebuilds_are_byte_identical(pipeline):
+def test_second_run_does_nothing_and_a_clean_rebuild_is_byte_identical(pipeline):
     before = _md5s(pipeline)
     again = _snakemake(pipeline)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    (pipeline / "data/masks/tiny/global/0.5.safetensors").unlink()
-    (pipeline / "data/metrics/tiny/global/0.5/summary.json").unlink()
+    for built in ("data", "reports", ".snakemake"):
+        shutil.rmtree(pipeline / built)
     rebuilt = _snakemake(pipeline)
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
-    assert _md5s(pipeline) == before
+    after = _md5s(pipeline)
+    assert len(after) == len(before) >= 35
+    assert after == before, sorted(k for k in before if before[k] != after.get(k))

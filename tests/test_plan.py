@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, write_params
+from conftest import REPO, venv_env, write_params
 from prunemem.cli import main
 from prunemem.plan import Plan, level_name
 
@@ -28,8 +28,9 @@ BAD = [
     ("prune.methods", ["global", "globl"], ["prune.methods[1]", "'globl'", "allowed: layerwise"]),
     ("prune.levels", [0.5, 1.0], ["prune.levels[1]", "out of range", "< 1"]),
     ("prune.levels", [-0.1], ["prune.levels[0]", "out of range", ">= 0"]),
-    ("samples.k", [32, 240], ["samples.k", "240", "context minus the suffix", "k <= 224"]),
-    ("samples.k", [32, 140], ["samples.k", "embedded.canaries.tokens", "k <= 128"]),
+    ("samples.k", [32, 240], ["samples.k", "240", "context minus the suffix", "k <= 128"]),
+    ("embedded.canaries.tokens", 100, ["samples.k", "embedded.canaries.tokens 100", "k <= 68"]),
+    ("perplexity.window", 512, ["perplexity.window", "allowed: <= embedded.architecture.seq_len 160"]),
     ("prune.seeed", 3, ["unknown key 'prune.seeed'", "allowed keys here", "seed"]),
     ("samples.suffix_tokens", "32", ["samples.suffix_tokens", "wrong type", "integer"]),
     ("perplexity.stride", 512, ["perplexity.stride", "allowed: stride <= window"]),
@@ -61,6 +62,20 @@ def test_malformed_yaml_and_missing_file(tmp_path, capsys):
     assert "nope.yaml: params file not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,fragment", [
+    (["mask", "--model", "tiny", "--method", "dense", "--level", "0"], "--method: dense has no mask"),
+    (["mask", "--model", "big", "--method", "global", "--level", "0.5"], "--model: 'big' is not in params models"),
+    (["evaluate", "--model", "tiny", "--method", "wanda", "--level", "0.5"], "--method: 'wanda' is not in prune.methods"),
+    (["evaluate", "--model", "tiny", "--method", "global", "--level", "0.55"], "allowed: 0.3, 0.5, 0.7"),
+])
+def test_cli_rejects_jobs_outside_the_plan(tmp_path, capsys, monkeypatch, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--params", str(REPO / "params.yaml"), *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err, err
+    assert not (tmp_path / "data").exists()
+
+
 def test_default_params_are_valid_and_levels_have_one_spelling(default_params):
     plan = Plan(default_params)
     assert plan.variants()[0] == ("dense", "0")
@@ -82,7 +97,7 @@ def test_snakemake_stops_before_any_job_and_touches_nothing(tmp_path, default_pa
     artifact.write_bytes(b"built earlier")
     before = _tree_digest(tmp_path)
     run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                          "--cores", "1"], capture_output=True, text=True, timeout=120)
+                          "--cores", "1"], capture_output=True, text=True, timeout=120, env=venv_env())
     assert run.returncode != 0
     lines = [l for l in run.stderr.splitlines() if l.startswith("prunemem: error:")]
     assert len(lines) == 1 and fragment in lines[0], run.stderr

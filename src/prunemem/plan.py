@@ -113,6 +113,9 @@ def validate(params: dict, source: str = "params") -> None:
             if canary > context:
                 raise PrunememError(f"{source}: embedded.canaries.tokens: {canary} does not fit the context; "
                                     f"allowed: <= embedded.architecture.seq_len {context}")
+            if params["perplexity"]["window"] > context:
+                raise PrunememError(f"{source}: perplexity.window: {params['perplexity']['window']} exceeds the "
+                                    f"model context; allowed: <= embedded.architecture.seq_len {context}")
             arch = emb["architecture"]
             if arch["hidden_size"] % arch["num_heads"]:
                 raise PrunememError(f"{source}: embedded.architecture.num_heads: {arch['num_heads']} must divide "

@@ -51,8 +51,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     mask_sha, mask = None, None
     if method != DENSE:
         mask_file = plan.mask_path(model_name, method, level)
-        mask_io.apply(model, mask_file)
-        mask, mask_sha = mask_io.load(mask_file), sha256_file(mask_file)
+        mask, mask_sha = mask_io.apply(model, mask_file), sha256_file(mask_file)
     sp = sparsity(model, mask)
 
     samples = pl.concat([pl.read_parquet(samples_dir / "members.parquet"),

@@ -13,6 +13,7 @@ bit-packed 8 weights per byte, most significant bit first, row-major, zero-padde
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +40,42 @@ def unpack(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
     return bits.flatten()[:n].view(shape)
 
 
+def _write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write uint8 tensors in the safetensors format with a canonical (sorted) header.
+
+    Hand-written because safetensors' own writer emits ``__metadata__`` in hash-map order,
+    which changes from process to process, and artifacts must be byte-identical on re-runs.
+    Format: 8-byte little-endian header length, JSON header padded with spaces to a multiple
+    of 8, then the raw tensor bytes at the header's ``data_offsets``.
+    """
+    header: dict[str, Any] = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if tensor.dtype != torch.uint8:
+            raise TypeError(f"{name}: expected uint8, got {tensor.dtype}")
+        data = tensor.contiguous().cpu().numpy().tobytes()
+        header[name] = {"dtype": "U8", "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for blob in blobs:
+            fh.write(blob)
+
+
 def save(path: str | Path, masks: dict[str, torch.Tensor], *, method: str, level: str, checkpoint_sha256: str,
          provenance: dict[str, Any] | None = None) -> None:
-    from safetensors.torch import save_file
-
     meta = {
         "format": FORMAT, "method": method, "level": str(level), "checkpoint_sha256": checkpoint_sha256,
         "shapes": json.dumps({n: list(m.shape) for n, m in masks.items()}, sort_keys=True),
         "kept": json.dumps({n: int(m.sum()) for n, m in masks.items()}, sort_keys=True),
         "provenance": json.dumps(provenance or {}, sort_keys=True),
     }
-    with atomic_path(path) as tmp:
-        save_file({n: pack(m) for n, m in masks.items()}, str(tmp), metadata=meta)
+    _write_safetensors(path, {n: pack(m) for n, m in masks.items()}, meta)
 
 
 def header(path: str | Path) -> dict[str, Any]:
@@ -89,8 +114,9 @@ def load(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *, check_checkpoint: bool = True) -> None:
-    """Zero the pruned weights of ``model`` in place.
+def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *,
+          check_checkpoint: bool = True) -> dict[str, torch.Tensor]:
+    """Zero the pruned weights of ``model`` in place; return the masks applied.
 
     Given a path, the mask's ``checkpoint_sha256`` must equal the model's
     ``prunemem_checkpoint_sha256`` (set by ``prunemem.checkpoints.load_model``).
@@ -112,3 +138,4 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
         if tuple(weight.shape) != tuple(mask.shape):
             raise PrunememError(f"mask tensor {name} has shape {tuple(mask.shape)}, the weight {tuple(weight.shape)}")
         weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+    return masks

@@ -27,7 +27,7 @@ def _with_dense_origin(results: pl.DataFrame) -> pl.DataFrame:
 def extraction_vs_sparsity(results: pl.DataFrame) -> alt.Chart:
     """Extraction rate (Wilson 95% CI) against achieved sparsity per method, one panel per k; perplexity beside."""
     data = _with_dense_origin(results)
-    x = alt.X("achieved_sparsity:Q", title="achieved sparsity (share of prunable weights removed)")
+    x = alt.X("achieved_sparsity:Q", title="achieved sparsity")
     color = alt.Color("method:N", title="method")
     base = alt.Chart(data)
     rate = (base.mark_line(point=True).encode(x=x, y=alt.Y("extraction_rate:Q", title="extraction rate"), color=color)
@@ -47,5 +47,6 @@ def extraction_vs_duplication(table: pl.DataFrame, k: int) -> alt.Chart:
     base = alt.Chart(table)
     return (base.mark_line(point=True).encode(x=x, y=alt.Y("extraction_rate:Q", title=f"extraction rate (k={k})"),
                                               color=color)
-            + base.mark_errorbar().encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=color)
+            + base.mark_errorbar().encode(x=x, y=alt.Y("ci_low:Q", title=f"extraction rate (k={k})"), y2="ci_high:Q",
+                                          color=color)
             ).properties(width=420, height=260)

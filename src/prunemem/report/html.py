@@ -63,7 +63,7 @@ def build(plan: Plan) -> tuple[str, str]:
     results = tables.results(plan)
     out = plan.reports_dir
     with atomic_path(out / "results.csv") as tmp:
-        results.write_csv(tmp, float_precision=6)
+        results.write_csv(tmp)
     k = plan.ks[-1]
     model = plan.models[0]
     dup_variants = [(DENSE, "0")] + [("global", lv) for lv in plan.levels if "global" in plan.methods]
@@ -76,7 +76,10 @@ def build(plan: Plan) -> tuple[str, str]:
                 "are Wilson 95%.</p>",
                 "<h2>Headline findings</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in headlines(results, dup, k))
                 + "</ul>",
-                "<h2>Extraction and perplexity against sparsity</h2>", charts.to_svg(charts.extraction_vs_sparsity(results)),
+                "<h2>Extraction and perplexity against sparsity</h2>",
+                "<p class=note>Achieved sparsity is the share of all prunable weights removed; methods that prune a "
+                "subset (attention, mlp, first25, last25) reach less of it at the same level. Each curve starts at the "
+                "dense model.</p>", charts.to_svg(charts.extraction_vs_sparsity(results)),
                 f"<h2>Extraction against duplication ({model}, k={k})</h2>",
                 "<p class=note>Canaries planted 0 times were never trained on: their rate is what the model guesses "
                 "without memorizing.</p>",
