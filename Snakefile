@@ -5,6 +5,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/checkpoint.smk"
 include: "workflow/rules/samples.smk"
 include: "workflow/rules/masks.smk"
+include: "workflow/rules/compress.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

@@ -17,6 +17,8 @@ def test_every_artifact_is_a_dvc_output(default_params):
         assert plan.checkpoint_dir(model).as_posix() in outs and plan.samples_dir(model).as_posix() in outs
         for method, level in plan.variants():
             assert plan.metrics_dir(model, method, level).as_posix() in outs
-            if method != "dense":
-                assert plan.mask_path(model, method, level).as_posix() in outs
+            artifact = plan.variant_artifact(model, method, level)
+            assert (artifact is None) == (method == "dense")
+            if artifact is not None:
+                assert artifact.as_posix() in outs
     assert {"reports/results.csv", "reports/report.html"} <= outs

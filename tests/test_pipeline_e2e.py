@@ -28,6 +28,7 @@ SMALL = {
     "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048},
     "perplexity": {"window": 64, "stride": 64},
     "prune": {"methods": ["global", "attention", "random"], "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0},
+    "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True}}, "lowrank": {"keep": [0.5]}},
     "evaluate": {"batch_size": 32, "threads": 1},
 }
 
@@ -60,7 +61,7 @@ def _results(workdir):
 def test_results_table_follows_the_contract(pipeline):
     rows = _results(pipeline)
     assert list(rows[0]) == RESULT_COLUMNS
-    assert len(rows) == (1 + 3 * 2) * 2
+    assert len(rows) == (1 + 3 * 2 + 2) * 2
     dense = [r for r in rows if r["method"] == "dense"]
     assert {r["k"] for r in dense} == {"16", "32"} and all(float(r["achieved_sparsity"]) == 0 for r in dense)
     for r in rows:
@@ -72,6 +73,10 @@ def test_results_table_follows_the_contract(pipeline):
     assert float(att["achieved_sparsity"]) < 0.9 * 0.5  # attention is about a third of the prunable weights
     assert all(len(r["checkpoint_sha256"]) == 64 and len(r["samples_sha256"]) == 64 for r in rows)
     assert all((r["mask_sha256"] == "") == (r["method"] == "dense") for r in rows)
+    by_method = {(r["method"], r["level"]): r for r in rows}
+    assert float(by_method[("int8", "0.0")]["compression"]) == pytest.approx(0.5, abs=0.01)  # vs 16-bit storage
+    assert float(by_method[("lowrank", "0.5")]["compression"]) == pytest.approx(0.5, abs=0.01)
+    assert float(by_method[("global", "0.5")]["compression"]) == pytest.approx(0.5, abs=1e-4)
 
 
 def test_memorization_is_real_and_pruning_removes_it(pipeline):
@@ -89,7 +94,7 @@ def test_memorization_is_real_and_pruning_removes_it(pipeline):
 
 def test_report_is_offline_and_states_the_findings(pipeline):
     page = (pipeline / "reports" / "report.html").read_text()
-    assert page.count("<svg") >= 2 and "<script" not in page and "cdn" not in page.lower()
+    assert page.count("<svg") >= 3 and "pruning, quantization, low-rank" in page and "<script" not in page and "cdn" not in page.lower()
     assert "the dense model extracts" in page and "canaries planted 256 times" in page
     assert "Results at k=16" in page and "Results at k=32" in page
 

@@ -4,6 +4,7 @@
     prunemem checkpoint --model tiny                # data/checkpoints/tiny/
     prunemem samples    --model tiny                # data/samples/tiny/
     prunemem mask       --model tiny --method global --level 0.5
+    prunemem transform  --model tiny --method int4   --level 0     # quantization / low-rank baselines
     prunemem evaluate   --model tiny --method dense  --level 0
     prunemem report                                 # reports/results.csv, reports/report.html
     prunemem dvc-yaml                               # regenerate dvc.yaml from the plan
@@ -20,7 +21,7 @@ import sys
 from functools import partial
 
 from prunemem.errors import PrunememError
-from prunemem.plan import DENSE, DENSE_LEVEL, Plan
+from prunemem.plan import Plan
 
 log = logging.getLogger("prunemem")
 
@@ -38,10 +39,12 @@ def _check_model(plan: Plan, model: str) -> None:
 
 
 def _check_variant(plan: Plan, method: str, level: str) -> None:
-    if (method, level) not in plan.variants():
-        if method != DENSE and method not in plan.methods:
-            raise PrunememError(f"--method: {method!r} is not in prune.methods; allowed: {', '.join([DENSE, *plan.methods])}")
-        allowed = DENSE_LEVEL if method == DENSE else ", ".join(plan.levels)
+    variants = plan.variants()
+    if (method, level) not in variants:
+        methods = list(dict.fromkeys(m for m, _ in variants))
+        if method not in methods:
+            raise PrunememError(f"--method: {method!r} is not in the plan; allowed: {', '.join(methods)}")
+        allowed = ", ".join(lv for m, lv in variants if m == method)
         raise PrunememError(f"--level: {level!r} is not a level of {method}; allowed: {allowed}")
 
 
@@ -72,10 +75,21 @@ def cmd_mask(plan: Plan, args) -> None:
     from prunemem.prune.run import build_mask
 
     _check_model(plan, args.model)
-    if args.method == DENSE:
-        raise PrunememError("--method: dense has no mask; allowed: " + ", ".join(plan.methods))
+    if plan.kind(args.method) != "mask":
+        raise PrunememError(f"--method: {args.method} has no mask; allowed: " + ", ".join(plan.methods))
     _check_variant(plan, args.method, args.level)
     print(build_mask(plan, args.model, args.method, args.level))
+
+
+def cmd_transform(plan: Plan, args) -> None:
+    from prunemem.compress.run import build_transform
+
+    _check_model(plan, args.model)
+    if plan.kind(args.method) != "transform":
+        allowed = ", ".join(plan.quantizers + (["lowrank"] if plan.lowrank_levels else []))
+        raise PrunememError(f"--method: {args.method!r} is not a compression method in params; allowed: {allowed}")
+    _check_variant(plan, args.method, args.level)
+    print(build_transform(plan, args.model, args.method, args.level))
 
 
 def cmd_evaluate(plan: Plan, args) -> None:
@@ -112,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--model", required=True)
         p.set_defaults(fn=fn)
     for name, fn, helptext in (("mask", cmd_mask, "compute one pruning mask"),
+                               ("transform", cmd_transform, "record one compression transform (int8, int4, lowrank)"),
                                ("evaluate", cmd_evaluate, "evaluate one (masked) model")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from prunemem.plan import DENSE, Plan
+from prunemem.plan import Plan
 from prunemem.provenance import atomic_path
 
 CODE = "src/prunemem"
@@ -49,15 +49,17 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
         }
         for method, level in plan.variants():
             deps = [ckpt, samples, f"{CODE}/evaluate"]
-            if method != DENSE:
-                mask = plan.mask_path(model, method, level).as_posix()
-                out[stage_name("mask", model, method, level)] = {
-                    "cmd": f"prunemem{flag} mask --model {model} --method {method} --level {level}",
-                    "deps": [ckpt, f"{CODE}/prune"],
-                    "params": _params(params_file, ["prune.block_fraction", "prune.seed"]),
-                    "outs": [mask],
+            kind = plan.kind(method)
+            if kind != "dense":
+                artifact = plan.variant_artifact(model, method, level).as_posix()
+                out[stage_name(kind, model, method, level)] = {
+                    "cmd": f"prunemem{flag} {kind} --model {model} --method {method} --level {level}",
+                    "deps": [ckpt, f"{CODE}/prune" if kind == "mask" else f"{CODE}/compress"],
+                    "params": _params(params_file, ["prune.block_fraction", "prune.seed"] if kind == "mask"
+                                      else [plan.param_key(method), "evaluate.threads"]),
+                    "outs": [artifact],
                 }
-                deps.insert(2, mask)
+                deps.insert(2, artifact)
             out[stage_name("evaluate", model, method, level)] = {
                 "cmd": f"prunemem{flag} evaluate --model {model} --method {method} --level {level}",
                 "deps": deps,

@@ -8,6 +8,7 @@ Every path an artifact lives at is defined here and nowhere else.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -21,6 +22,7 @@ from prunemem.provenance import digest_json
 
 DENSE = "dense"
 DENSE_LEVEL = "0"
+LOWRANK = "lowrank"
 
 
 def schema() -> dict:
@@ -125,10 +127,35 @@ def validate(params: dict, source: str = "params") -> None:
             if planted > rows:
                 raise PrunememError(f"{source}: embedded.canaries: {planted} planted copies need at least as many "
                                     f"training rows; allowed: <= steps x batch_size = {rows}")
+    _validate_compress(params, source)
     ppl = params["perplexity"]
     if ppl["stride"] > ppl["window"]:
         raise PrunememError(f"{source}: perplexity.stride: {ppl['stride']} is larger than perplexity.window "
                             f"{ppl['window']}; allowed: stride <= window")
+
+
+def _validate_compress(params: dict, source: str) -> None:
+    """Method names must not collide; quantization groups and low-rank ranks must fit the embedded shapes."""
+    compress = params.get("compress", {})
+    for name, spec in compress.get("quantize", {}).items():
+        key = f"compress.quantize.{name}"
+        if name in params["prune"]["methods"]:
+            raise PrunememError(f"{source}: {key}: the name is already a pruning method; allowed: another int* name")
+        group = spec["group_size"]
+        if group and "embedded" in params:
+            hidden = params["embedded"]["architecture"]["hidden_size"]
+            for dim in (hidden, 4 * hidden):
+                if dim % group:
+                    raise PrunememError(f"{source}: {key}.group_size: {group} does not divide the input dimension "
+                                        f"{dim}; allowed: a divisor of {hidden} and {4 * hidden}, or 0 (per channel)")
+    keeps = compress.get("lowrank", {}).get("keep", [])
+    if keeps and "embedded" in params:
+        hidden = params["embedded"]["architecture"]["hidden_size"]
+        smallest = min(hidden * 3 * hidden / (4 * hidden), hidden * 4 * hidden / (5 * hidden))
+        for keep in keeps:
+            if math.floor(keep * smallest + 1e-9) < 1:
+                raise PrunememError(f"{source}: compress.lowrank.keep: {keep} leaves rank 0 for the smallest "
+                                    f"prunable matrix; allowed: >= {1 / smallest:.4g}")
 
 
 @dataclass(frozen=True)
@@ -162,9 +189,43 @@ class Plan:
     def ks(self) -> list[int]:
         return sorted(self.params["samples"]["k"])
 
+    @property
+    def quantizers(self) -> list[str]:
+        return list(self.params.get("compress", {}).get("quantize", {}))
+
+    @cached_property
+    def lowrank_levels(self) -> list[str]:
+        """Low-rank levels, as for pruning the fraction of parameters removed (1 - keep)."""
+        return [level_name(1 - keep) for keep in self.params.get("compress", {}).get("lowrank", {}).get("keep", [])]
+
     def variants(self) -> list[tuple[str, str]]:
-        """Every (method, level) evaluated per model, the dense baseline first."""
-        return [(DENSE, DENSE_LEVEL)] + [(m, lv) for m in self.methods for lv in self.levels]
+        """Every (method, level) evaluated per model: dense first, then masks, then transforms.
+
+        Quantization removes no parameters, so its level is 0; its budget is the
+        ``compression`` column.
+        """
+        return ([(DENSE, DENSE_LEVEL)] + [(m, lv) for m in self.methods for lv in self.levels]
+                + [(q, DENSE_LEVEL) for q in self.quantizers] + [(LOWRANK, lv) for lv in self.lowrank_levels])
+
+    def kind(self, method: str) -> str:
+        """'dense', 'mask' or 'transform': which artifact a variant is evaluated through."""
+        if method == DENSE:
+            return "dense"
+        return "transform" if method == LOWRANK or method in self.quantizers else "mask"
+
+    def transform_spec(self, method: str, level: str) -> dict[str, Any]:
+        """The resolved params of one transform variant."""
+        if method == LOWRANK:
+            return {"kind": "lowrank", "keep": round(1 - float(level), 12)}
+        return {"kind": "quantize", **self.params["compress"]["quantize"][method]}
+
+    def param_key(self, method: str) -> str:
+        """Where a method's settings live in params, for error messages."""
+        if method == LOWRANK:
+            return "compress.lowrank.keep"
+        if method in self.quantizers:
+            return f"compress.quantize.{method}"
+        return "prune"
 
     def source(self, model: str) -> str:
         return self.params["models"][model]["source"]
@@ -179,6 +240,16 @@ class Plan:
     def mask_path(self, model: str, method: str, level: str) -> Path:
         return self.root / "data" / "masks" / model / method / f"{level}.safetensors"
 
+    def transform_path(self, model: str, method: str, level: str) -> Path:
+        return self.root / "data" / "transforms" / model / method / f"{level}.json"
+
+    def variant_artifact(self, model: str, method: str, level: str) -> Path | None:
+        """The mask or transform a variant is evaluated through (None for dense)."""
+        kind = self.kind(method)
+        if kind == "mask":
+            return self.mask_path(model, method, level)
+        return self.transform_path(model, method, level) if kind == "transform" else None
+
     def metrics_dir(self, model: str, method: str, level: str) -> Path:
         return self.root / "data" / "metrics" / model / method / level
 
@@ -187,7 +258,8 @@ class Plan:
         return self.root / "reports"
 
     # -- the params each stage depends on (for provenance and rerun triggers) -----------------
-    def stage_params(self, stage: str, model: str | None = None) -> dict[str, Any]:
+    def stage_params(self, stage: str, model: str | None = None, method: str | None = None,
+                     level: str | None = None) -> dict[str, Any]:
         p = self.params
         if stage == "checkpoint":
             spec = dict(p["models"][model])
@@ -198,11 +270,14 @@ class Plan:
             return {"checkpoint": self.stage_params("checkpoint", model), "samples": p["samples"]}
         if stage == "mask":
             return {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")}
+        if stage == "transform":
+            return self.transform_spec(method, level)
         if stage == "evaluate":
             return {"samples": p["samples"], "perplexity": p["perplexity"], "evaluate": p["evaluate"]}
         if stage == "report":
             return {}
         raise KeyError(stage)
 
-    def stage_digest(self, stage: str, model: str | None = None) -> str:
-        return digest_json(self.stage_params(stage, model))
+    def stage_digest(self, stage: str, model: str | None = None, method: str | None = None,
+                     level: str | None = None) -> str:
+        return digest_json(self.stage_params(stage, model, method, level))

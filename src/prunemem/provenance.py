@@ -97,7 +97,6 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": versions,
         "device": device,
-        "torch_threads": torch.get_num_threads(),
     }
 
 

@@ -6,7 +6,7 @@ import sys
 from snakemake.utils import validate
 
 from prunemem.errors import PrunememError
-from prunemem.plan import DENSE, Plan, read_params
+from prunemem.plan import Plan, read_params
 from prunemem.plan import validate as validate_params
 
 
@@ -31,7 +31,7 @@ PLAN = Plan(config)
 
 wildcard_constraints:
     model="|".join(PLAN.models),
-    method="|".join([DENSE] + PLAN.methods),
+    method="|".join(dict.fromkeys(method for method, _ in PLAN.variants())),
     level=r"[0-9.e-]+",
 
 
@@ -45,8 +45,9 @@ def evaluate_inputs(wildcards):
         "checkpoint": PLAN.checkpoint_dir(wildcards.model),
         "samples": PLAN.samples_dir(wildcards.model) / "provenance.json",
     }
-    if wildcards.method != DENSE:
-        inputs["mask"] = PLAN.mask_path(wildcards.model, wildcards.method, wildcards.level)
+    artifact = PLAN.variant_artifact(wildcards.model, wildcards.method, wildcards.level)
+    if artifact is not None:
+        inputs[PLAN.kind(wildcards.method)] = artifact
     return inputs
 
 

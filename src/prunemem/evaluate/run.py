@@ -3,6 +3,7 @@
     prunemem evaluate --model tiny --method global --level 0.5
     prunemem evaluate --model tiny --method dense --level 0     # the unpruned baseline
 
+Masks are applied, compression transforms recomputed and verified against their record.
 Writes ``memorization.parquet`` (one row per sample x k) and ``summary.json`` (rates with
 Wilson 95% intervals, perplexity, sparsity, provenance) to ``data/metrics/{model}/{method}/{level}/``.
 """
@@ -20,7 +21,8 @@ from prunemem.data.samples import samples_hash
 from prunemem.evaluate.memorization import score_windows
 from prunemem.evaluate.perplexity import perplexity
 from prunemem.evaluate.stats import wilson
-from prunemem.plan import DENSE, Plan
+from prunemem.compress.run import apply_transform
+from prunemem.plan import Plan
 from prunemem.prune import masks as mask_io
 from prunemem.prune.targets import prunable
 from prunemem.provenance import atomic_path, record, sha256_file, write_json
@@ -29,16 +31,16 @@ log = logging.getLogger(__name__)
 
 
 def sparsity(model: torch.nn.Module, mask: dict[str, torch.Tensor] | None) -> dict[str, float]:
-    """Achieved sparsity over all prunable weights, and over the tensors the method touched."""
+    """Zero share of all prunable weights (achieved) and of the tensors a mask touched (target)."""
     params = dict(model.named_parameters())
     targets = [t.name for t in prunable(list(params))]
-    total = sum(params[n].numel() for n in targets)
+    achieved = sum(int((params[n] == 0).sum()) for n in targets) / sum(params[n].numel() for n in targets)
     if not mask:
-        return {"achieved_sparsity": 0.0, "target_sparsity": 0.0}
+        return {"achieved_sparsity": achieved, "target_sparsity": achieved}
     pruned = {n: int((~m).sum()) for n, m in mask.items()}
     touched = [n for n in pruned if pruned[n]]
     touched_total = sum(params[n].numel() for n in touched)
-    return {"achieved_sparsity": sum(pruned.values()) / total,
+    return {"achieved_sparsity": achieved,
             "target_sparsity": sum(pruned[n] for n in touched) / touched_total if touched_total else 0.0}
 
 
@@ -48,11 +50,15 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     torch.use_deterministic_algorithms(True)
     ckpt_dir, samples_dir = plan.checkpoint_dir(model_name), plan.samples_dir(model_name)
     model = load_model(ckpt_dir)
-    mask_sha, mask = None, None
-    if method != DENSE:
-        mask_file = plan.mask_path(model_name, method, level)
-        mask, mask_sha = mask_io.apply(model, mask_file), sha256_file(mask_file)
+    mask, inputs, compression = None, {}, 1.0
+    artifact = plan.variant_artifact(model_name, method, level)
+    if plan.kind(method) == "mask":
+        mask, inputs["mask"] = mask_io.apply(model, artifact), sha256_file(artifact)
+    elif plan.kind(method) == "transform":
+        compression, inputs["transform"] = apply_transform(model, artifact)["compression"], sha256_file(artifact)
     sp = sparsity(model, mask)
+    if mask is not None:
+        compression = 1.0 - sp["achieved_sparsity"]
 
     samples = pl.concat([pl.read_parquet(samples_dir / "members.parquet"),
                          pl.read_parquet(samples_dir / "nonmembers.parquet")])
@@ -85,12 +91,10 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     out_dir = plan.metrics_dir(model_name, method, level)
     with atomic_path(out_dir / "memorization.parquet") as tmp:
         per_sample.write_parquet(tmp, compression="zstd", statistics=False)
-    inputs = {"checkpoint": checkpoint_hash(ckpt_dir), "samples": samples_hash(samples_dir)}
-    if mask_sha:
-        inputs["mask"] = mask_sha
+    inputs.update(checkpoint=checkpoint_hash(ckpt_dir), samples=samples_hash(samples_dir))
     summary = {
         "model": model_name, "method": method, "level": level, "perplexity": ppl, "perplexity_tokens": n_scored,
-        **sp, "per_k": per_k,
+        **sp, "compression": compression, "per_k": per_k,
         "memorization_sha256": sha256_file(out_dir / "memorization.parquet"),
         "provenance": record("evaluate", inputs, plan.stage_params("evaluate")),
     }

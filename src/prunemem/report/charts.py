@@ -17,9 +17,9 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
 
 
 def _with_dense_origin(results: pl.DataFrame) -> pl.DataFrame:
-    """Repeat the dense row under every method so each curve starts at the unpruned baseline."""
+    """Repeat the dense row under every pruning method so each curve starts at the unpruned baseline."""
     dense = results.filter(pl.col("method") == DENSE)
-    pruned = results.filter(pl.col("method") != DENSE)
+    pruned = results.filter(pl.col("method").map_elements(family, return_dtype=pl.String) == "pruning")
     starts = [dense.with_columns(pl.lit(m).alias("method")) for m in pruned["method"].unique(maintain_order=True)]
     return pl.concat([*starts, pruned])
 
@@ -38,6 +38,31 @@ def extraction_vs_sparsity(results: pl.DataFrame) -> alt.Chart:
         x=x, y=alt.Y("perplexity:Q", title="held-out perplexity", scale=alt.Scale(zero=False)), color=color,
     ).properties(width=220, height=200, title="perplexity")
     return alt.hconcat(rate, ppl).resolve_scale(color="shared")
+
+
+def family(method: str) -> str:
+    if method == DENSE:
+        return "dense"
+    if method == "lowrank":
+        return "low-rank"
+    return "quantization" if method.startswith("int") else "pruning"
+
+
+def memorization_vs_perplexity(results: pl.DataFrame, k: int) -> alt.Chart:
+    """Every variant as a point: what it costs (perplexity) against what it removes (extraction at k)."""
+    data = results.filter(pl.col("k") == k).with_columns(
+        pl.col("method").map_elements(family, return_dtype=pl.String).alias("family"),
+        pl.format("{} {}", pl.col("method"), pl.col("level")).alias("variant"))
+    base = alt.Chart(data).encode(
+        x=alt.X("perplexity:Q", title="held-out perplexity", scale=alt.Scale(zero=False, type="log")),
+        y=alt.Y("extraction_rate:Q", title=f"extraction rate (k={k})"),
+        color=alt.Color("family:N", title="family"),
+    )
+    points = base.mark_point(filled=True, size=70).encode(
+        shape=alt.Shape("family:N", title="family"),
+        tooltip=["variant:N", "extraction_rate:Q", "perplexity:Q", "compression:Q"])
+    labels = base.mark_text(align="left", dx=6, dy=-4, fontSize=9).encode(text="variant:N")
+    return (points + labels).properties(width=560, height=320)
 
 
 def extraction_vs_duplication(table: pl.DataFrame, k: int) -> alt.Chart:

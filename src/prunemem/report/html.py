@@ -80,12 +80,17 @@ def build(plan: Plan) -> tuple[str, str]:
                 "<p class=note>Achieved sparsity is the share of all prunable weights removed; methods that prune a "
                 "subset (attention, mlp, first25, last25) reach less of it at the same level. Each curve starts at the "
                 "dense model.</p>", charts.to_svg(charts.extraction_vs_sparsity(results)),
+                f"<h2>Memorization against perplexity: pruning, quantization, low-rank (k={k})</h2>",
+                "<p class=note>Down is less memorization, left is better quality. Quantization removes no "
+                "parameters (level 0); its budget is the share of 16-bit weight storage it keeps, in the "
+                "<code>compression</code> column, as low-rank's is the share of parameters its factors keep.</p>",
+                charts.to_svg(charts.memorization_vs_perplexity(results, k)),
                 f"<h2>Extraction against duplication ({model}, k={k})</h2>",
                 "<p class=note>Canaries planted 0 times were never trained on: their rate is what the model guesses "
                 "without memorizing.</p>",
                 charts.to_svg(charts.extraction_vs_duplication(dup, k))]
     shown = ["model", "method", "level", "n_samples", "n_extracted", "extraction_rate", "ci_low", "ci_high",
-             "token_match_rate", "perplexity", "achieved_sparsity"]
+             "token_match_rate", "perplexity", "achieved_sparsity", "compression"]
     for kk in plan.ks:
         sections += [f"<h2>Results at k={kk}</h2>", _table(results.filter(pl.col("k") == kk).select(shown))]
     env = environment()

@@ -11,7 +11,7 @@ from prunemem.plan import Plan
 
 RESULT_COLUMNS = [
     "model", "method", "level", "k", "n_samples", "n_extracted", "extraction_rate", "ci_low", "ci_high",
-    "token_match_rate", "perplexity", "achieved_sparsity", "target_sparsity",
+    "token_match_rate", "perplexity", "achieved_sparsity", "target_sparsity", "compression",
     "checkpoint_sha256", "mask_sha256", "samples_sha256", "metrics_sha256", "params_digest", "code_version",
 ]
 
@@ -28,8 +28,9 @@ def results(plan: Plan) -> pl.DataFrame:
                 rows.append({
                     "model": model, "method": method, "level": float(level), **per_k,
                     "perplexity": summary["perplexity"], "achieved_sparsity": summary["achieved_sparsity"],
-                    "target_sparsity": summary["target_sparsity"],
-                    "checkpoint_sha256": prov["inputs"]["checkpoint"], "mask_sha256": prov["inputs"].get("mask"),
+                    "target_sparsity": summary["target_sparsity"], "compression": summary["compression"],
+                    "checkpoint_sha256": prov["inputs"]["checkpoint"],
+                    "mask_sha256": prov["inputs"].get("mask") or prov["inputs"].get("transform"),
                     "samples_sha256": prov["inputs"]["samples"], "metrics_sha256": summary["memorization_sha256"],
                     "params_digest": prov["params_digest"],
                     "code_version": f"{env['prunemem']}+{(env['git_commit'] or 'nogit')[:12]}",

@@ -1,0 +1,48 @@
+"""Round-to-nearest weight quantization, evaluated through dequantized weights.
+
+Per output channel (``group_size == 0``) or per group of ``group_size`` consecutive input
+weights; symmetric (zero point 0, integers in [-(2^(b-1)-1), 2^(b-1)-1]) or asymmetric
+(integers in [0, 2^b - 1] with a rounded zero point). Hand-written because the portable,
+deterministic quantize->dequantize round trip is a few lines, while torchao's int4 kernels do
+not run on CPU (see TOOLCHAIN.md) and would make CPU and GPU results differ.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ALLOWED_BITS = (2, 3, 4, 8)
+SCALE_BITS = 16  # scales (and asymmetric zero points) stored as 16-bit values
+
+
+def quantize_dequantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> torch.Tensor:
+    """The weight after quantizing to ``bits`` and back, in the weight's dtype (computed in fp32)."""
+    if bits not in ALLOWED_BITS:
+        raise ValueError(f"bits: {bits} is not allowed; allowed: {', '.join(map(str, ALLOWED_BITS))}")
+    out_features, in_features = weight.shape
+    group = in_features if group_size == 0 else group_size
+    if in_features % group:
+        raise ValueError(f"group_size: {group_size} does not divide the input dimension {in_features}")
+    x = weight.detach().float().reshape(out_features, in_features // group, group)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = x.abs().amax(dim=-1, keepdim=True) / qmax
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        q = torch.clamp(torch.round(x / scale), -qmax, qmax)
+        out = q * scale
+    else:
+        qmax = 2**bits - 1
+        low, high = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
+        scale = (high - low) / qmax
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        zero = torch.clamp(torch.round(-low / scale), 0, qmax)
+        q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+        out = (q - zero) * scale
+    return out.reshape(out_features, in_features).to(weight.dtype)
+
+
+def bits_per_weight(bits: int, group_size: int, in_features: int, symmetric: bool) -> float:
+    """Storage cost per weight including its share of scales (and zero points when asymmetric)."""
+    group = in_features if group_size == 0 else group_size
+    overhead = SCALE_BITS + (0 if symmetric else bits)
+    return bits + overhead / group
