@@ -25,10 +25,13 @@ SMALL = {
         # a model this small memorizes only under heavy duplication
         "canaries": {"tokens": 48, "copies": [0, 32, 256], "per_copy_count": 4},
     },
-    "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048},
+    "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048,
+                "calibration": {"sequences": 8, "tokens": 32}},
     "perplexity": {"window": 64, "stride": 64},
     "prune": {"methods": ["global", "attention", "random"], "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0},
-    "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True}}, "lowrank": {"keep": [0.5]}},
+    "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True},
+                              "int4-gptq": {"bits": 4, "group_size": 32, "symmetric": True, "algorithm": "gptq"}},
+                 "lowrank": {"keep": [0.5]}},
     "evaluate": {"batch_size": 32, "threads": 1},
 }
 
@@ -61,7 +64,7 @@ def _results(workdir):
 def test_results_table_follows_the_contract(pipeline):
     rows = _results(pipeline)
     assert list(rows[0]) == RESULT_COLUMNS
-    assert len(rows) == (1 + 3 * 2 + 2) * 2
+    assert len(rows) == (1 + 3 * 2 + 3) * 2
     dense = [r for r in rows if r["method"] == "dense"]
     assert {r["k"] for r in dense} == {"16", "32"} and all(float(r["achieved_sparsity"]) == 0 for r in dense)
     for r in rows:
@@ -76,6 +79,7 @@ def test_results_table_follows_the_contract(pipeline):
     by_method = {(r["method"], r["level"]): r for r in rows}
     assert float(by_method[("int8", "0.0")]["compression"]) == pytest.approx(0.5, abs=0.01)  # vs 16-bit storage
     assert float(by_method[("lowrank", "0.5")]["compression"]) == pytest.approx(0.5, abs=0.01)
+    assert float(by_method[("int4-gptq", "0.0")]["compression"]) == pytest.approx((4 + 16 / 32) / 16)
     assert float(by_method[("global", "0.5")]["compression"]) == pytest.approx(0.5, abs=1e-4)
 
 

@@ -54,7 +54,8 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
                 artifact = plan.variant_artifact(model, method, level).as_posix()
                 out[stage_name(kind, model, method, level)] = {
                     "cmd": f"prunemem{flag} {kind} --model {model} --method {method} --level {level}",
-                    "deps": [ckpt, f"{CODE}/prune" if kind == "mask" else f"{CODE}/compress"],
+                    "deps": [ckpt, *([samples] if plan.calibrated(method) else []),
+                             f"{CODE}/prune" if kind == "mask" else f"{CODE}/compress"],
                     "params": _params(params_file, ["prune.block_fraction", "prune.seed"] if kind == "mask"
                                       else [plan.param_key(method), "evaluate.threads"]),
                     "outs": [artifact],

@@ -115,6 +115,9 @@ def validate(params: dict, source: str = "params") -> None:
             if canary > context:
                 raise PrunememError(f"{source}: embedded.canaries.tokens: {canary} does not fit the context; "
                                     f"allowed: <= embedded.architecture.seq_len {context}")
+            if samples["calibration"]["tokens"] > context:
+                raise PrunememError(f"{source}: samples.calibration.tokens: {samples['calibration']['tokens']} exceeds "
+                                    f"the model context; allowed: <= embedded.architecture.seq_len {context}")
             if params["perplexity"]["window"] > context:
                 raise PrunememError(f"{source}: perplexity.window: {params['perplexity']['window']} exceeds the "
                                     f"model context; allowed: <= embedded.architecture.seq_len {context}")
@@ -218,6 +221,11 @@ class Plan:
         if method == LOWRANK:
             return {"kind": "lowrank", "keep": round(1 - float(level), 12)}
         return {"kind": "quantize", **self.params["compress"]["quantize"][method]}
+
+    def calibrated(self, method: str) -> bool:
+        """Whether a transform reads the calibration set (GPTQ)."""
+        spec = self.params.get("compress", {}).get("quantize", {}).get(method, {})
+        return spec.get("algorithm", "rtn") == "gptq"
 
     def param_key(self, method: str) -> str:
         """Where a method's settings live in params, for error messages."""

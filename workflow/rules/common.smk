@@ -51,6 +51,14 @@ def evaluate_inputs(wildcards):
     return inputs
 
 
+def transform_inputs(wildcards):
+    """Calibrated transforms (GPTQ) also read the calibration set."""
+    inputs = {"checkpoint": PLAN.checkpoint_dir(wildcards.model)}
+    if PLAN.calibrated(wildcards.method):
+        inputs["samples"] = PLAN.samples_dir(wildcards.model) / "provenance.json"
+    return inputs
+
+
 def all_summaries(wildcards):
     return [PLAN.metrics_dir(m, method, level) / "summary.json"
             for m in PLAN.models for method, level in PLAN.variants()]

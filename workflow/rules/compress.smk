@@ -1,6 +1,6 @@
 rule transform:
     input:
-        checkpoint="data/checkpoints/{model}",
+        unpack(transform_inputs),
     output:
         "data/transforms/{model}/{method}/{level}.json",
     params:

@@ -5,6 +5,7 @@ rule samples:
         "data/samples/{model}/members.parquet",
         "data/samples/{model}/nonmembers.parquet",
         "data/samples/{model}/perplexity.parquet",
+        "data/samples/{model}/calibration.parquet",
         "data/samples/{model}/provenance.json",
     params:
         digest=lambda w: PLAN.stage_digest("samples", w.model),

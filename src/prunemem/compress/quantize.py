@@ -15,29 +15,41 @@ ALLOWED_BITS = (2, 3, 4, 8)
 SCALE_BITS = 16  # scales (and asymmetric zero points) stored as 16-bit values
 
 
-def quantize_dequantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> torch.Tensor:
-    """The weight after quantizing to ``bits`` and back, in the weight's dtype (computed in fp32)."""
-    if bits not in ALLOWED_BITS:
-        raise ValueError(f"bits: {bits} is not allowed; allowed: {', '.join(map(str, ALLOWED_BITS))}")
-    out_features, in_features = weight.shape
-    group = in_features if group_size == 0 else group_size
-    if in_features % group:
-        raise ValueError(f"group_size: {group_size} does not divide the input dimension {in_features}")
-    x = weight.detach().float().reshape(out_features, in_features // group, group)
+def grid(x: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(scale, zero point, qmin, qmax) of the round-to-nearest grid over the last dimension of ``x``."""
     if symmetric:
         qmax = 2 ** (bits - 1) - 1
         scale = x.abs().amax(dim=-1, keepdim=True) / qmax
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        q = torch.clamp(torch.round(x / scale), -qmax, qmax)
-        out = q * scale
-    else:
-        qmax = 2**bits - 1
-        low, high = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
-        scale = (high - low) / qmax
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        zero = torch.clamp(torch.round(-low / scale), 0, qmax)
-        q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
-        out = (q - zero) * scale
+        return scale, torch.zeros_like(scale), -qmax, qmax
+    qmax = 2**bits - 1
+    low, high = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
+    scale = (high - low) / qmax
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return scale, torch.clamp(torch.round(-low / scale), 0, qmax), 0, qmax
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Quantize onto the grid and back: (clamp(round(x / scale) + zero) - zero) * scale."""
+    return (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def check(bits: int, group_size: int, in_features: int) -> int:
+    """Validate the settings against a matrix; return the effective group size."""
+    if bits not in ALLOWED_BITS:
+        raise ValueError(f"bits: {bits} is not allowed; allowed: {', '.join(map(str, ALLOWED_BITS))}")
+    group = in_features if group_size == 0 else group_size
+    if in_features % group:
+        raise ValueError(f"group_size: {group_size} does not divide the input dimension {in_features}")
+    return group
+
+
+def quantize_dequantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> torch.Tensor:
+    """The weight after quantizing to ``bits`` and back, in the weight's dtype (computed in fp32)."""
+    out_features, in_features = weight.shape
+    group = check(bits, group_size, in_features)
+    x = weight.detach().float().reshape(out_features, in_features // group, group)
+    out = fake_quantize(x, *grid(x, bits, symmetric))
     return out.reshape(out_features, in_features).to(weight.dtype)
 
 

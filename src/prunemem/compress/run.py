@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
 
 import torch
 
@@ -24,61 +23,118 @@ log = logging.getLogger(__name__)
 FORMAT = "prunemem-transform/1"
 
 
-def _transform_one(name: str, weight: torch.Tensor, spec: dict, key: str) -> tuple[torch.Tensor, float]:
-    """(transformed weight, parameters-or-bits kept in units of 16-bit weights)."""
-    rows, cols = weight.shape
-    try:
-        if spec["kind"] == "quantize":
-            out = quantize_dequantize(weight, spec["bits"], spec["group_size"], spec["symmetric"])
-            return out, weight.numel() * bits_per_weight(spec["bits"], spec["group_size"], cols, spec["symmetric"]) / 16
-        rank = rank_for(spec["keep"], rows, cols)
-        if rank < 1:
-            raise ValueError(f"keep {spec['keep']} leaves rank 0 for this {rows}x{cols} matrix")
-        return truncated_svd(weight, rank), rank * (rows + cols)
-    except ValueError as err:
-        raise PrunememError(f"{key}: {err} ({name})") from None
+def _matrix_transform(spec: dict, key: str, name: str):
+    """The per-matrix function of an uncalibrated transform: weight -> (new weight, kept 16-bit units)."""
+
+    def apply(weight: torch.Tensor) -> tuple[torch.Tensor, float]:
+        rows, cols = weight.shape
+        try:
+            if spec["kind"] == "quantize":
+                out = quantize_dequantize(weight, spec["bits"], spec["group_size"], spec["symmetric"])
+                return out, _quantized_units(weight, spec)
+            rank = rank_for(spec["keep"], rows, cols)
+            if rank < 1:
+                raise ValueError(f"keep {spec['keep']} leaves rank 0 for this {rows}x{cols} matrix")
+            return truncated_svd(weight, rank), rank * (rows + cols)
+        except ValueError as err:
+            raise PrunememError(f"{key}: {err} ({name})") from None
+
+    return apply
 
 
-def transformed(named_weights: Iterable[tuple[str, torch.Tensor]], spec: dict, key: str):
-    """Yield (name, new weight, kept units, total units) for each prunable weight."""
-    for name, weight in named_weights:
-        new, kept = _transform_one(name, weight, spec, key)
-        yield name, new, kept, weight.numel()
+def _quantized_units(weight: torch.Tensor, spec: dict) -> float:
+    bits = bits_per_weight(spec["bits"], spec["group_size"], weight.shape[1], spec["symmetric"])
+    return weight.numel() * bits / 16
 
 
-def _digest_update(digest, name: str, tensor: torch.Tensor) -> None:
-    digest.update(name.encode() + b"\0" + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-    digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+@torch.no_grad()
+def transform_model(model, spec: dict, key: str, calibration: torch.Tensor | None = None, progress=None) -> float:
+    """Transform the model's prunable weights in place; return the compression (kept / total units).
+
+    Units are parameters for low-rank and 16-bit weights for quantization.
+    """
+    from prunemem.calibrate import HessianStats, blockwise
+    from prunemem.compress.gptq import gptq
+    from prunemem.prune.targets import prunable
+
+    params = dict(model.named_parameters())
+    names = [t.name for t in prunable(list(params))]
+    total = sum(params[n].numel() for n in names)
+    if spec.get("algorithm", "rtn") == "gptq":
+        if calibration is None:
+            raise PrunememError(f"{key}: gptq needs the calibration set (samples.calibration)")
+        for name in names:  # settings errors before any calibration work
+            _matrix_transform(spec, key, name)(params[name][:1])
+
+        def edit(index, linears, stats):
+            for module_name, module in linears.items():
+                module.weight.copy_(gptq(module.weight, stats[module_name].hessian, spec["bits"], spec["group_size"],
+                                         spec["symmetric"], damp=spec.get("damp", 0.01)))
+
+        blockwise(model, calibration, lambda m: HessianStats(m.in_features, m.weight.device), edit, progress=progress)
+        return sum(_quantized_units(params[n], spec) for n in names) / total
+    kept = 0.0
+    for name in names:
+        new, units = _matrix_transform(spec, key, name)(params[name])
+        params[name].copy_(new)
+        kept += units
+    return kept / total
 
 
-def build_transform(plan, model: str, method: str, level: str) -> Path:
-    from prunemem.checkpoints import WEIGHTS, checkpoint_hash
-    from prunemem.prune.targets import WeightSource
+def weights_digest(model) -> str:
+    """sha256 over the prunable weights (name, shape, dtype and bytes, in name order)."""
+    from prunemem.prune.targets import prunable
+
+    params = dict(model.named_parameters())
+    digest = hashlib.sha256()
+    for name in (t.name for t in prunable(list(params))):
+        tensor = params[name].detach().contiguous().cpu()
+        digest.update(f"{name}\0{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def calibration_tokens(plan, model: str, spec: dict) -> torch.Tensor | None:
+    """The calibration set of a calibrated transform (None when it needs none)."""
+    if spec.get("algorithm", "rtn") != "gptq":
+        return None
+    import polars as pl
+
+    path = plan.samples_dir(model) / "calibration.parquet"
+    if not path.is_file():
+        raise PrunememError(f"{path}: calibration set not found; run `prunemem samples --model {model}` first")
+    return torch.tensor(pl.read_parquet(path)["tokens"].to_list(), dtype=torch.long)
+
+
+def build_transform(plan, model: str, method: str, level: str, progress=None) -> Path:
+    from prunemem.checkpoints import checkpoint_hash, load_model
 
     ckpt = plan.checkpoint_dir(model)
     spec = plan.transform_spec(method, level)
     torch.set_num_threads(plan.params["evaluate"]["threads"])  # the thread count evaluation recomputes it with
-    source = WeightSource(ckpt / WEIGHTS)
-    digest, kept, total = hashlib.sha256(), 0.0, 0
-    for name, new, k, n in transformed(((n, source[n]) for n in source.names), spec, plan.param_key(method)):
-        _digest_update(digest, name, new)
-        kept, total = kept + k, total + n
+    torch.use_deterministic_algorithms(True)
+    net = load_model(ckpt)
+    compression = transform_model(net, spec, plan.param_key(method), calibration_tokens(plan, model, spec), progress)
+    digest = weights_digest(net)
     out = plan.transform_path(model, method, level)
     ckpt_sha = checkpoint_hash(ckpt)
+    inputs = {"checkpoint": ckpt_sha}
+    if spec.get("algorithm") == "gptq":
+        from prunemem.data.samples import samples_hash
+
+        inputs["samples"] = samples_hash(plan.samples_dir(model))
     write_json(out, {
-        "format": FORMAT, "method": method, "level": level, "spec": spec, "checkpoint_sha256": ckpt_sha,
-        "weights_sha256": digest.hexdigest(), "compression": kept / total,
-        "provenance": record("transform", {"checkpoint": ckpt_sha}, {"method": method, "level": level, **spec}),
+        "format": FORMAT, "method": method, "level": level, "spec": spec, "param_key": plan.param_key(method),
+        "checkpoint_sha256": ckpt_sha, "weights_sha256": digest, "compression": compression,
+        "provenance": record("transform", inputs, {"method": method, "level": level, **spec}),
     })
-    log.info("%s @ %s: compression %.4f, weights %s", method, level, kept / total, digest.hexdigest()[:12])
+    log.info("%s @ %s: compression %.4f, weights %s", method, level, compression, digest[:12])
     return out
 
 
 @torch.no_grad()
-def apply_transform(model: torch.nn.Module, path: str | Path) -> dict:
+def apply_transform(model: torch.nn.Module, path: str | Path, calibration: torch.Tensor | None = None) -> dict:
     """Transform ``model``'s prunable weights in place as recorded; verify the result's hash."""
-    from prunemem.prune.targets import prunable
-
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
@@ -92,13 +148,10 @@ def apply_transform(model: torch.nn.Module, path: str | Path) -> dict:
     if have != rec["checkpoint_sha256"]:
         raise PrunememError(f"{path}: transform was made for checkpoint {rec['checkpoint_sha256'][:12]}..., "
                             f"not this model's {str(have)[:12]}...")
-    params = dict(model.named_parameters())
-    names = [t.name for t in prunable(list(params))]
-    digest = hashlib.sha256()
-    for name, new, _, _ in transformed(((n, params[n]) for n in names), rec["spec"], rec["method"]):
-        params[name].copy_(new)
-        _digest_update(digest, name, params[name])
-    if digest.hexdigest() != rec["weights_sha256"]:
-        raise PrunememError(f"{path}: transformed weights hash {digest.hexdigest()[:12]}... differs from the "
+    compression = transform_model(model, rec["spec"], rec["param_key"], calibration)
+    digest = weights_digest(model)
+    if digest != rec["weights_sha256"]:
+        raise PrunememError(f"{path}: transformed weights hash {digest[:12]}... differs from the "
                             f"recorded {rec['weights_sha256'][:12]}... (different device or library?)")
+    rec["compression"] = compression
     return rec

@@ -10,7 +10,8 @@ For the embedded source:
 - members are canaries planted >= 1 times plus ordinary windows cut from training rows that
   carry no canary (seen exactly once), both taken from the exact training stream;
 - non-members are canaries planted 0 times: same distribution, never trained on;
-- perplexity text is the held-out split, which training never saw.
+- perplexity text is the held-out split, which training never saw;
+- calibration sequences (for GPTQ) are held-out text the perplexity set does not use.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from prunemem.provenance import digest_json, record, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
-FILES = ("members.parquet", "nonmembers.parquet", "perplexity.parquet")
+FILES = ("members.parquet", "nonmembers.parquet", "perplexity.parquet", "calibration.parquet")
 PROVENANCE = "provenance.json"
 SAMPLE_SCHEMA = {"sample_id": pl.String, "kind": pl.String, "copies": pl.Int32, "member": pl.Boolean,
                  "source": pl.String, "position": pl.Int64, "tokens": pl.List(pl.Int32)}
@@ -73,21 +74,48 @@ def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]
 
     split = embedded.split_corpus(embedded.load_corpus(), cfg["split"], cfg["seed"])
     tokenizer = load_tokenizer(checkpoint_dir)
-    budget, ppl = samples["perplexity_tokens"], []
-    for doc, ids in zip(split["heldout"], embedded.tokenize(tokenizer, [d["text"] for d in split["heldout"]])):
-        ids = (ids + [tokenizer.eos_token_id])[:budget]
-        ppl.append({"doc_id": doc["id"], "tokens": ids})
-        budget -= len(ids)
-        if budget == 0:
-            break
-    if budget > 0:
-        raise PrunememError(f"samples.perplexity_tokens: asks for {samples['perplexity_tokens']} but the held-out "
-                            f"split has only {samples['perplexity_tokens'] - budget}")
+    heldout = list(zip((d["id"] for d in split["heldout"]),
+                       embedded.tokenize(tokenizer, [d["text"] for d in split["heldout"]])))
+    ppl, used = _perplexity_docs(heldout, tokenizer.eos_token_id, samples["perplexity_tokens"])
+    calibration = _calibration_windows(heldout[used:], tokenizer.eos_token_id, samples["calibration"])
     return {
         "members.parquet": pl.DataFrame(members, schema=SAMPLE_SCHEMA),
         "nonmembers.parquet": pl.DataFrame(nonmembers, schema=SAMPLE_SCHEMA),
         "perplexity.parquet": pl.DataFrame(ppl, schema={"doc_id": pl.String, "tokens": pl.List(pl.Int32)}),
+        "calibration.parquet": pl.DataFrame(calibration, schema={"doc_ids": pl.String, "tokens": pl.List(pl.Int32)}),
     }
+
+
+def _perplexity_docs(docs: list[tuple[str, list[int]]], eos: int, budget: int) -> tuple[list[dict], int]:
+    """Whole held-out documents (EOS-terminated) up to ``budget`` tokens; returns them and how many docs were used."""
+    wanted, rows = budget, []
+    for used, (doc_id, ids) in enumerate(docs, start=1):
+        ids = (ids + [eos])[:budget]
+        rows.append({"doc_id": doc_id, "tokens": ids})
+        budget -= len(ids)
+        if budget == 0:
+            return rows, used
+    raise PrunememError(f"samples.perplexity_tokens: asks for {wanted} but the held-out split has only {wanted - budget}")
+
+
+def _calibration_windows(docs: list[tuple[str, list[int]]], eos: int, cfg: dict) -> list[dict]:
+    """Consecutive windows over the held-out documents the perplexity set did not use."""
+    n, length = cfg["sequences"], cfg["tokens"]
+    stream: list[int] = []
+    spans: list[tuple[str, int, int]] = []  # (doc id, first token, end) in the stream
+    for doc_id, ids in docs:
+        spans.append((doc_id, len(stream), len(stream) + len(ids) + 1))
+        stream.extend(ids + [eos])
+        if len(stream) >= n * length:
+            break
+    if len(stream) < n * length:
+        raise PrunememError(f"samples.calibration: {n} x {length} tokens exceed the {len(stream)} held-out tokens "
+                            "left after the perplexity set")
+    windows = []
+    for i in range(n):
+        lo, hi = i * length, (i + 1) * length
+        windows.append({"doc_ids": ",".join(d for d, a, b in spans if a < hi and b > lo), "tokens": stream[lo:hi]})
+    return windows
 
 
 def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_name: str) -> dict:

@@ -21,7 +21,7 @@ from prunemem.data.samples import samples_hash
 from prunemem.evaluate.memorization import score_windows
 from prunemem.evaluate.perplexity import perplexity
 from prunemem.evaluate.stats import wilson
-from prunemem.compress.run import apply_transform
+from prunemem.compress.run import apply_transform, calibration_tokens
 from prunemem.plan import Plan
 from prunemem.prune import masks as mask_io
 from prunemem.prune.targets import prunable
@@ -55,7 +55,9 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     if plan.kind(method) == "mask":
         mask, inputs["mask"] = mask_io.apply(model, artifact), sha256_file(artifact)
     elif plan.kind(method) == "transform":
-        compression, inputs["transform"] = apply_transform(model, artifact)["compression"], sha256_file(artifact)
+        calibration = calibration_tokens(plan, model_name, plan.transform_spec(method, level))
+        record_ = apply_transform(model, artifact, calibration)
+        compression, inputs["transform"] = record_["compression"], sha256_file(artifact)
     sp = sparsity(model, mask)
     if mask is not None:
         compression = 1.0 - sp["achieved_sparsity"]

@@ -1,0 +1,55 @@
+"""GPTQ: quantization with second-order error compensation.
+
+Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers" (arXiv 2210.17323). Columns are quantized left to right; the error of each,
+scaled by the inverse Hessian H^-1 = (2 X X^T + damp I)^-1 of the layer's calibration
+inputs, is pushed onto the columns not yet quantized. The Cholesky form of H^-1 and lazy
+block updates are the paper's; the quantization grid is the round-to-nearest one of
+``prunemem.compress.quantize`` (scales per output channel, or per group computed when the
+group's first column is reached).
+
+Written here because GPTQ libraries (auto-gptq, gptqmodel) pin their own torch/CUDA builds
+and do not install beside the CPU torch pin.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunemem.compress.quantize import check, fake_quantize, grid
+
+
+def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(upper Cholesky factor of H^-1, mask of dead inputs) after dampening; float64 for stability."""
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky(inverse, upper=True), dead
+
+
+@torch.no_grad()
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, symmetric: bool,
+         damp: float = 0.01, block: int = 128) -> torch.Tensor:
+    """The dequantized GPTQ weight (same shape and dtype as ``weight``)."""
+    group = check(bits, group_size, weight.shape[1])
+    w = weight.detach().double().clone()
+    hinv, dead = inverse_hessian_cholesky(hessian, damp)
+    w[:, dead] = 0.0
+    cols = w.shape[1]
+    q = torch.zeros_like(w)
+    for start in range(0, cols, block):
+        end = min(start + block, cols)
+        err = torch.zeros(w.shape[0], end - start, dtype=w.dtype, device=w.device)
+        for i in range(start, end):
+            if i % group == 0:  # a group's grid comes from its weights as updated so far
+                scale, zero, qmin, qmax = grid(w[:, i : i + group], bits, symmetric)
+            col = w[:, i]
+            qcol = fake_quantize(col.unsqueeze(1), scale, zero, qmin, qmax).squeeze(1)
+            q[:, i] = qcol
+            e = (col - qcol) / hinv[i, i]
+            w[:, i + 1 : end] -= e.unsqueeze(1) * hinv[i, i + 1 : end].unsqueeze(0)
+            err[:, i - start] = e
+        w[:, end:] -= err @ hinv[start:end, end:]
+    return q.to(weight.dtype)
