@@ -10,7 +10,7 @@ import torch
 from prunemem.evaluate.memorization import greedy_extracted, score_windows
 from prunemem.evaluate.perplexity import perplexity
 from prunemem.evaluate.stats import wilson
-from prunemem.prune import compute, masks
+from prunemem.prune import MaskContext, compute, masks
 from prunemem.prune.targets import DictSource
 
 
@@ -44,7 +44,7 @@ def test_teacher_forcing_equals_generate_after_pruning(memorizing_model):
     pruned.eval()
     src = DictSource({k: v.clone() for k, v in pruned.state_dict().items()})
     for level in (0.3, 0.6):
-        masks.apply(pruned, compute("global", src, level, {"block_fraction": 0.25, "seed": 0}))
+        masks.apply(pruned, compute("global", MaskContext(src, {"block_fraction": 0.25, "seed": 0}), level).masks)
         scores = score_windows(pruned, seqs, 16, 12, batch_size=8)
         assert torch.equal(scores["extracted"], greedy_extracted(pruned, seqs, 16, 12, eos_id=0))
 

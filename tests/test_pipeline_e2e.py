@@ -28,7 +28,8 @@ SMALL = {
     "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048,
                 "calibration": {"sequences": 8, "tokens": 32}},
     "perplexity": {"window": 64, "stride": 64},
-    "prune": {"methods": ["global", "attention", "random"], "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0},
+    "prune": {"methods": ["global", "attention", "random", "wanda", "sparsegpt", "sleb", "wanda-2of4"],
+              "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0},
     "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True},
                               "int4-gptq": {"bits": 4, "group_size": 32, "symmetric": True, "algorithm": "gptq"}},
                  "lowrank": {"keep": [0.5]}},
@@ -64,7 +65,7 @@ def _results(workdir):
 def test_results_table_follows_the_contract(pipeline):
     rows = _results(pipeline)
     assert list(rows[0]) == RESULT_COLUMNS
-    assert len(rows) == (1 + 3 * 2 + 3) * 2
+    assert len(rows) == (1 + 6 * 2 + 1 + 3) * 2
     dense = [r for r in rows if r["method"] == "dense"]
     assert {r["k"] for r in dense} == {"16", "32"} and all(float(r["achieved_sparsity"]) == 0 for r in dense)
     for r in rows:

@@ -91,7 +91,7 @@ def _tree_digest(root):
             for p in sorted(root.rglob("*")) if p.is_file() and ".snakemake" not in p.parts}
 
 
-@pytest.mark.parametrize("key,value,fragment", [("prune.methods", ["sparsegpt"], "prune.methods[0]"),
+@pytest.mark.parametrize("key,value,fragment", [("prune.methods", ["obc"], "prune.methods[0]"),
                                                 ("samples.k", [500], "samples.k")])
 def test_snakemake_stops_before_any_job_and_touches_nothing(tmp_path, default_params, key, value, fragment):
     write_params(tmp_path / "params.yaml", _mutate(default_params, key, value))

@@ -56,8 +56,9 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
                     "cmd": f"prunemem{flag} {kind} --model {model} --method {method} --level {level}",
                     "deps": [ckpt, *([samples] if plan.calibrated(method) else []),
                              f"{CODE}/prune" if kind == "mask" else f"{CODE}/compress"],
-                    "params": _params(params_file, ["prune.block_fraction", "prune.seed"] if kind == "mask"
-                                      else [plan.param_key(method), "evaluate.threads"]),
+                    "params": _params(params_file, [f"prune.{key}" for key in plan.stage_params("mask")["prune"]]
+                                      + ["samples.calibration", "evaluate.threads"]
+                                      if kind == "mask" else [plan.param_key(method), "evaluate.threads"]),
                     "outs": [artifact],
                 }
                 deps.insert(2, artifact)

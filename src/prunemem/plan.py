@@ -77,6 +77,12 @@ def _describe(error) -> str:
         return f"unknown key '{where}{extra[0] if extra else '?'}'; allowed keys here: {', '.join(allowed) or 'model names'}"
     if error.validator == "enum":
         return f"{key}: {error.instance!r} is not allowed; allowed: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "anyOf":
+        allowed = []
+        for option in error.validator_value:
+            allowed += [str(v) for v in option.get("enum", [])]
+            allowed += [f"names matching {option['pattern']}"] if "pattern" in option else []
+        return f"{key}: {error.instance!r} is not allowed; allowed: {', '.join(allowed)}"
     if error.validator == "required":
         return f"{key}: {error.message}"
     if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -131,10 +137,28 @@ def validate(params: dict, source: str = "params") -> None:
                 raise PrunememError(f"{source}: embedded.canaries: {planted} planted copies need at least as many "
                                     f"training rows; allowed: <= steps x batch_size = {rows}")
     _validate_compress(params, source)
+    _validate_prune(params, source)
     ppl = params["perplexity"]
     if ppl["stride"] > ppl["window"]:
         raise PrunememError(f"{source}: perplexity.stride: {ppl['stride']} is larger than perplexity.window "
                             f"{ppl['window']}; allowed: stride <= window")
+
+
+def _validate_prune(params: dict, source: str) -> None:
+    """N:M patterns must be sensible and fit the embedded shapes; OWL needs its settings."""
+    from prunemem.prune import nm_pattern
+
+    prune = params["prune"]
+    for i, method in enumerate(prune["methods"]):
+        nm = nm_pattern(method)
+        if nm and not 0 < nm[1] < nm[2]:
+            raise PrunememError(f"{source}: prune.methods[{i}]: {method!r} must keep fewer than all of each group; "
+                                "allowed: N < M, e.g. wanda-2of4")
+        if nm and "embedded" in params and params["embedded"]["architecture"]["hidden_size"] % nm[2]:
+            raise PrunememError(f"{source}: prune.methods[{i}]: group {nm[2]} does not divide the input dimension "
+                                f"{params['embedded']['architecture']['hidden_size']}")
+        if method == "owl" and "owl" not in prune:
+            raise PrunememError(f"{source}: prune.owl: required by method owl; allowed keys: score, M, lambda")
 
 
 def _validate_compress(params: dict, source: str) -> None:
@@ -201,13 +225,20 @@ class Plan:
         """Low-rank levels, as for pruning the fraction of parameters removed (1 - keep)."""
         return [level_name(1 - keep) for keep in self.params.get("compress", {}).get("lowrank", {}).get("keep", [])]
 
+    def mask_levels(self, method: str) -> list[str]:
+        """N:M methods have the single level 1 - N/M; every other method has prune.levels."""
+        from prunemem.prune import nm_pattern
+
+        nm = nm_pattern(method)
+        return [level_name(1 - nm[1] / nm[2])] if nm else self.levels
+
     def variants(self) -> list[tuple[str, str]]:
         """Every (method, level) evaluated per model: dense first, then masks, then transforms.
 
         Quantization removes no parameters, so its level is 0; its budget is the
         ``compression`` column.
         """
-        return ([(DENSE, DENSE_LEVEL)] + [(m, lv) for m in self.methods for lv in self.levels]
+        return ([(DENSE, DENSE_LEVEL)] + [(m, lv) for m in self.methods for lv in self.mask_levels(m)]
                 + [(q, DENSE_LEVEL) for q in self.quantizers] + [(LOWRANK, lv) for lv in self.lowrank_levels])
 
     def kind(self, method: str) -> str:
@@ -223,7 +254,11 @@ class Plan:
         return {"kind": "quantize", **self.params["compress"]["quantize"][method]}
 
     def calibrated(self, method: str) -> bool:
-        """Whether a transform reads the calibration set (GPTQ)."""
+        """Whether a mask or transform reads the calibration set (Wanda, SparseGPT, OWL, SLEB, GPTQ)."""
+        if self.kind(method) == "mask":
+            from prunemem.prune import needs_calibration
+
+            return needs_calibration(method, self.params["prune"])
         spec = self.params.get("compress", {}).get("quantize", {}).get(method, {})
         return spec.get("algorithm", "rtn") == "gptq"
 
@@ -276,8 +311,9 @@ class Plan:
             return spec
         if stage == "samples":
             return {"checkpoint": self.stage_params("checkpoint", model), "samples": p["samples"]}
-        if stage == "mask":
-            return {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")}
+        if stage == "mask":  # the grid lists are not inputs of a single mask
+            return {"prune": {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")},
+                    "calibration": p["samples"]["calibration"], "threads": p["evaluate"]["threads"]}
         if stage == "transform":
             return self.transform_spec(method, level)
         if stage == "evaluate":

@@ -51,8 +51,8 @@ def evaluate_inputs(wildcards):
     return inputs
 
 
-def transform_inputs(wildcards):
-    """Calibrated transforms (GPTQ) also read the calibration set."""
+def calibrated_inputs(wildcards):
+    """A mask or transform reads its checkpoint, and the calibration set when it is calibrated."""
     inputs = {"checkpoint": PLAN.checkpoint_dir(wildcards.model)}
     if PLAN.calibrated(wildcards.method):
         inputs["samples"] = PLAN.samples_dir(wildcards.model) / "provenance.json"

@@ -1,6 +1,6 @@
 rule transform:
     input:
-        unpack(transform_inputs),
+        unpack(calibrated_inputs),
     output:
         "data/transforms/{model}/{method}/{level}.json",
     params:

@@ -1,6 +1,6 @@
 rule mask:
     input:
-        checkpoint="data/checkpoints/{model}",
+        unpack(calibrated_inputs),
     output:
         "data/masks/{model}/{method}/{level}.safetensors",
     params:

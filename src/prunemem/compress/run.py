@@ -98,12 +98,9 @@ def calibration_tokens(plan, model: str, spec: dict) -> torch.Tensor | None:
     """The calibration set of a calibrated transform (None when it needs none)."""
     if spec.get("algorithm", "rtn") != "gptq":
         return None
-    import polars as pl
+    from prunemem.data.samples import load_calibration
 
-    path = plan.samples_dir(model) / "calibration.parquet"
-    if not path.is_file():
-        raise PrunememError(f"{path}: calibration set not found; run `prunemem samples --model {model}` first")
-    return torch.tensor(pl.read_parquet(path)["tokens"].to_list(), dtype=torch.long)
+    return load_calibration(plan.samples_dir(model))
 
 
 def build_transform(plan, model: str, method: str, level: str, progress=None) -> Path:

@@ -137,6 +137,16 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
     return prov
 
 
+def load_calibration(samples_dir: str | Path):
+    """The calibration sequences as a LongTensor [n, tokens]."""
+    import torch
+
+    path = Path(samples_dir) / "calibration.parquet"
+    if not path.is_file():
+        raise PrunememError(f"{path}: calibration set not found; build the samples stage first")
+    return torch.tensor(pl.read_parquet(path)["tokens"].to_list(), dtype=torch.long)
+
+
 def samples_hash(samples_dir: str | Path) -> str:
     """The identity of a sample set: the digest of its files' hashes, as recorded when built."""
     import json

@@ -31,17 +31,21 @@ log = logging.getLogger(__name__)
 
 
 def sparsity(model: torch.nn.Module, mask: dict[str, torch.Tensor] | None) -> dict[str, float]:
-    """Zero share of all prunable weights (achieved) and of the tensors a mask touched (target)."""
+    """Share of all prunable weights removed (achieved) and of the tensors the method touched (target).
+
+    A mask covers every prunable tensor (SLEB's removed blocks included), so it is counted from
+    the mask; transforms and the dense model are counted from the weights that are zero.
+    """
+    if mask:
+        pruned = {n: int((~m).sum()) for n, m in mask.items()}
+        touched = [n for n in pruned if pruned[n]]
+        touched_total = sum(mask[n].numel() for n in touched)
+        return {"achieved_sparsity": sum(pruned.values()) / sum(m.numel() for m in mask.values()),
+                "target_sparsity": sum(pruned[n] for n in touched) / touched_total if touched_total else 0.0}
     params = dict(model.named_parameters())
     targets = [t.name for t in prunable(list(params))]
     achieved = sum(int((params[n] == 0).sum()) for n in targets) / sum(params[n].numel() for n in targets)
-    if not mask:
-        return {"achieved_sparsity": achieved, "target_sparsity": achieved}
-    pruned = {n: int((~m).sum()) for n, m in mask.items()}
-    touched = [n for n in pruned if pruned[n]]
-    touched_total = sum(params[n].numel() for n in touched)
-    return {"achieved_sparsity": achieved,
-            "target_sparsity": sum(pruned[n] for n in touched) / touched_total if touched_total else 0.0}
+    return {"achieved_sparsity": achieved, "target_sparsity": achieved}
 
 
 def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None) -> dict:

@@ -32,49 +32,59 @@ def tensor_mask(scores: torch.Tensor, level: float) -> torch.Tensor:
     return mask.view(scores.shape)
 
 
-def _ordered_bits(scores: torch.Tensor) -> torch.Tensor:
+def _ordered_bits(scores: torch.Tensor, check: bool = False) -> torch.Tensor:
     """Non-negative float32 scores as int32 bit patterns, which sort in the same order."""
     scores = scores.detach().float()
-    if not torch.isfinite(scores).all() or (scores < 0).any():
+    if check and (not torch.isfinite(scores).all() or (scores < 0).any()):
         raise ValueError("scores must be finite and non-negative")
     return (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+
+
+def _kth_bits(names: list[str], score: ScoreFn, level: float) -> tuple[int, int, int]:
+    """(k, t, below): k = floor(level * N), the bit pattern t of the k-th smallest score, and how many are below t.
+
+    Two histogram passes, exact: the high 16 bits of every pattern pick the bucket holding the
+    k-th score, the low 16 bits within that bucket pick the value.
+    """
+    device = score(names[0]).device
+    high = torch.zeros(1 << 15, dtype=torch.int64, device=device)  # patterns of finite non-negatives < 0x7F800000
+    total = 0
+    for n in names:
+        bits = _ordered_bits(score(n), check=True).flatten()
+        high += torch.bincount(bits >> 16, minlength=1 << 15)
+        total += bits.numel()
+    k = n_to_prune(level, total)
+    if k == 0:
+        return 0, -1, 0
+    cum = high.cumsum(0)
+    bucket = int(torch.searchsorted(cum, k))  # first bucket whose cumulative count reaches k
+    below = int(cum[bucket - 1]) if bucket else 0
+    low = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+    for n in names:
+        bits = _ordered_bits(score(n)).flatten()
+        low += torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
+    cum_low = low.cumsum(0)
+    offset = int(torch.searchsorted(cum_low, k - below))
+    return k, (bucket << 16) | offset, below + (int(cum_low[offset - 1]) if offset else 0)
 
 
 def global_masks(names: list[str], score: ScoreFn, level: float) -> dict[str, torch.Tensor]:
     """One threshold over all ``names`` removing exactly floor(level * N) weights.
 
     Hand-written because ``torch.nn.utils.prune.global_unstructured`` concatenates every
-    score (over 100 GB at 12B): here the threshold is found by bisection over the float bit
-    patterns, 31 counting passes that each hold one tensor's scores at a time.
+    score (over 100 GB at 12B): here the k-th smallest score is found with two histogram
+    passes over the float bit patterns (``_kth_bits``), each holding one tensor's scores at a
+    time, and a third pass writes the masks.
     """
-    sizes = {n: score(n).numel() for n in names}
-    k = n_to_prune(level, sum(sizes.values()))
-    if k == 0:
-        return {n: torch.ones_like(score(n), dtype=torch.bool) for n in names}
-
-    def count(predicate: Callable[[torch.Tensor], torch.Tensor]) -> int:
-        return sum(int(predicate(_ordered_bits(score(n))).sum()) for n in names)
-
-    lo, hi = 0, 0x7F800000  # +0.0 .. +inf
-    while lo < hi:  # smallest t with #{bits <= t} >= k
-        mid = (lo + hi) // 2
-        if count(lambda b: b <= mid) >= k:
-            hi = mid
-        else:
-            lo = mid + 1
-    threshold = lo
-    ties_left = k - count(lambda b: b < threshold)
+    k, threshold, below = _kth_bits(names, score, level)
+    ties_left = k - below
     masks = {}
     for n in names:
         bits = _ordered_bits(score(n))
         mask = bits > threshold
-        if ties_left:
-            tied = (bits == threshold).flatten().nonzero().flatten()
-            spare = tied[ties_left:]  # ties beyond the quota are kept, first-come pruned first
-            ties_left = max(0, ties_left - tied.numel())
-            mask.view(-1)[spare] = True
-        else:
-            mask |= bits == threshold
+        tied = (bits == threshold).flatten().nonzero().flatten()
+        mask.view(-1)[tied[ties_left:]] = True  # ties beyond the quota are kept, first-come pruned first
+        ties_left = max(0, ties_left - tied.numel())
         masks[n] = mask
     return masks
 

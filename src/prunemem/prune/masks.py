@@ -23,6 +23,8 @@ from prunemem.errors import PrunememError
 from prunemem.provenance import atomic_path
 
 FORMAT = "prunemem-mask/1"
+UPDATED = "updated:"  # key prefix of SparseGPT's compensated weights stored beside the masks
+_DTYPES = {torch.uint8: "U8", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -41,7 +43,7 @@ def unpack(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
 
 
 def _write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write uint8 tensors in the safetensors format with a canonical (sorted) header.
+    """Write tensors in the safetensors format with a canonical (sorted) header.
 
     Hand-written because safetensors' own writer emits ``__metadata__`` in hash-map order,
     which changes from process to process, and artifacts must be byte-identical on re-runs.
@@ -52,10 +54,9 @@ def _write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metad
     blobs, offset = [], 0
     for name in sorted(tensors):
         tensor = tensors[name]
-        if tensor.dtype != torch.uint8:
-            raise TypeError(f"{name}: expected uint8, got {tensor.dtype}")
-        data = tensor.contiguous().cpu().numpy().tobytes()
-        header[name] = {"dtype": "U8", "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
+        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
     raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
@@ -68,14 +69,21 @@ def _write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metad
 
 
 def save(path: str | Path, masks: dict[str, torch.Tensor], *, method: str, level: str, checkpoint_sha256: str,
-         provenance: dict[str, Any] | None = None) -> None:
+         provenance: dict[str, Any] | None = None, updated: dict[str, torch.Tensor] | None = None,
+         removed_blocks: list[int] | None = None, block_levels: list[float] | None = None) -> None:
+    """Write a mask; ``updated`` (SparseGPT) and ``removed_blocks`` (SLEB) travel with it."""
     meta = {
         "format": FORMAT, "method": method, "level": str(level), "checkpoint_sha256": checkpoint_sha256,
         "shapes": json.dumps({n: list(m.shape) for n, m in masks.items()}, sort_keys=True),
         "kept": json.dumps({n: int(m.sum()) for n, m in masks.items()}, sort_keys=True),
         "provenance": json.dumps(provenance or {}, sort_keys=True),
+        "removed_blocks": json.dumps(removed_blocks or []),
+        "block_levels": json.dumps(block_levels),
+        "updated": json.dumps(sorted(updated or {})),
     }
-    _write_safetensors(path, {n: pack(m) for n, m in masks.items()}, meta)
+    tensors = {n: pack(m) for n, m in masks.items()}
+    tensors.update({UPDATED + n: w for n, w in (updated or {}).items()})
+    _write_safetensors(path, tensors, meta)
 
 
 def header(path: str | Path) -> dict[str, Any]:
@@ -92,7 +100,7 @@ def header(path: str | Path) -> dict[str, Any]:
         raise PrunememError(f"{path}: not a readable safetensors mask ({err})") from None
     if meta.get("format") != FORMAT:
         raise PrunememError(f"{path}: not a prunemem mask (format {meta.get('format')!r}, expected {FORMAT!r})")
-    for key in ("shapes", "kept", "provenance"):
+    for key in ("shapes", "kept", "provenance", "removed_blocks", "block_levels", "updated"):
         meta[key] = json.loads(meta[key])
     return meta
 
@@ -119,7 +127,8 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
     """Zero the pruned weights of ``model`` in place; return the masks applied.
 
     Given a path, the mask's ``checkpoint_sha256`` must equal the model's
-    ``prunemem_checkpoint_sha256`` (set by ``prunemem.checkpoints.load_model``).
+    ``prunemem_checkpoint_sha256`` (set by ``prunemem.checkpoints.load_model``); SparseGPT's
+    updated weights are copied in and SLEB's removed blocks are replaced by pass-throughs.
     """
     if not isinstance(masks, dict):
         path = Path(masks)
@@ -130,7 +139,12 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
                 raise PrunememError(f"{path}: mask was made for checkpoint {meta['checkpoint_sha256'][:12]}..., "
                                     f"not this model's {str(have)[:12]}...")
         masks = load(path)
+        updated = _load_updated(path, meta)
+    else:
+        meta, updated = {"removed_blocks": []}, {}
     params = dict(model.named_parameters())
+    for name, weight in updated.items():
+        params[name].copy_(weight.to(device=params[name].device, dtype=params[name].dtype))
     for name, mask in masks.items():
         if name not in params:
             raise PrunememError(f"mask tensor {name} has no parameter in the model")
@@ -138,4 +152,17 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
         if tuple(weight.shape) != tuple(mask.shape):
             raise PrunememError(f"mask tensor {name} has shape {tuple(mask.shape)}, the weight {tuple(weight.shape)}")
         weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+    if meta["removed_blocks"]:
+        from prunemem.prune.calibrated import skip_blocks
+
+        skip_blocks(model, meta["removed_blocks"])
     return masks
+
+
+def _load_updated(path: Path, meta: dict) -> dict[str, torch.Tensor]:
+    if not meta["updated"]:
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return {name: fh.get_tensor(UPDATED + name) for name in meta["updated"]}

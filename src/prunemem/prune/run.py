@@ -1,6 +1,7 @@
-"""One mask job: read a checkpoint's weights tensor by tensor, compute a method's mask, save it.
+"""One mask job: compute a method's mask from a checkpoint (and the calibration set), save it.
 
     prunemem mask --model tiny --method global --level 0.5
+    prunemem mask --model tiny --method wanda  --level 0.5     # reads data/samples/tiny/calibration.parquet
 """
 
 from __future__ import annotations
@@ -8,9 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from prunemem.checkpoints import WEIGHTS, checkpoint_hash
+import torch
+
+from prunemem.checkpoints import WEIGHTS, checkpoint_hash, load_model
+from prunemem.data.samples import load_calibration, samples_hash
 from prunemem.plan import Plan
-from prunemem.prune import compute, masks
+from prunemem.prune import MaskContext, compute, masks, needs_calibration
 from prunemem.prune.targets import WeightSource
 from prunemem.provenance import record
 
@@ -18,14 +22,24 @@ log = logging.getLogger(__name__)
 
 
 def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
+    cfg = plan.params["prune"]
+    torch.set_num_threads(plan.params["evaluate"]["threads"])
+    torch.use_deterministic_algorithms(True)
     ckpt = plan.checkpoint_dir(model)
     ckpt_sha = checkpoint_hash(ckpt)
-    source = WeightSource(ckpt / WEIGHTS)
-    keep = compute(method, source, float(level), plan.params["prune"])
-    pruned = sum(int((~m).sum()) for m in keep.values())
-    total = sum(m.numel() for m in keep.values())
-    log.info("%s @ %s: pruned %d of %d prunable weights (%.4f)", method, level, pruned, total, pruned / total)
+    inputs = {"checkpoint": ckpt_sha}
+    calibrated = needs_calibration(method, cfg)
+    if calibrated:
+        inputs["samples"] = samples_hash(plan.samples_dir(model))
+    ctx = MaskContext(WeightSource(ckpt / WEIGHTS), cfg, load_model=lambda: load_model(ckpt),
+                      calibration=(lambda: load_calibration(plan.samples_dir(model))) if calibrated else None)
+    result = compute(method, ctx, float(level))
+    pruned = sum(int((~m).sum()) for m in result.masks.values())
+    total = sum(m.numel() for m in result.masks.values())
+    log.info("%s @ %s: pruned %d of %d prunable weights (%.4f)%s", method, level, pruned, total, pruned / total,
+             f", removed blocks {result.removed_blocks}" if result.removed_blocks else "")
     out = plan.mask_path(model, method, level)
-    prov = record("mask", {"checkpoint": ckpt_sha}, {"method": method, "level": level, **plan.stage_params("mask")})
-    masks.save(out, keep, method=method, level=level, checkpoint_sha256=ckpt_sha, provenance=prov)
+    prov = record("mask", inputs, {"method": method, "level": level, **plan.stage_params("mask")})
+    masks.save(out, result.masks, method=method, level=level, checkpoint_sha256=ckpt_sha, provenance=prov,
+               updated=result.updated, removed_blocks=result.removed_blocks, block_levels=result.block_levels)
     return out

@@ -65,6 +65,17 @@ def memorization_vs_perplexity(results: pl.DataFrame, k: int) -> alt.Chart:
     return (points + labels).properties(width=560, height=320)
 
 
+def layer_sparsity_heatmap(table: pl.DataFrame) -> alt.Chart:
+    """Achieved sparsity of every block under every mask."""
+    data = table.with_columns(pl.format("{} {}", pl.col("method"), pl.col("level")).alias("variant"))
+    return alt.Chart(data).mark_rect().encode(
+        x=alt.X("block:O", title="transformer block"),
+        y=alt.Y("variant:N", title="mask", sort=None),
+        color=alt.Color("sparsity:Q", title="sparsity", scale=alt.Scale(domain=[0, 1], scheme="blues")),
+        tooltip=["variant:N", "block:O", alt.Tooltip("sparsity:Q", format=".3f")],
+    ).properties(width=28 * max(1, table["block"].n_unique()), height=12 * max(1, data["variant"].n_unique()))
+
+
 def extraction_vs_duplication(table: pl.DataFrame, k: int) -> alt.Chart:
     """Carlini et al.'s curve: canary extraction against the number of planted copies."""
     x = alt.X("copies:O", title="copies of the canary in the training stream")

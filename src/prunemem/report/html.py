@@ -89,6 +89,12 @@ def build(plan: Plan) -> tuple[str, str]:
                 "<p class=note>Canaries planted 0 times were never trained on: their rate is what the model guesses "
                 "without memorizing.</p>",
                 charts.to_svg(charts.extraction_vs_duplication(dup, k))]
+    layers = tables.layer_sparsity(plan)
+    if layers.height:
+        sections += ["<h2>Achieved sparsity per block</h2>",
+                     "<p class=note>Share of each block's prunable weights removed by each mask: uniform for "
+                     "layerwise and N:M, uneven for global, OWL and the subset strategies, whole blocks for SLEB.</p>",
+                     charts.to_svg(charts.layer_sparsity_heatmap(layers))]
     shown = ["model", "method", "level", "n_samples", "n_extracted", "extraction_rate", "ci_low", "ci_high",
              "token_match_rate", "perplexity", "achieved_sparsity", "compression"]
     for kk in plan.ks:

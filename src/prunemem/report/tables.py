@@ -38,6 +38,31 @@ def results(plan: Plan) -> pl.DataFrame:
     return pl.DataFrame(rows).select(RESULT_COLUMNS)
 
 
+def layer_sparsity(plan: Plan) -> pl.DataFrame:
+    """Achieved sparsity per transformer block for every mask, read from the mask headers."""
+    from prunemem.prune.masks import header
+    from prunemem.prune.targets import prunable
+
+    rows = []
+    for model in plan.models:
+        for method, level in plan.variants():
+            if plan.kind(method) != "mask":
+                continue
+            meta = header(plan.mask_path(model, method, level))
+            per_block: dict[int, list[int]] = {}
+            for target in prunable(list(meta["shapes"])):
+                size = 1
+                for dim in meta["shapes"][target.name]:
+                    size *= dim
+                kept_total = per_block.setdefault(target.layer, [0, 0])
+                kept_total[0] += meta["kept"][target.name]
+                kept_total[1] += size
+            rows += [{"model": model, "method": method, "level": float(level), "block": block,
+                      "sparsity": 1 - kept / total} for block, (kept, total) in sorted(per_block.items())]
+    return pl.DataFrame(rows, schema={"model": pl.String, "method": pl.String, "level": pl.Float64,
+                                      "block": pl.Int64, "sparsity": pl.Float64})
+
+
 def by_duplication(plan: Plan, model: str, variants: list[tuple[str, str]], k: int) -> pl.DataFrame:
     """Canary extraction rate per copy count (Carlini et al.'s duplication curve), with Wilson CIs."""
     from prunemem.evaluate.stats import wilson
