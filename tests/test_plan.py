@@ -65,7 +65,8 @@ def test_malformed_yaml_and_missing_file(tmp_path, capsys):
 @pytest.mark.parametrize("argv,fragment", [
     (["mask", "--model", "tiny", "--method", "dense", "--level", "0"], "--method: dense has no mask"),
     (["mask", "--model", "big", "--method", "global", "--level", "0.5"], "--model: 'big' is not in params models"),
-    (["evaluate", "--model", "tiny", "--method", "wanda", "--level", "0.5"], "--method: 'wanda' is not in the plan"),
+    (["evaluate", "--model", "tiny", "--method", "obc", "--level", "0.5"], "--method: 'obc' is not in the plan"),
+    (["mask", "--model", "tiny", "--method", "wanda-2of4", "--level", "0.3"], "not a level of wanda-2of4; allowed: 0.5"),
     (["evaluate", "--model", "tiny", "--method", "global", "--level", "0.55"], "allowed: 0.3, 0.5, 0.7"),
 ])
 def test_cli_rejects_jobs_outside_the_plan(tmp_path, capsys, monkeypatch, argv, fragment):
@@ -81,7 +82,8 @@ def test_default_params_are_valid_and_levels_have_one_spelling(default_params):
     assert plan.variants()[0] == ("dense", "0")
     assert level_name(0.30) == "0.3" and level_name(0.05) == "0.05"
     n_transforms = len(plan.quantizers) + len(plan.lowrank_levels)
-    assert len(plan.variants()) == 1 + len(plan.methods) * len(plan.levels) + n_transforms
+    assert len(plan.variants()) == 1 + sum(len(plan.mask_levels(m)) for m in plan.methods) + n_transforms
+    assert plan.mask_levels("wanda-2of4") == ["0.5"] and plan.mask_levels("magnitude-4of8") == ["0.5"]
     assert plan.lowrank_levels == ["0.3", "0.5", "0.7"]  # 1 - keep, spelt like the pruning levels
     assert [plan.kind(m) for m in ("dense", "global", "int4", "lowrank")] == ["dense", "mask", "transform", "transform"]
 
