@@ -102,6 +102,11 @@ def test_report_is_offline_and_states_the_findings(pipeline):
     assert page.count("<svg") >= 3 and "pruning, quantization, low-rank" in page and "<script" not in page and "cdn" not in page.lower()
     assert "the dense model extracts" in page and "canaries planted 256 times" in page
     assert "Results at k=16" in page and "Results at k=32" in page
+    with open(pipeline / "reports" / "layer_sparsity.csv") as fh:
+        layers = list(csv.DictReader(fh))
+    sleb = [float(r["sparsity"]) for r in layers if r["method"] == "sleb" and r["level"] == "0.5"]
+    assert sorted(sleb) == [0.0, 1.0]  # one of two blocks removed whole
+    assert all(float(r["sparsity"]) == pytest.approx(0.5, abs=1e-9) for r in layers if r["method"] == "wanda-2of4")
 
 
 def test_second_run_does_nothing_and_a_clean_rebuild_is_byte_identical(pipeline):

@@ -28,6 +28,14 @@ def _params(params_file: str, keys: list[str]) -> list:
     return [{params_file: keys}] if params_file != "params.yaml" else keys
 
 
+def _artifact_params(plan: Plan, model: str, method: str) -> list[str]:
+    """The params keys a mask or transform stage depends on."""
+    keys = ["evaluate.threads"] + (["samples.calibration"] if plan.calibrated(method) else [])
+    if plan.kind(method) == "mask":
+        return [f"prune.{key}" for key in plan.stage_params("mask", model, method)["prune"]] + keys
+    return [plan.param_key(method)] + keys
+
+
 def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
     flag = "" if params_file == "params.yaml" else f" --params {params_file}"
     out: dict = {}
@@ -56,9 +64,7 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
                     "cmd": f"prunemem{flag} {kind} --model {model} --method {method} --level {level}",
                     "deps": [ckpt, *([samples] if plan.calibrated(method) else []),
                              f"{CODE}/prune" if kind == "mask" else f"{CODE}/compress"],
-                    "params": _params(params_file, [f"prune.{key}" for key in plan.stage_params("mask")["prune"]]
-                                      + ["samples.calibration", "evaluate.threads"]
-                                      if kind == "mask" else [plan.param_key(method), "evaluate.threads"]),
+                    "params": _params(params_file, _artifact_params(plan, model, method)),
                     "outs": [artifact],
                 }
                 deps.insert(2, artifact)
@@ -72,7 +78,7 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
         "cmd": f"prunemem{flag} report",
         "deps": [plan.metrics_dir(m, me, lv).as_posix() for m in plan.models for me, lv in plan.variants()]
                 + [f"{CODE}/report"],
-        "outs": [(plan.reports_dir / "results.csv").as_posix(), (plan.reports_dir / "report.html").as_posix()],
+        "outs": [(plan.reports_dir / name).as_posix() for name in ("results.csv", "report.html", "layer_sparsity.csv")],
     }
     return {"stages": out}
 

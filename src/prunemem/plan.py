@@ -312,8 +312,11 @@ class Plan:
         if stage == "samples":
             return {"checkpoint": self.stage_params("checkpoint", model), "samples": p["samples"]}
         if stage == "mask":  # the grid lists are not inputs of a single mask
-            return {"prune": {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")},
-                    "calibration": p["samples"]["calibration"], "threads": p["evaluate"]["threads"]}
+            spec = {"prune": {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")},
+                    "threads": p["evaluate"]["threads"]}
+            if method is not None and self.calibrated(method):
+                spec["calibration"] = p["samples"]["calibration"]
+            return spec
         if stage == "transform":
             return self.transform_spec(method, level)
         if stage == "evaluate":

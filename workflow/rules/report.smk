@@ -4,6 +4,7 @@ rule report:
     output:
         "reports/results.csv",
         "reports/report.html",
+        "reports/layer_sparsity.csv",
     log:
         "logs/report.log",
     shell:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from prunemem.compress.lowrank import rank_for, truncated_svd
-from prunemem.compress.quantize import bits_per_weight, quantize_dequantize
+from prunemem.compress.quantize import bits_per_weight, check, quantize_dequantize
 from prunemem.errors import PrunememError
 from prunemem.provenance import record, write_json
 
@@ -64,7 +64,10 @@ def transform_model(model, spec: dict, key: str, calibration: torch.Tensor | Non
         if calibration is None:
             raise PrunememError(f"{key}: gptq needs the calibration set (samples.calibration)")
         for name in names:  # settings errors before any calibration work
-            _matrix_transform(spec, key, name)(params[name][:1])
+            try:
+                check(spec["bits"], spec["group_size"], params[name].shape[1])
+            except ValueError as err:
+                raise PrunememError(f"{key}: {err} ({name})") from None
 
         def edit(index, linears, stats):
             for module_name, module in linears.items():

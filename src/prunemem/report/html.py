@@ -90,6 +90,8 @@ def build(plan: Plan) -> tuple[str, str]:
                 "without memorizing.</p>",
                 charts.to_svg(charts.extraction_vs_duplication(dup, k))]
     layers = tables.layer_sparsity(plan)
+    with atomic_path(out / "layer_sparsity.csv") as tmp:
+        layers.write_csv(tmp)
     if layers.height:
         sections += ["<h2>Achieved sparsity per block</h2>",
                      "<p class=note>Share of each block's prunable weights removed by each mask: uniform for "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from prunemem.errors import PrunememError
 from prunemem.plan import Plan
 
 RESULT_COLUMNS = [
@@ -21,7 +22,10 @@ def results(plan: Plan) -> pl.DataFrame:
     rows = []
     for model in plan.models:
         for method, level in plan.variants():
-            summary = json.loads((plan.metrics_dir(model, method, level) / "summary.json").read_text())
+            path = plan.metrics_dir(model, method, level) / "summary.json"
+            if not path.is_file():
+                raise PrunememError(f"{path}: missing; evaluate {model} {method} {level} before the report")
+            summary = json.loads(path.read_text())
             prov = summary["provenance"]
             env = prov["environment"]
             for per_k in summary["per_k"]:
