@@ -58,8 +58,8 @@ def test_global_matches_torch_global_unstructured(random_model, level):
 
 def test_global_exact_count_and_tie_rule():
     # every magnitude equal: the quota must be filled by (tensor order, flat index), first pruned first
-    sd = {f"gpt_neox.layers.0.mlp.dense_h_to_4h.weight": torch.full((3, 5), -2.0),
-          f"gpt_neox.layers.1.mlp.dense_h_to_4h.weight": torch.full((4, 5), 2.0)}
+    sd = {"gpt_neox.layers.0.mlp.dense_h_to_4h.weight": torch.full((3, 5), -2.0),
+          "gpt_neox.layers.1.mlp.dense_h_to_4h.weight": torch.full((4, 5), 2.0)}
     keep = magnitude.global_masks(list(sd), lambda n: sd[n].abs(), 0.5)
     first, second = keep["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"], keep["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"]
     assert int((~first).sum()) + int((~second).sum()) == 17  # floor(0.5 * 35)

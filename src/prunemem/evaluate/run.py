@@ -11,7 +11,6 @@ Wilson 95% intervals, perplexity, sparsity, provenance) to ``data/metrics/{model
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import polars as pl
 import torch

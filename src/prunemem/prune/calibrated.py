@@ -21,7 +21,6 @@ import math
 
 import torch
 
-from prunemem.calibrate import HessianStats, blockwise
 from prunemem.compress.gptq import inverse_hessian_cholesky
 
 
