@@ -185,6 +185,11 @@ def _validate_compress(params: dict, source: str) -> None:
                                     f"prunable matrix; allowed: >= {1 / smallest:.4g}")
 
 
+def uses_calibration(spec: dict) -> bool:
+    """Whether a transform spec reads the calibration set (GPTQ)."""
+    return spec.get("algorithm", "rtn") == "gptq"
+
+
 @dataclass(frozen=True)
 class Plan:
     """The validated experiment: which artifacts exist and where."""
@@ -259,8 +264,7 @@ class Plan:
             from prunemem.prune import needs_calibration
 
             return needs_calibration(method, self.params["prune"])
-        spec = self.params.get("compress", {}).get("quantize", {}).get(method, {})
-        return spec.get("algorithm", "rtn") == "gptq"
+        return uses_calibration(self.params.get("compress", {}).get("quantize", {}).get(method, {}))
 
     def param_key(self, method: str) -> str:
         """Where a method's settings live in params, for error messages."""

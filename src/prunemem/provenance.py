@@ -71,6 +71,12 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_parquet(frame, path: str | Path) -> None:
+    """Write a polars frame atomically, zstd-compressed, without statistics (byte-stable)."""
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp, compression="zstd", statistics=False)
+
+
 def git_commit() -> str | None:
     """The commit of the source tree prunemem runs from, when it is a git checkout."""
     src = Path(__file__).resolve().parent

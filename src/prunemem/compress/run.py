@@ -16,6 +16,7 @@ import torch
 from prunemem.compress.lowrank import rank_for, truncated_svd
 from prunemem.compress.quantize import bits_per_weight, check, quantize_dequantize
 from prunemem.errors import PrunememError
+from prunemem.plan import uses_calibration
 from prunemem.provenance import record, write_json
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def transform_model(model, spec: dict, key: str, calibration: torch.Tensor | Non
     params = dict(model.named_parameters())
     names = [t.name for t in prunable(list(params))]
     total = sum(params[n].numel() for n in names)
-    if spec.get("algorithm", "rtn") == "gptq":
+    if uses_calibration(spec):
         if calibration is None:
             raise PrunememError(f"{key}: gptq needs the calibration set (samples.calibration)")
         for name in names:  # settings errors before any calibration work
@@ -99,7 +100,7 @@ def weights_digest(model) -> str:
 
 def calibration_tokens(plan, model: str, spec: dict) -> torch.Tensor | None:
     """The calibration set of a calibrated transform (None when it needs none)."""
-    if spec.get("algorithm", "rtn") != "gptq":
+    if not uses_calibration(spec):
         return None
     from prunemem.data.samples import load_calibration
 
@@ -119,7 +120,7 @@ def build_transform(plan, model: str, method: str, level: str, progress=None) ->
     out = plan.transform_path(model, method, level)
     ckpt_sha = checkpoint_hash(ckpt)
     inputs = {"checkpoint": ckpt_sha}
-    if spec.get("algorithm") == "gptq":
+    if uses_calibration(spec):
         from prunemem.data.samples import samples_hash
 
         inputs["samples"] = samples_hash(plan.samples_dir(model))

@@ -24,7 +24,7 @@ import polars as pl
 
 from prunemem import embedded
 from prunemem.errors import PrunememError
-from prunemem.provenance import digest_json, record, sha256_file, write_json
+from prunemem.provenance import digest_json, record, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,6 @@ FILES = ("members.parquet", "nonmembers.parquet", "perplexity.parquet", "calibra
 PROVENANCE = "provenance.json"
 SAMPLE_SCHEMA = {"sample_id": pl.String, "kind": pl.String, "copies": pl.Int32, "member": pl.Boolean,
                  "source": pl.String, "position": pl.Int64, "tokens": pl.List(pl.Int32)}
-
-
-def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    from prunemem.provenance import atomic_path
-
-    with atomic_path(path) as tmp:
-        frame.write_parquet(tmp, compression="zstd", statistics=False)
 
 
 def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]:
@@ -127,7 +120,7 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
         raise PrunememError(f"models.{model_name}.source: {source!r} has no sample builder; allowed: embedded")
     sets = embedded_sets(checkpoint_dir, params)
     for name, frame in sets.items():
-        _write_parquet(frame, out_dir / name)
+        write_parquet(frame, out_dir / name)
         log.info("%s: %d rows", name, frame.height)
     hashes = {name: sha256_file(out_dir / name) for name in FILES}
     prov = record("samples", {"checkpoint": checkpoint_hash(checkpoint_dir)},

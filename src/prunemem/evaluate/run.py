@@ -24,7 +24,7 @@ from prunemem.compress.run import apply_transform, calibration_tokens
 from prunemem.plan import Plan
 from prunemem.prune import masks as mask_io
 from prunemem.prune.targets import prunable
-from prunemem.provenance import atomic_path, record, sha256_file, write_json
+from prunemem.provenance import record, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
                       "token_match_rate": float(members["token_match_rate"].mean()) if n else 0.0})
 
     out_dir = plan.metrics_dir(model_name, method, level)
-    with atomic_path(out_dir / "memorization.parquet") as tmp:
-        per_sample.write_parquet(tmp, compression="zstd", statistics=False)
+    write_parquet(per_sample, out_dir / "memorization.parquet")
     inputs.update(checkpoint=checkpoint_hash(ckpt_dir), samples=samples_hash(samples_dir))
     summary = {
         "model": model_name, "method": method, "level": level, "perplexity": ppl, "perplexity_tokens": n_scored,
