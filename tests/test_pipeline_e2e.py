@@ -33,7 +33,8 @@ SMALL = {
     "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True},
                               "int4-gptq": {"bits": 4, "group_size": 32, "symmetric": True, "algorithm": "gptq"}},
                  "lowrank": {"keep": [0.5]}},
-    "evaluate": {"batch_size": 32, "threads": 1},
+    "evaluate": {"batch_size": "auto", "max_batch_size": 32, "threads": 1, "device": "cpu", "dtype": "float32",
+                 "near_tie_margin": 0.1, "cross_check": 8, "seed": 0, "mia": {"min_k_fraction": 0.2, "bootstrap": 200}},
 }
 
 
@@ -82,6 +83,11 @@ def test_results_table_follows_the_contract(pipeline):
     assert float(by_method[("lowrank", "0.5")]["compression"]) == pytest.approx(0.5, abs=0.01)
     assert float(by_method[("int4-gptq", "0.0")]["compression"]) == pytest.approx((4 + 16 / 32) / 16)
     assert float(by_method[("global", "0.5")]["compression"]) == pytest.approx(0.5, abs=1e-4)
+    # every variant (pruned, quantized, low-rank) passed the generate() cross-check; fp32 flips nothing
+    assert all(r["n_cross_checked"] == "8" and r["n_flipped"] == "0" for r in rows)
+    assert sum(int(r["n_rechecked"]) for r in rows) > 0
+    for r in rows:
+        assert float(r["mia_loss_auc_low"]) <= float(r["mia_loss_auc"]) <= float(r["mia_loss_auc_high"])
 
 
 def test_memorization_is_real_and_pruning_removes_it(pipeline):
@@ -95,6 +101,45 @@ def test_memorization_is_real_and_pruning_removes_it(pipeline):
     dense, heavy = rows[("dense", "0.0")], rows[("global", "0.9")]
     assert float(heavy["extraction_rate"]) < float(dense["extraction_rate"])
     assert float(heavy["perplexity"]) > float(dense["perplexity"])
+    assert float(dense["mia_loss_auc"]) > 0.5  # heavily duplicated canaries are easy members
+
+
+def _copy_study(pipeline, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(pipeline, study, ignore=shutil.ignore_patterns(".snakemake"))
+    return study
+
+
+def _evaluate(study, *extra):
+    return subprocess.run(["prunemem", "evaluate", "--model", "tiny", "--method", "dense", "--level", "0", *extra],
+                          cwd=study, capture_output=True, text=True, env=venv_env())
+
+
+def test_evaluate_refuses_windows_past_the_context_before_loading_weights(pipeline, tmp_path):
+    import json
+
+    study = _copy_study(pipeline, tmp_path)
+    config = study / "data/checkpoints/tiny/config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"max_position_embeddings": 40}))
+    (study / "data/checkpoints/tiny/model.safetensors").write_bytes(b"not weights")  # never read
+    before = _md5s(study)
+    run = _evaluate(study)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "prunemem: error: samples.k + samples.suffix_tokens: 48 tokens exceed tiny's context of 40 "
+        "(data/checkpoints/tiny/config.json)")
+    assert _md5s(study) == before
+
+
+def test_evaluate_refuses_samples_from_another_tokenizer(pipeline, tmp_path):
+    study = _copy_study(pipeline, tmp_path)
+    tokenizer = study / "data/checkpoints/tiny/tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"<|endoftext|>"', '"<|end|>"', 1))
+    run = _evaluate(study)
+    assert run.returncode == 1
+    line = run.stderr.strip().splitlines()[-1]
+    assert line.startswith("prunemem: error: data/samples/tiny: samples were tokenized with tokenizer ")
+    assert line.endswith("rebuild them with `prunemem samples --model tiny`")
 
 
 def test_report_is_offline_and_states_the_findings(pipeline):

@@ -58,6 +58,20 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device
     return model.to(device).eval()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def tokenizer_hash(directory: str | Path) -> str:
+    """Identity of a checkpoint's tokenizer: the digest of whichever tokenizer files it ships."""
+    from prunemem.provenance import digest_json
+
+    directory = Path(directory)
+    files = {name: sha256_file(directory / name) for name in TOKENIZER_FILES if (directory / name).is_file()}
+    if not files:
+        raise PrunememError(f"{directory}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    return digest_json(files)
+
+
 def load_tokenizer(directory: str | Path):
     from transformers import AutoTokenizer
 

@@ -3,6 +3,7 @@ rule evaluate:
         unpack(evaluate_inputs),
     output:
         "data/metrics/{model}/{method}/{level}/memorization.parquet",
+        "data/metrics/{model}/{method}/{level}/mia.parquet",
         "data/metrics/{model}/{method}/{level}/summary.json",
     params:
         digest=lambda w: PLAN.stage_digest("evaluate"),

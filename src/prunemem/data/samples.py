@@ -112,7 +112,7 @@ def _calibration_windows(docs: list[tuple[str, list[int]]], eos: int, cfg: dict)
 
 
 def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_name: str) -> dict:
-    from prunemem.checkpoints import checkpoint_hash
+    from prunemem.checkpoints import checkpoint_hash, tokenizer_hash
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     source = params["models"][model_name]["source"]
@@ -125,7 +125,7 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
     hashes = {name: sha256_file(out_dir / name) for name in FILES}
     prov = record("samples", {"checkpoint": checkpoint_hash(checkpoint_dir)},
                   {"samples": params["samples"], "source": source})
-    prov.update(files=hashes, samples_sha256=digest_json(hashes))
+    prov.update(files=hashes, samples_sha256=digest_json(hashes), tokenizer_sha256=tokenizer_hash(checkpoint_dir))
     write_json(out_dir / PROVENANCE, prov)
     return prov
 

@@ -40,6 +40,27 @@ def extraction_vs_sparsity(results: pl.DataFrame) -> alt.Chart:
     return alt.hconcat(rate, ppl).resolve_scale(color="shared")
 
 
+def mia_vs_sparsity(results: pl.DataFrame) -> alt.Chart:
+    """Membership-inference AUC (bootstrap 95% CI) against achieved sparsity, one panel per score."""
+    from prunemem.evaluate.mia import SCORES
+
+    data = _with_dense_origin(results).unique(subset=["model", "method", "level"], maintain_order=True)
+    long = pl.concat([data.select("model", "method", "level", "achieved_sparsity",
+                                  pl.lit(score).alias("score"), pl.col(f"mia_{score}_auc").alias("auc"),
+                                  pl.col(f"mia_{score}_auc_low").alias("low"),
+                                  pl.col(f"mia_{score}_auc_high").alias("high"))
+                      for score in SCORES])
+    x = alt.X("achieved_sparsity:Q", title="achieved sparsity")
+    color = alt.Color("method:N", title="method")
+    base = alt.Chart(long)
+    chance = alt.Chart(pl.DataFrame({"auc": [0.5]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="auc:Q")
+    return (base.mark_line(point=True).encode(x=x, y=alt.Y("auc:Q", title="AUC", scale=alt.Scale(domain=[0, 1])),
+                                              color=color)
+            + base.mark_errorbar().encode(x=x, y="low:Q", y2="high:Q", color=color) + chance
+            ).properties(width=200, height=180).facet(column=alt.Column("score:N", title="membership score",
+                                                                        sort=list(SCORES)))
+
+
 def family(method: str) -> str:
     if method == DENSE:
         return "dense"

@@ -7,6 +7,7 @@ import logging
 
 import polars as pl
 
+from prunemem.evaluate.mia import SCORES
 from prunemem.plan import DENSE, Plan
 from prunemem.provenance import atomic_path, environment
 from prunemem.report import charts, tables
@@ -31,6 +32,11 @@ def headlines(results: pl.DataFrame, dup: pl.DataFrame, k: int) -> list[str]:
         dense = rows.filter(pl.col("method") == DENSE).row(0, named=True)
         lines.append(f"{model}: the dense model extracts {_pct(dense['extraction_rate'])} of members at k={k} "
                      f"(95% CI {_pct(dense['ci_low'])}–{_pct(dense['ci_high'])}), perplexity {dense['perplexity']:.2f}.")
+        best_score = max(SCORES, key=lambda score: dense[f"mia_{score}_auc"])
+        lines.append(f"{model}: the strongest membership signal on the dense model is {best_score} with AUC "
+                     f"{dense[f'mia_{best_score}_auc']:.2f} (95% CI {dense[f'mia_{best_score}_auc_low']:.2f}–"
+                     f"{dense[f'mia_{best_score}_auc_high']:.2f}), TPR {_pct(dense[f'mia_{best_score}_tpr_1pct'])} "
+                     "at 1% FPR.")
         top = dup.filter(pl.col("variant") == f"{DENSE} 0").sort("copies").tail(1)
         if top.height:
             t = top.row(0, named=True)
@@ -85,6 +91,11 @@ def build(plan: Plan) -> tuple[str, str]:
                 "parameters (level 0); its budget is the share of 16-bit weight storage it keeps, in the "
                 "<code>compression</code> column, as low-rank's is the share of parameters its factors keep.</p>",
                 charts.to_svg(charts.memorization_vs_perplexity(results, k)),
+                "<h2>Membership inference against sparsity</h2>",
+                "<p class=note>AUC of telling members from non-members by loss, zlib ratio, Min-K% and Min-K%++ "
+                "(0.5 = chance, dashed), with stratified bootstrap 95% intervals; scores use the whole "
+                f"{max(plan.ks) + plan.params['samples']['suffix_tokens']}-token window.</p>",
+                charts.to_svg(charts.mia_vs_sparsity(results)),
                 f"<h2>Extraction against duplication ({model}, k={k})</h2>",
                 "<p class=note>Canaries planted 0 times were never trained on: their rate is what the model guesses "
                 "without memorizing.</p>",

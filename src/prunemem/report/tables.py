@@ -7,13 +7,26 @@ import json
 import polars as pl
 
 from prunemem.errors import PrunememError
+from prunemem.evaluate.mia import SCORES
 from prunemem.plan import Plan
 
+# per membership score: AUC, its bootstrap 95% CI, and the TPR at 1% FPR
+MIA_COLUMNS = [f"mia_{score}_{stat}" for score in SCORES for stat in ("auc", "auc_low", "auc_high", "tpr_1pct")]
 RESULT_COLUMNS = [
     "model", "method", "level", "k", "n_samples", "n_extracted", "extraction_rate", "ci_low", "ci_high",
-    "token_match_rate", "perplexity", "achieved_sparsity", "target_sparsity", "compression",
+    "token_match_rate", "n_rechecked", "n_flipped", "n_cross_checked", "perplexity", "achieved_sparsity",
+    "target_sparsity", "compression", *MIA_COLUMNS,
     "checkpoint_sha256", "mask_sha256", "samples_sha256", "metrics_sha256", "params_digest", "code_version",
 ]
+
+
+def _mia_columns(summary: dict) -> dict[str, float]:
+    out = {}
+    for row in summary["mia"]:
+        prefix = f"mia_{row['score']}"
+        out.update({f"{prefix}_auc": row["auc"], f"{prefix}_auc_low": row["auc_ci_low"],
+                    f"{prefix}_auc_high": row["auc_ci_high"], f"{prefix}_tpr_1pct": row["tpr_at_1pct_fpr"]})
+    return out
 
 
 def results(plan: Plan) -> pl.DataFrame:
@@ -32,7 +45,7 @@ def results(plan: Plan) -> pl.DataFrame:
                     "model": model, "method": method, "level": float(level), **per_k,
                     "perplexity": summary["perplexity"], "achieved_sparsity": summary["achieved_sparsity"],
                     "target_sparsity": summary["target_sparsity"], "compression": summary["compression"],
-                    "checkpoint_sha256": prov["inputs"]["checkpoint"],
+                    **_mia_columns(summary), "checkpoint_sha256": prov["inputs"]["checkpoint"],
                     "mask_sha256": prov["inputs"].get("mask") or prov["inputs"].get("transform"),
                     "samples_sha256": prov["inputs"]["samples"], "metrics_sha256": summary["memorization_sha256"],
                     "params_digest": prov["params_digest"],
