@@ -10,53 +10,8 @@ import sys
 
 import pytest
 
-from conftest import REPO, venv_env, write_params
+from conftest import SMALL, md5s, snakemake, venv_env
 from prunemem.report.tables import RESULT_COLUMNS
-
-SMALL = {
-    "models": {"tiny": {"source": "embedded"}},
-    "embedded": {
-        "seed": 0,
-        "split": {"heldout": 0.1, "canary_pool": 0.3, "max_documents": 300},
-        "tokenizer": {"vocab_size": 512},
-        "architecture": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "seq_len": 64},
-        "training": {"steps": 300, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 10, "weight_decay": 0.0,
-                     "threads": 2},
-        # a model this small memorizes only under heavy duplication
-        "canaries": {"tokens": 48, "copies": [0, 32, 256], "per_copy_count": 4},
-    },
-    "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048,
-                "calibration": {"sequences": 8, "tokens": 32}},
-    "perplexity": {"window": 64, "stride": 64},
-    "prune": {"methods": ["global", "attention", "random", "wanda", "sparsegpt", "sleb", "wanda-2of4"],
-              "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0},
-    "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True},
-                              "int4-gptq": {"bits": 4, "group_size": 32, "symmetric": True, "algorithm": "gptq"}},
-                 "lowrank": {"keep": [0.5]}},
-    "evaluate": {"batch_size": "auto", "max_batch_size": 32, "threads": 1, "device": "cpu", "dtype": "float32",
-                 "near_tie_margin": 0.1, "cross_check": 8, "seed": 0, "mia": {"min_k_fraction": 0.2, "bootstrap": 200}},
-}
-
-
-def _snakemake(workdir, *extra):
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-                           "--cores", "2", *extra], capture_output=True, text=True, timeout=600,
-                          env=venv_env())
-
-
-def _md5s(root):
-    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-            for d in ("data", "reports") for p in sorted((root / d).rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("study")
-    write_params(workdir / "params.yaml", SMALL)
-    run = _snakemake(workdir)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return workdir
-
 
 def _results(workdir):
     with open(workdir / "reports" / "results.csv") as fh:
@@ -122,13 +77,13 @@ def test_evaluate_refuses_windows_past_the_context_before_loading_weights(pipeli
     config = study / "data/checkpoints/tiny/config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | {"max_position_embeddings": 40}))
     (study / "data/checkpoints/tiny/model.safetensors").write_bytes(b"not weights")  # never read
-    before = _md5s(study)
+    before = md5s(study)
     run = _evaluate(study)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
         "prunemem: error: samples.k + samples.suffix_tokens: 48 tokens exceed tiny's context of 40 "
         "(data/checkpoints/tiny/config.json)")
-    assert _md5s(study) == before
+    assert md5s(study) == before
 
 
 def test_evaluate_refuses_samples_from_another_tokenizer(pipeline, tmp_path):
@@ -155,13 +110,13 @@ def test_report_is_offline_and_states_the_findings(pipeline):
 
 
 def test_second_run_does_nothing_and_a_clean_rebuild_is_byte_identical(pipeline):
-    before = _md5s(pipeline)
-    again = _snakemake(pipeline)
+    before = md5s(pipeline)
+    again = snakemake(pipeline)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     for built in ("data", "reports", ".snakemake"):
         shutil.rmtree(pipeline / built)
-    rebuilt = _snakemake(pipeline)
+    rebuilt = snakemake(pipeline)
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
-    after = _md5s(pipeline)
+    after = md5s(pipeline)
     assert len(after) == len(before) >= 35
     assert after == before, sorted(k for k in before if before[k] != after.get(k))

@@ -7,6 +7,7 @@
     prunemem transform  --model tiny --method int4   --level 0     # quantization / low-rank baselines
     prunemem evaluate   --model tiny --method dense  --level 0
     prunemem report                                 # reports/results.csv, reports/report.html
+    prunemem audit                                  # re-hash everything, check it against params and dvc.lock
     prunemem dvc-yaml                               # regenerate dvc.yaml from the plan
 
 ``--params`` may be repeated; later files override earlier ones (as Snakemake's --configfile).
@@ -109,6 +110,18 @@ def cmd_report(plan: Plan, args) -> None:
     print(page)
 
 
+def cmd_audit(plan: Plan, args) -> None:
+    from prunemem.audit import Audit
+
+    audit = Audit(plan)
+    mismatches = audit.run(dvc=not args.no_dvc)
+    for line in mismatches:
+        print(line)
+    print(f"audit: {audit.checked} artifacts checked, {len(mismatches)} mismatches", file=sys.stderr)
+    if mismatches:
+        raise SystemExit(1)
+
+
 def cmd_dvc_yaml(plan: Plan, args) -> None:
     from prunemem.dvcgen import write_dvc_yaml
 
@@ -134,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--level", required=True, help="as spelt in paths, e.g. 0.5 (dense: 0)")
         p.set_defaults(fn=fn)
     sub.add_parser("report", help="results.csv and report.html").set_defaults(fn=cmd_report)
+    p = sub.add_parser("audit", help="re-hash every artifact and check it against its recorded inputs and params")
+    p.add_argument("--no-dvc", action="store_true", help="skip the comparison with dvc.lock")
+    p.set_defaults(fn=cmd_audit)
     p = sub.add_parser("dvc-yaml", help="regenerate dvc.yaml from the plan")
     p.add_argument("--output", default="dvc.yaml")
     p.set_defaults(fn=cmd_dvc_yaml)

@@ -78,7 +78,8 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
         "cmd": f"prunemem{flag} report",
         "deps": [plan.metrics_dir(m, me, lv).as_posix() for m in plan.models for me, lv in plan.variants()]
                 + [f"{CODE}/report"],
-        "outs": [(plan.reports_dir / name).as_posix() for name in ("results.csv", "report.html", "layer_sparsity.csv")],
+        "outs": [(plan.reports_dir / name).as_posix() for name in ("results.csv", "report.html", "layer_sparsity.csv",
+                                                                     "provenance.json")],
     }
     return {"stages": out}
 

@@ -313,16 +313,17 @@ class Plan:
             if spec["source"] == "embedded":
                 spec["embedded"] = p["embedded"]
             return spec
-        if stage == "samples":
-            return {"checkpoint": self.stage_params("checkpoint", model), "samples": p["samples"]}
+        if stage == "samples":  # the checkpoint is an input (by hash), not a param
+            return {"samples": p["samples"], "source": p["models"][model]["source"]}
         if stage == "mask":  # the grid lists are not inputs of a single mask
-            spec = {"prune": {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")},
+            spec = {"method": method, "level": level,
+                    "prune": {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")},
                     "threads": p["evaluate"]["threads"]}
             if method is not None and self.calibrated(method):
                 spec["calibration"] = p["samples"]["calibration"]
             return spec
         if stage == "transform":
-            return self.transform_spec(method, level)
+            return {"method": method, "level": level, **self.transform_spec(method, level)}
         if stage == "evaluate":
             return {"samples": p["samples"], "perplexity": p["perplexity"], "evaluate": p["evaluate"]}
         if stage == "report":

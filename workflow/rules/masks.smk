@@ -4,7 +4,7 @@ rule mask:
     output:
         "data/masks/{model}/{method}/{level}.safetensors",
     params:
-        digest=lambda w: PLAN.stage_digest("mask", w.model, w.method),
+        digest=lambda w: PLAN.stage_digest("mask", w.model, w.method, w.level),
     log:
         "logs/mask/{model}/{method}/{level}.log",
     shell:

@@ -5,6 +5,7 @@ rule report:
         "reports/results.csv",
         "reports/report.html",
         "reports/layer_sparsity.csv",
+        "reports/provenance.json",
     log:
         "logs/report.log",
     shell:

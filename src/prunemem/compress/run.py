@@ -127,7 +127,7 @@ def build_transform(plan, model: str, method: str, level: str, progress=None) ->
     write_json(out, {
         "format": FORMAT, "method": method, "level": level, "spec": spec, "param_key": plan.param_key(method),
         "checkpoint_sha256": ckpt_sha, "weights_sha256": digest, "compression": compression,
-        "provenance": record("transform", inputs, {"method": method, "level": level, **spec}),
+        "provenance": record("transform", inputs, plan.stage_params("transform", model, method, level)),
     })
     log.info("%s @ %s: compression %.4f, weights %s", method, level, compression, digest[:12])
     return out

@@ -39,7 +39,7 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
     log.info("%s @ %s: pruned %d of %d prunable weights (%.4f)%s", method, level, pruned, total, pruned / total,
              f", removed blocks {result.removed_blocks}" if result.removed_blocks else "")
     out = plan.mask_path(model, method, level)
-    prov = record("mask", inputs, {"method": method, "level": level, **plan.stage_params("mask", model, method)})
+    prov = record("mask", inputs, plan.stage_params("mask", model, method, level))
     masks.save(out, result.masks, method=method, level=level, checkpoint_sha256=ckpt_sha, provenance=prov,
                updated=result.updated, removed_blocks=result.removed_blocks, block_levels=result.block_levels)
     return out

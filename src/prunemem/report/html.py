@@ -9,7 +9,7 @@ import polars as pl
 
 from prunemem.evaluate.mia import SCORES
 from prunemem.plan import DENSE, Plan
-from prunemem.provenance import atomic_path, environment
+from prunemem.provenance import atomic_path, environment, record, sha256_file, write_json
 from prunemem.report import charts, tables
 
 log = logging.getLogger(__name__)
@@ -119,4 +119,9 @@ def build(plan: Plan) -> tuple[str, str]:
             f"</head><body>{''.join(sections)}</body></html>\n")
     with atomic_path(out / "report.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
+    summaries = {f"{m}/{me}/{lv}": sha256_file(plan.metrics_dir(m, me, lv) / "summary.json")
+                 for m in plan.models for me, lv in plan.variants()}
+    prov = record("report", summaries, plan.stage_params("report"))
+    prov["files"] = {name: sha256_file(out / name) for name in ("results.csv", "layer_sparsity.csv", "report.html")}
+    write_json(out / "provenance.json", prov)
     return str(out / "results.csv"), str(out / "report.html")

@@ -1,0 +1,288 @@
+"""`prunemem audit`: prove where every number came from, or list every way it cannot be proven.
+
+    prunemem audit                 # the plan in params.yaml, against data/, reports/ and dvc.lock
+    prunemem audit --no-dvc        # skip the dvc.lock comparison (e.g. no DVC in this checkout)
+
+Walks the chain checkpoint -> samples -> masks/transforms -> metrics -> report for every
+artifact the plan defines, and for each one:
+
+- re-hashes its bytes and compares them with what the next artifact recorded as its input;
+- compares the params it recorded (digest) with what ``params.yaml`` asks for now, so an output
+  left over from before a param change is reported as stale;
+- checks that it is what its path says (model, method, level), so swapped files are caught;
+- recomputes the numbers that can be recomputed from the per-sample files (extraction counts,
+  rates, Wilson intervals, MIA AUCs) and every row of ``results.csv``.
+
+Finally ``dvc status`` (DVC's own comparison of ``dvc.lock`` with the workspace and
+``params.yaml``) must be clean. Exits 1 and lists every mismatch when anything disagrees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import polars as pl
+
+from prunemem.errors import PrunememError
+from prunemem.plan import Plan
+from prunemem.provenance import digest_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+class Audit:
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.mismatches: list[str] = []
+        self.checked = 0
+
+    def fail(self, where, problem: str) -> None:
+        self.mismatches.append(f"{where}: {problem}")
+
+    def _same(self, where, what: str, recorded, actual) -> bool:
+        if recorded != actual:
+            self.fail(where, f"{what} is {_short(actual)} but {_short(recorded)} is recorded")
+            return False
+        return True
+
+    def _expect(self, where, what: str, found, expected) -> None:
+        if found != expected:
+            self.fail(where, f"{what} is {_short(found)}, expected {_short(expected)}")
+
+    def _params(self, where, prov: dict, stage: str, *args) -> None:
+        """Recorded params must hash to their digest and equal what params.yaml asks for now."""
+        if digest_json(prov.get("params")) != prov.get("params_digest"):
+            self.fail(where, "recorded params do not match their own digest (edited by hand?)")
+        wanted = self.plan.stage_digest(stage, *args)
+        if prov.get("params_digest") != wanted:
+            self.fail(where, f"stale: built with params {_short(prov.get('params_digest'))}, params.yaml now "
+                             f"gives {_short(wanted)}; rebuild it")
+
+    def _json(self, path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            self.fail(path, "missing; run the pipeline")
+        except (OSError, ValueError) as err:
+            self.fail(path, f"unreadable ({err})")
+        return None
+
+    # -- stages ---------------------------------------------------------------------------
+    def checkpoint(self, model: str) -> str | None:
+        from prunemem.checkpoints import PROVENANCE, WEIGHTS
+
+        directory = self.plan.checkpoint_dir(model)
+        prov = self._json(directory / PROVENANCE)
+        if prov is None:
+            return None
+        self.checked += 1
+        weights = directory / WEIGHTS
+        if not weights.is_file():
+            self.fail(weights, "missing")
+            return None
+        self._same(weights, "sha256", prov.get("checkpoint_sha256"), sha256_file(weights))
+        self._params(directory / PROVENANCE, prov, "checkpoint", model)
+        return prov.get("checkpoint_sha256")
+
+    def samples(self, model: str, checkpoint: str | None) -> str | None:
+        from prunemem.data.samples import PROVENANCE
+
+        directory = self.plan.samples_dir(model)
+        prov = self._json(directory / PROVENANCE)
+        if prov is None:
+            return None
+        self.checked += 1
+        files = prov.get("files", {})
+        for name, recorded in files.items():
+            path = directory / name
+            if not path.is_file():
+                self.fail(path, "missing")
+            else:
+                self._same(path, "sha256", recorded, sha256_file(path))
+        self._same(directory / PROVENANCE, "samples digest", prov.get("samples_sha256"), digest_json(files))
+        self._same(directory / PROVENANCE, "input checkpoint", prov.get("inputs", {}).get("checkpoint"), checkpoint)
+        self._params(directory / PROVENANCE, prov, "samples", model)
+        return prov.get("samples_sha256")
+
+    def mask(self, model: str, method: str, level: str, checkpoint: str | None, samples: str | None) -> None:
+        from prunemem.prune import masks as mask_io
+
+        path = self.plan.mask_path(model, method, level)
+        if not path.is_file():
+            self.fail(path, "missing; run the pipeline")
+            return
+        self.checked += 1
+        try:
+            meta = mask_io.header(path)
+            kept = {name: int(m.sum()) for name, m in mask_io.load(path).items()}
+        except PrunememError as err:
+            self.fail(path, str(err).removeprefix(f"{path}: "))
+            return
+        self._expect(path, "method in its header", meta["method"], method)
+        self._expect(path, "level in its header", meta["level"], level)
+        self._same(path, "checkpoint in its header", meta["checkpoint_sha256"], checkpoint)
+        self._same(path, "kept counts of its bits", meta["kept"], kept)
+        prov = meta["provenance"]
+        if "samples" in prov.get("inputs", {}):
+            self._same(path, "calibration samples", prov["inputs"]["samples"], samples)
+        self._params(path, prov, "mask", model, method, level)
+
+    def transform(self, model: str, method: str, level: str, checkpoint: str | None, samples: str | None) -> None:
+        path = self.plan.transform_path(model, method, level)
+        rec = self._json(path)
+        if rec is None:
+            return
+        self.checked += 1
+        self._expect(path, "method", rec.get("method"), method)
+        self._expect(path, "level", rec.get("level"), level)
+        self._same(path, "checkpoint", rec.get("checkpoint_sha256"), checkpoint)
+        prov = rec.get("provenance", {})
+        if "samples" in prov.get("inputs", {}):
+            self._same(path, "calibration samples", prov["inputs"]["samples"], samples)
+        self._params(path, prov, "transform", model, method, level)
+
+    def metrics(self, model: str, method: str, level: str, checkpoint: str | None, samples: str | None) -> None:
+        from prunemem.evaluate import mia
+        from prunemem.evaluate.stats import wilson
+
+        directory = self.plan.metrics_dir(model, method, level)
+        summary = self._json(directory / "summary.json")
+        if summary is None:
+            return
+        self.checked += 1
+        where = directory / "summary.json"
+        for key, value in (("model", model), ("method", method), ("level", level)):
+            self._expect(where, key, summary.get(key), value)
+        files = {}
+        for name, key in (("memorization.parquet", "memorization_sha256"), ("mia.parquet", "mia_sha256")):
+            path = directory / name
+            if not path.is_file():
+                self.fail(path, "missing")
+            elif self._same(path, "sha256", summary.get(key), sha256_file(path)):
+                files[name] = path
+        prov = summary.get("provenance", {})
+        inputs = prov.get("inputs", {})
+        self._same(where, "input checkpoint", inputs.get("checkpoint"), checkpoint)
+        self._same(where, "input samples", inputs.get("samples"), samples)
+        artifact = self.plan.variant_artifact(model, method, level)
+        if artifact is not None:
+            key = "mask" if self.plan.kind(method) == "mask" else "transform"
+            actual = sha256_file(artifact) if artifact.is_file() else None
+            self._same(where, f"input {key} ({artifact})", inputs.get(key), actual)
+        self._params(where, prov, "evaluate")
+        if "memorization.parquet" in files:
+            per_sample = pl.read_parquet(files["memorization.parquet"])
+            recorded = {row["k"]: row for row in summary.get("per_k", [])}
+            for k in self.plan.ks:
+                members = per_sample.filter((pl.col("k") == k) & pl.col("member"))
+                n, hits = members.height, int(members["extracted"].sum())
+                lo, hi = wilson(hits, n)
+                actual = {"n_samples": n, "n_extracted": hits, "extraction_rate": hits / n if n else 0.0,
+                          "ci_low": lo, "ci_high": hi}
+                row = recorded.get(k, {})
+                for key, value in actual.items():
+                    if not _close(row.get(key), value):
+                        self.fail(where, f"k={k} {key} is {row.get(key)} but memorization.parquet gives {value}")
+        if "mia.parquet" in files:
+            scores = pl.read_parquet(files["mia.parquet"])
+            member = scores["member"].to_numpy()
+            for row in summary.get("mia", []):
+                values = scores[row["score"]].to_numpy()
+                actual = mia.auc(values[member], values[~member])
+                if not _close(row.get("auc"), actual):
+                    self.fail(where, f"{row['score']} AUC is {row.get('auc')} but mia.parquet gives {actual}")
+
+    def report(self) -> None:
+        from prunemem.report import tables
+
+        path = self.plan.reports_dir / "results.csv"
+        if not path.is_file():
+            self.fail(path, "missing; run the report")
+            return
+        self.checked += 1
+        try:
+            expected = tables.results(self.plan)
+        except PrunememError as err:
+            self.fail(path, f"cannot be rebuilt from the summaries ({err})")
+            return
+        published = pl.read_csv(path, infer_schema_length=0)  # all strings: compare what a reader sees
+        fresh = pl.read_csv(expected.write_csv().encode(), infer_schema_length=0)
+        if published.columns != fresh.columns:
+            self.fail(path, f"columns differ from the contract: {published.columns} vs {fresh.columns}")
+            return
+        if published.height != fresh.height:
+            self.fail(path, f"{published.height} rows, but the summaries give {fresh.height}")
+            return
+        for i, (have, want) in enumerate(zip(published.iter_rows(named=True), fresh.iter_rows(named=True))):
+            for column in published.columns:
+                if have[column] != want[column] and not _close(_num(have[column]), _num(want[column])):
+                    self.fail(path, f"row {i + 2} ({want['model']} {want['method']} {want['level']} k={want['k']}) "
+                                    f"{column} is {have[column]} but the summaries give {want[column]}")
+        report = self.plan.reports_dir / "provenance.json"
+        prov = self._json(report)
+        if prov is not None:
+            for name, recorded in prov.get("files", {}).items():
+                target = self.plan.reports_dir / name
+                self._same(target, "sha256", recorded, sha256_file(target) if target.is_file() else None)
+
+    def dvc(self) -> None:
+        """``dvc status`` must be clean: dvc.lock matches the workspace bytes and params.yaml."""
+        lock = self.plan.root / "dvc.lock"
+        if not lock.is_file():
+            log.info("no dvc.lock: nothing published through DVC to compare")
+            return
+        from dvc.repo import Repo
+
+        self.checked += 1
+        with Repo(str(self.plan.root)) as repo:
+            status = repo.status()
+        for stage, changes in sorted(status.items()):
+            self.fail(f"dvc.lock stage {stage}", f"differs from the workspace: {_describe_dvc(changes)}")
+
+    def run(self, dvc: bool = True) -> list[str]:
+        plan = self.plan
+        for model in plan.models:
+            ckpt = self.checkpoint(model)
+            samples = self.samples(model, ckpt)
+            for method, level in plan.variants():
+                if plan.kind(method) == "mask":
+                    self.mask(model, method, level, ckpt, samples)
+                elif plan.kind(method) == "transform":
+                    self.transform(model, method, level, ckpt, samples)
+                self.metrics(model, method, level, ckpt, samples)
+        self.report()
+        if dvc:
+            self.dvc()
+        return self.mismatches
+
+
+def _describe_dvc(changes) -> str:
+    parts = []
+    for change in changes:
+        if isinstance(change, dict):
+            for kind, detail in change.items():
+                parts.append(f"{kind} {json.dumps(detail, sort_keys=True)}")
+        else:
+            parts.append(str(change))
+    return "; ".join(parts)
+
+
+def _num(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    return a == b
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:12] + "..." if len(text) > 16 and " " not in text else repr(value)

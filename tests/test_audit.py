@@ -1,0 +1,82 @@
+"""`prunemem audit` on a real small study: clean passes; every planted lie is caught and named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import venv_env
+
+
+@pytest.fixture
+def study(pipeline, tmp_path):
+    copy = tmp_path / "study"
+    shutil.copytree(pipeline, copy, ignore=shutil.ignore_patterns(".snakemake"))
+    return copy
+
+
+def audit(study):
+    run = subprocess.run(["prunemem", "audit", "--no-dvc"], cwd=study, capture_output=True, text=True,
+                         env=venv_env())
+    assert "Traceback" not in run.stderr, run.stderr
+    return run.returncode, run.stdout.splitlines(), run.stderr
+
+
+def test_a_clean_study_passes(study):
+    code, lines, err = audit(study)
+    assert (code, lines) == (0, []), lines
+    assert "artifacts checked, 0 mismatches" in err
+
+
+def test_stale_outputs_after_a_param_change(study):
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["prune"]["seed"] = 1  # every mask's params change; nothing was rebuilt
+    params["evaluate"]["near_tie_margin"] = 0.2
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    code, lines, _ = audit(study)
+    assert code == 1
+    assert any(line.startswith("data/masks/tiny/random/0.5.safetensors: stale: built with params") for line in lines)
+    assert any(line.startswith("data/metrics/tiny/dense/0/summary.json: stale") for line in lines)
+    assert not any("checkpoints" in line or "samples" in line for line in lines)  # their params did not change
+
+
+def test_a_tampered_metric(study):
+    path = study / "data/metrics/tiny/global/0.9/summary.json"
+    summary = json.loads(path.read_text())
+    summary["per_k"][0]["n_extracted"] += 1
+    summary["per_k"][0]["extraction_rate"] = summary["per_k"][0]["n_extracted"] / summary["per_k"][0]["n_samples"]
+    path.write_text(json.dumps(summary))
+    results = study / "reports/results.csv"
+    rows = results.read_text().splitlines()
+    cells = rows[1].split(",")
+    cells[13] = "1.0"  # perplexity of the first row
+    results.write_text("\n".join([rows[0], ",".join(cells), *rows[2:]]) + "\n")
+    code, lines, _ = audit(study)
+    assert code == 1
+    k = summary["per_k"][0]["k"]
+    assert any(line.startswith(f"data/metrics/tiny/global/0.9/summary.json: k={k} n_extracted is ")
+               and "but memorization.parquet gives" in line for line in lines), lines
+    assert any(line.startswith("reports/results.csv: row 2 (tiny dense 0.0 k=16) perplexity is 1.0") for line in lines)
+    assert any(line.startswith("reports/results.csv: sha256 is") for line in lines)  # the report's record
+
+
+def test_a_mask_swapped_between_methods(study):
+    masks = study / "data/masks/tiny"
+    shutil.copy(masks / "global/0.5.safetensors", masks / "attention/0.5.safetensors")
+    code, lines, _ = audit(study)
+    assert code == 1
+    assert "data/masks/tiny/attention/0.5.safetensors: method in its header is 'global', expected 'attention'" in lines
+    assert any(line.startswith("data/metrics/tiny/attention/0.5/summary.json: input mask") for line in lines)
+
+
+def test_tampered_per_sample_results_and_a_missing_artifact(study):
+    (study / "data/metrics/tiny/int8/0/memorization.parquet").write_bytes(b"PAR1 not really")
+    (study / "data/transforms/tiny/lowrank/0.5.json").unlink()
+    code, lines, _ = audit(study)
+    assert code == 1
+    assert any(line.startswith("data/metrics/tiny/int8/0/memorization.parquet: sha256 is") for line in lines)
+    assert "data/transforms/tiny/lowrank/0.5.json: missing; run the pipeline" in lines
