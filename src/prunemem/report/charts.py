@@ -24,19 +24,27 @@ def _with_dense_origin(results: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([*starts, pruned])
 
 
+def _facet_models(chart, results: pl.DataFrame, **facet):
+    """Facet by model (rows) only when there is more than one."""
+    if results["model"].n_unique() > 1:
+        facet["row"] = alt.Row("model:N", title="model")
+    return chart.facet(**facet) if facet else chart
+
+
 def extraction_vs_sparsity(results: pl.DataFrame) -> alt.Chart:
-    """Extraction rate (Wilson 95% CI) against achieved sparsity per method, one panel per k; perplexity beside."""
+    """Extraction rate (Wilson 95% band) against achieved sparsity per method, one panel per k; perplexity beside."""
     data = _with_dense_origin(results)
     x = alt.X("achieved_sparsity:Q", title="achieved sparsity")
     color = alt.Color("method:N", title="method")
     base = alt.Chart(data)
-    rate = (base.mark_line(point=True).encode(x=x, y=alt.Y("extraction_rate:Q", title="extraction rate"), color=color)
-            + base.mark_errorbar().encode(x=x, y=alt.Y("ci_low:Q", title="extraction rate"), y2="ci_high:Q", color=color)
-            ).properties(width=220, height=200).facet(column=alt.Column("k:O", title="prefix length k"))
-    ppl_data = data.unique(subset=["method", "level"], maintain_order=True)
-    ppl = alt.Chart(ppl_data).mark_line(point=True).encode(
+    rate = _facet_models((base.mark_area(opacity=0.12).encode(x=x, y=alt.Y("ci_low:Q", title="extraction rate"),
+                                                              y2="ci_high:Q", color=color)
+                          + base.mark_line(point=True).encode(x=x, y="extraction_rate:Q", color=color)
+                          ).properties(width=220, height=200), data, column=alt.Column("k:O", title="prefix length k"))
+    ppl_data = data.unique(subset=["model", "method", "level"], maintain_order=True)
+    ppl = _facet_models(alt.Chart(ppl_data).mark_line(point=True).encode(
         x=x, y=alt.Y("perplexity:Q", title="held-out perplexity", scale=alt.Scale(zero=False)), color=color,
-    ).properties(width=220, height=200, title="perplexity")
+    ).properties(width=220, height=200, title="perplexity"), ppl_data)
     return alt.hconcat(rate, ppl).resolve_scale(color="shared")
 
 
@@ -53,12 +61,11 @@ def mia_vs_sparsity(results: pl.DataFrame) -> alt.Chart:
     x = alt.X("achieved_sparsity:Q", title="achieved sparsity")
     color = alt.Color("method:N", title="method")
     base = alt.Chart(long)
-    chance = alt.Chart(pl.DataFrame({"auc": [0.5]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="auc:Q")
-    return (base.mark_line(point=True).encode(x=x, y=alt.Y("auc:Q", title="AUC", scale=alt.Scale(domain=[0, 1])),
-                                              color=color)
-            + base.mark_errorbar().encode(x=x, y="low:Q", y2="high:Q", color=color) + chance
-            ).properties(width=200, height=180).facet(column=alt.Column("score:N", title="membership score",
-                                                                        sort=list(SCORES)))
+    chance = base.mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(0.5))
+    return _facet_models((base.mark_line(point=True).encode(
+        x=x, y=alt.Y("auc:Q", title="AUC", scale=alt.Scale(domain=[0, 1])), color=color)
+        + base.mark_errorbar().encode(x=x, y="low:Q", y2="high:Q", color=color) + chance
+    ).properties(width=200, height=180), long, column=alt.Column("score:N", title="membership score", sort=list(SCORES)))
 
 
 def family(method: str) -> str:
@@ -69,21 +76,25 @@ def family(method: str) -> str:
     return "quantization" if method.startswith("int") else "pruning"
 
 
-def memorization_vs_perplexity(results: pl.DataFrame, k: int) -> alt.Chart:
-    """Every variant as a point: what it costs (perplexity) against what it removes (extraction at k)."""
-    data = results.filter(pl.col("k") == k).with_columns(
+def memorization_vs_perplexity(results: pl.DataFrame, k: int, front: pl.DataFrame) -> alt.Chart:
+    """Every variant as a point: what it costs (perplexity) against what it removes (extraction at k),
+    with the Pareto frontier (``tables.pareto_front``) drawn through the variants nothing beats."""
+    on_front = front.filter(pl.col("k") == k).select("model", "method", "level", pl.lit(True).alias("front"))
+    data = results.filter(pl.col("k") == k).join(on_front, on=["model", "method", "level"], how="left").with_columns(
+        pl.col("front").fill_null(False),
         pl.col("method").map_elements(family, return_dtype=pl.String).alias("family"),
         pl.format("{} {}", pl.col("method"), pl.col("level")).alias("variant"))
-    base = alt.Chart(data).encode(
-        x=alt.X("perplexity:Q", title="held-out perplexity", scale=alt.Scale(zero=False, type="log")),
-        y=alt.Y("extraction_rate:Q", title=f"extraction rate (k={k})"),
-        color=alt.Color("family:N", title="family"),
-    )
+    x = alt.X("perplexity:Q", title="held-out perplexity", scale=alt.Scale(zero=False, type="log"))
+    y = alt.Y("extraction_rate:Q", title=f"extraction rate (k={k})")
+    base = alt.Chart(data).encode(x=x, y=y)
+    frontier = base.transform_filter(alt.datum.front).mark_line(
+        interpolate="step-after", color="black", strokeWidth=1.2).encode(order="perplexity:Q")
     points = base.mark_point(filled=True, size=70).encode(
-        shape=alt.Shape("family:N", title="family"),
+        color=alt.Color("family:N", title="family"), shape=alt.Shape("family:N", title="family"),
         tooltip=["variant:N", "extraction_rate:Q", "perplexity:Q", "compression:Q"])
-    labels = base.mark_text(align="left", dx=6, dy=-4, fontSize=9).encode(text="variant:N")
-    return (points + labels).properties(width=560, height=320)
+    labels = base.mark_text(align="left", dx=6, dy=-4, fontSize=9).encode(
+        text="variant:N", color=alt.Color("family:N", title="family"))
+    return _facet_models((frontier + points + labels).properties(width=560, height=320), data)
 
 
 def layer_sparsity_heatmap(table: pl.DataFrame) -> alt.Chart:
@@ -102,8 +113,7 @@ def extraction_vs_duplication(table: pl.DataFrame, k: int) -> alt.Chart:
     x = alt.X("copies:O", title="copies of the canary in the training stream")
     color = alt.Color("variant:N", title="model variant")
     base = alt.Chart(table)
-    return (base.mark_line(point=True).encode(x=x, y=alt.Y("extraction_rate:Q", title=f"extraction rate (k={k})"),
-                                              color=color)
-            + base.mark_errorbar().encode(x=x, y=alt.Y("ci_low:Q", title=f"extraction rate (k={k})"), y2="ci_high:Q",
-                                          color=color)
-            ).properties(width=420, height=260)
+    return _facet_models((base.mark_line(point=True).encode(
+        x=x, y=alt.Y("extraction_rate:Q", title=f"extraction rate (k={k})"), color=color)
+        + base.mark_errorbar().encode(x=x, y=alt.Y("ci_low:Q", title=f"extraction rate (k={k})"), y2="ci_high:Q",
+                                      color=color)).properties(width=420, height=260), table)

@@ -37,7 +37,7 @@ def headlines(results: pl.DataFrame, dup: pl.DataFrame, k: int) -> list[str]:
                      f"{dense[f'mia_{best_score}_auc']:.2f} (95% CI {dense[f'mia_{best_score}_auc_low']:.2f}–"
                      f"{dense[f'mia_{best_score}_auc_high']:.2f}), TPR {_pct(dense[f'mia_{best_score}_tpr_1pct'])} "
                      "at 1% FPR.")
-        top = dup.filter(pl.col("variant") == f"{DENSE} 0").sort("copies").tail(1)
+        top = dup.filter((pl.col("model") == model) & (pl.col("variant") == f"{DENSE} 0")).sort("copies").tail(1)
         if top.height:
             t = top.row(0, named=True)
             lines.append(f"{model}: canaries planted {t['copies']} times are extracted at {_pct(t['extraction_rate'])} "
@@ -66,62 +66,103 @@ def _table(frame: pl.DataFrame) -> str:
 
 
 def build(plan: Plan) -> tuple[str, str]:
+    """Write results.csv, layer_sparsity.csv, metrics.json, report.html and the report's provenance."""
     results = tables.results(plan)
     out = plan.reports_dir
     with atomic_path(out / "results.csv") as tmp:
         results.write_csv(tmp)
-    k = plan.ks[-1]
-    model = plan.models[0]
-    dup_variants = [(DENSE, "0")] + [("global", lv) for lv in plan.levels if "global" in plan.methods]
-    dup = tables.by_duplication(plan, model, dup_variants, k)
-
-    sections = ["<h1>prunemem report</h1>",
-                "<p class=note>Does pruning make a language model forget what it memorized, and what does that cost? "
-                "A sample is <em>extracted</em> when greedy decoding from its k-token prefix reproduces its "
-                f"{plan.params['samples']['suffix_tokens']}-token suffix exactly. Rates are over members; intervals "
-                "are Wilson 95%.</p>",
-                "<h2>Headline findings</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in headlines(results, dup, k))
-                + "</ul>",
-                "<h2>Extraction and perplexity against sparsity</h2>",
-                "<p class=note>Achieved sparsity is the share of all prunable weights removed; methods that prune a "
-                "subset (attention, mlp, first25, last25) reach less of it at the same level. Each curve starts at the "
-                "dense model.</p>", charts.to_svg(charts.extraction_vs_sparsity(results)),
-                f"<h2>Memorization against perplexity: pruning, quantization, low-rank (k={k})</h2>",
-                "<p class=note>Down is less memorization, left is better quality. Quantization removes no "
-                "parameters (level 0); its budget is the share of 16-bit weight storage it keeps, in the "
-                "<code>compression</code> column, as low-rank's is the share of parameters its factors keep.</p>",
-                charts.to_svg(charts.memorization_vs_perplexity(results, k)),
-                "<h2>Membership inference against sparsity</h2>",
-                "<p class=note>AUC of telling members from non-members by loss, zlib ratio, Min-K% and Min-K%++ "
-                "(0.5 = chance, dashed), with stratified bootstrap 95% intervals; scores use the whole "
-                f"{max(plan.ks) + plan.params['samples']['suffix_tokens']}-token window.</p>",
-                charts.to_svg(charts.mia_vs_sparsity(results)),
-                f"<h2>Extraction against duplication ({model}, k={k})</h2>",
-                "<p class=note>Canaries planted 0 times were never trained on: their rate is what the model guesses "
-                "without memorizing.</p>",
-                charts.to_svg(charts.extraction_vs_duplication(dup, k))]
     layers = tables.layer_sparsity(plan)
     with atomic_path(out / "layer_sparsity.csv") as tmp:
         layers.write_csv(tmp)
-    if layers.height:
-        sections += ["<h2>Achieved sparsity per block</h2>",
-                     "<p class=note>Share of each block's prunable weights removed by each mask: uniform for "
-                     "layerwise and N:M, uneven for global, OWL and the subset strategies, whole blocks for SLEB.</p>",
-                     charts.to_svg(charts.layer_sparsity_heatmap(layers))]
-    shown = ["model", "method", "level", "n_samples", "n_extracted", "extraction_rate", "ci_low", "ci_high",
-             "token_match_rate", "perplexity", "achieved_sparsity", "compression"]
-    for kk in plan.ks:
-        sections += [f"<h2>Results at k={kk}</h2>", _table(results.filter(pl.col("k") == kk).select(shown))]
+    write_json(out / "metrics.json", tables.headline_metrics(results))
+    k = plan.ks[-1]
+    dup_variants = [(DENSE, "0")] + [("global", lv) for lv in plan.levels if "global" in plan.methods]
+    dup = pl.concat([tables.by_duplication(plan, model, dup_variants, k) for model in plan.models])
     env = environment()
-    sections.append(f"<p class=note>Built by prunemem {env['prunemem']} (commit {env['git_commit'] or 'unknown'}); "
-                    "hashes of every input are in <code>results.csv</code>.</p>")
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>prunemem report</title><style>{_CSS}</style>"
-            f"</head><body>{''.join(sections)}</body></html>\n")
+    context = {"suffix": plan.params["samples"]["suffix_tokens"], "k": k, "ks": plan.ks,
+               "checkpoint_ids": tables.checkpoint_ids(plan),
+               "paper_names": {m: tables.paper_model_name(plan, m) for m in plan.models},
+               "built_by": f"prunemem {env['prunemem']} (commit {env['git_commit'] or 'unknown'})"}
+    page = render(results, layers, dup, context)
     with atomic_path(out / "report.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     summaries = {f"{m}/{me}/{lv}": sha256_file(plan.metrics_dir(m, me, lv) / "summary.json")
                  for m in plan.models for me, lv in plan.variants()}
     prov = record("report", summaries, plan.stage_params("report"))
-    prov["files"] = {name: sha256_file(out / name) for name in ("results.csv", "layer_sparsity.csv", "report.html")}
+    prov["files"] = {name: sha256_file(out / name) for name in REPORT_FILES if name != "provenance.json"}
     write_json(out / "provenance.json", prov)
     return str(out / "results.csv"), str(out / "report.html")
+
+
+REPORT_FILES = ("results.csv", "layer_sparsity.csv", "metrics.json", "report.html", "provenance.json")
+
+
+def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, context: dict) -> str:
+    """The report page from the tidy tables alone (so a synthetic grid can be rendered and timed)."""
+    k, suffix = context["k"], context["suffix"]
+    sections = ["<h1>prunemem report</h1>",
+                "<p class=note>Does pruning make a language model forget what it memorized, and what does that cost? "
+                "A sample is <em>extracted</em> when greedy decoding from its k-token prefix reproduces its "
+                f"{suffix}-token suffix exactly. Rates are over members; intervals are Wilson 95%.</p>",
+                "<h2>Headline findings</h2><ul>"
+                + "".join(f"<li>{html.escape(s)}</li>" for s in headlines(results, dup, k)) + "</ul>",
+                "<h2>Extraction and perplexity against sparsity</h2>",
+                "<p class=note>Achieved sparsity is the share of all prunable weights removed; methods that prune a "
+                "subset (attention, mlp, first25, last25) reach less of it at the same level. Each curve starts at the "
+                "dense model; bands are Wilson 95% intervals.</p>", charts.to_svg(charts.extraction_vs_sparsity(results)),
+                f"<h2>Memorization against perplexity: pruning, quantization, low-rank (k={k})</h2>",
+                "<p class=note>Down is less memorization, left is better quality; the black line is the Pareto "
+                "frontier (no variant is better on both). Quantization removes no parameters (level 0); its budget "
+                "is the share of 16-bit weight storage it keeps, in the <code>compression</code> column, as "
+                "low-rank's is the share of parameters its factors keep.</p>",
+                charts.to_svg(charts.memorization_vs_perplexity(results, k, tables.pareto_front(results))),
+                f"<h2>Matched perplexity (k={k})</h2>",
+                "<p class=note>For each perplexity budget over the dense model: the lowest extraction rate each "
+                "method reaches at any of its levels (level in brackets); the best per model and budget is "
+                "marked ★.</p>", _matched_table(tables.matched_perplexity(results, k)),
+                "<h2>Membership inference against sparsity</h2>",
+                "<p class=note>AUC of telling members from non-members by loss, zlib ratio, Min-K% and Min-K%++ "
+                "(0.5 = chance, dashed), with stratified bootstrap 95% intervals; scores use the whole "
+                f"{max(context['ks']) + suffix}-token window.</p>",
+                charts.to_svg(charts.mia_vs_sparsity(results))]
+    if dup.height:
+        sections += [f"<h2>Extraction against duplication (k={k})</h2>",
+                     "<p class=note>Canaries planted 0 times were never trained on: their rate is what the model "
+                     "guesses without memorizing.</p>", charts.to_svg(charts.extraction_vs_duplication(dup, k))]
+    if layers.height:
+        sections += ["<h2>Achieved sparsity per block</h2>",
+                     "<p class=note>Share of each block's prunable weights removed by each mask: uniform for "
+                     "layerwise and N:M, uneven for global, OWL and the subset strategies, whole blocks for SLEB.</p>",
+                     charts.to_svg(charts.layer_sparsity_heatmap(layers))]
+    sections += ["<h2>The paper's published values</h2>",
+                 f"<p class=note>Source: {html.escape(tables.PAPER_SOURCE)}. Shown beside ours only where the model "
+                 "and method match; the paper gives no pruning level and, mostly, no k.</p>",
+                 _table(tables.paper_comparison(results, tables.paper_values(), context["paper_names"]))]
+    shown = ["model", "method", "level", "n_samples", "n_extracted", "extraction_rate", "ci_low", "ci_high",
+             "token_match_rate", "n_rechecked", "n_flipped", "perplexity", "achieved_sparsity", "compression",
+             "mia_minkpp_auc"]
+    for kk in context["ks"]:
+        sections += [f"<h2>Results at k={kk}</h2>", _table(results.filter(pl.col("k") == kk).select(shown))]
+    sections += ["<h2>Appendix: provenance</h2>",
+                 "<p class=note>Where every row of <code>results.csv</code> came from (hashes shortened here, full "
+                 "there); <code>prunemem audit</code> re-checks all of them.</p>",
+                 _table(tables.provenance_appendix(results, context["checkpoint_ids"])),
+                 f"<p class=note>Built by {html.escape(context['built_by'])}.</p>"]
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>prunemem report</title><style>{_CSS}</style>"
+            f"</head><body>{''.join(sections)}</body></html>\n")
+
+
+def _matched_table(frame: pl.DataFrame) -> str:
+    """The matched-perplexity table with each column's best (lowest rate) per model starred."""
+    def rate(cell: str) -> float:
+        return float(cell.split("%")[0]) if cell != "-" else float("inf")
+
+    rows = frame.to_dicts()
+    for column in (c for c in frame.columns if c.startswith("<=")):
+        best: dict[str, float] = {}
+        for row in rows:
+            best[row["model"]] = min(best.get(row["model"], float("inf")), rate(row[column]))
+        for row in rows:
+            if row[column] != "-" and rate(row[column]) == best[row["model"]]:
+                row[column] += " ★"
+    return _table(pl.DataFrame(rows))

@@ -88,10 +88,124 @@ def by_duplication(plan: Plan, model: str, variants: list[tuple[str, str]], k: i
         per_sample = pl.read_parquet(plan.metrics_dir(model, method, level) / "memorization.parquet")
         grouped = (per_sample.filter((pl.col("k") == k) & (pl.col("kind") == "canary"))
                    .group_by("copies").agg(pl.len().alias("n"), pl.col("extracted").sum().alias("hits")))
-        frames.append(grouped.with_columns(pl.lit(f"{method} {level}").alias("variant")))
+        frames.append(grouped.with_columns(pl.lit(model).alias("model"), pl.lit(f"{method} {level}").alias("variant")))
     table = pl.concat(frames).sort("variant", "copies")
     cis = [wilson(h, n) for h, n in zip(table["hits"], table["n"])]
     return table.with_columns(
         (pl.col("hits") / pl.col("n")).alias("extraction_rate"),
         pl.Series("ci_low", [c[0] for c in cis]), pl.Series("ci_high", [c[1] for c in cis]),
     )
+
+
+PAPER_VALUES = "pruning-as-a-defense-values.csv"
+PAPER_SOURCE = ("Gupta et al., \"Pruning as a Defense: Reducing Memorization in Large Language Models\", "
+                "arXiv 2502.15796 (values as quoted in the project's paper summary)")
+
+
+def paper_values() -> pl.DataFrame:
+    """The paper's published numbers, bundled with their source (``PAPER_SOURCE``)."""
+    from importlib import resources
+
+    text = resources.files("prunemem").joinpath("resources", PAPER_VALUES).read_text()
+    return pl.read_csv(text.encode(), schema_overrides={"k": pl.String, "value": pl.String})
+
+
+def paper_comparison(results: pl.DataFrame, paper: pl.DataFrame, model_names: dict[str, str]) -> pl.DataFrame:
+    """Each published value beside ours where model and method match, else why not.
+
+    ``model_names`` maps our model name to the paper's (``pythia-12b``) or to ``""`` for models
+    the paper never ran (the embedded one). The paper states no k for most values and no level
+    for any, so ours are listed per level at the paper's k when given, else at our k nearest 50.
+    """
+    ours_by_paper_name = {paper_name: ours for ours, paper_name in model_names.items() if paper_name}
+    ks = sorted(results["k"].unique().to_list())
+    rows = []
+    for row in paper.iter_rows(named=True):
+        ours_model = ours_by_paper_name.get(row["model"])
+        entry = {**row, "ours": "", "comparable": ""}
+        if ours_model is None:
+            entry["comparable"] = "not comparable: model not in this study" if any(model_names.values()) else \
+                "not comparable: embedded model"
+        elif row["metric"] not in ("extraction_rate", "perplexity") or row["method"] == "*":
+            entry["comparable"] = "setting, not a result"
+        else:
+            k = int(row["k"]) if row["k"] else min(ks, key=lambda x: abs(x - 50))
+            mine = results.filter((pl.col("model") == ours_model) & (pl.col("method") == row["method"])
+                                  & (pl.col("k") == k)).sort("level")
+            if mine.height == 0:
+                entry["comparable"] = "method not run here"
+            else:
+                fmt = (lambda v: f"{100 * v:.2f}%") if row["metric"] == "extraction_rate" else (lambda v: f"{v:.2f}")
+                entry["ours"] = "; ".join(f"{lv:g}: {fmt(v)}" for lv, v in zip(mine["level"], mine[row["metric"]]))
+                entry["comparable"] = f"same model and method; ours at k={k}" + ("" if row["k"] else
+                                                                                  " (paper's k not stated)")
+        rows.append(entry)
+    return pl.DataFrame(rows, schema={**{c: pl.String for c in paper.columns}, "ours": pl.String,
+                                      "comparable": pl.String})
+
+
+def pareto_front(results: pl.DataFrame) -> pl.DataFrame:
+    """Per model and k, the variants no other variant beats on both perplexity and extraction rate."""
+    ordered = results.sort("model", "k", "perplexity", "extraction_rate")
+    running_best = pl.col("extraction_rate").cum_min().shift(1, fill_value=float("inf")).over("model", "k")
+    return ordered.filter(pl.col("extraction_rate") < running_best)
+
+
+def matched_perplexity(results: pl.DataFrame, k: int, budgets=(0.01, 0.05, 0.10, 0.25)) -> pl.DataFrame:
+    """For each model, method and perplexity budget: the lowest extraction any of its levels reaches
+    within that increase over the dense model (at ``k``), as 'rate (level)'; '-' when none fits."""
+    at_k = results.filter(pl.col("k") == k)
+    dense_ppl = at_k.filter(pl.col("method") == "dense").select("model", pl.col("perplexity").alias("dense_ppl"))
+    joined = at_k.join(dense_ppl, on="model").with_columns(
+        (pl.col("perplexity") / pl.col("dense_ppl") - 1).alias("increase"))
+    rows = []
+    for (model, method), group in joined.group_by(["model", "method"], maintain_order=True):
+        row = {"model": model, "method": method}
+        for budget in budgets:
+            within = group.filter(pl.col("increase") <= budget).sort("extraction_rate", "perplexity")
+            row[f"<= +{100 * budget:g}% ppl"] = (f"{100 * within['extraction_rate'][0]:.1f}% ({within['level'][0]:g})"
+                                                 if within.height else "-")
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def provenance_appendix(results: pl.DataFrame, checkpoint_ids: dict[str, str]) -> pl.DataFrame:
+    """One row per evaluated variant: where each of its numbers came from (full hashes in results.csv)."""
+    short = lambda column: pl.col(column).str.slice(0, 12)  # noqa: E731
+    return results.unique(subset=["model", "method", "level"], maintain_order=True).select(
+        "model", "method", "level",
+        pl.col("model").replace_strict(checkpoint_ids, default="?").alias("checkpoint"),
+        short("mask_sha256").fill_null("-").alias("mask / transform"), short("samples_sha256").alias("samples"),
+        short("metrics_sha256").alias("metrics"), short("params_digest").alias("params"), "code_version")
+
+
+def checkpoint_ids(plan: Plan) -> dict[str, str]:
+    """How each model's checkpoint is named in the provenance appendix: hub id@commit, or the embedded hash."""
+    from prunemem.checkpoints import PROVENANCE
+
+    ids = {}
+    for model in plan.models:
+        prov = json.loads((plan.checkpoint_dir(model) / PROVENANCE).read_text())
+        hub = prov.get("hub") or {}
+        ids[model] = (f"{hub['repo_id']}@{hub['commit']}" if hub.get("repo_id")
+                      else f"embedded sha256:{prov['checkpoint_sha256'][:12]}")
+    return ids
+
+
+def paper_model_name(plan: Plan, model: str) -> str:
+    """The paper's name for one of our models (``pythia-12b``), or "" when the paper did not run it."""
+    spec = plan.params["models"][model]
+    repo = spec.get("repo_id", "") if isinstance(spec, dict) else ""
+    name = repo.rsplit("/", 1)[-1].lower()
+    return name if name in set(paper_values()["model"].to_list()) else ""
+
+
+def headline_metrics(results: pl.DataFrame) -> dict:
+    """``reports/metrics.json`` for ``dvc metrics show``: model -> variant -> k -> the key numbers."""
+    out: dict = {}
+    for row in results.iter_rows(named=True):
+        variant = out.setdefault(row["model"], {}).setdefault(f"{row['method']}@{row['level']:g}", {})
+        variant[f"k{row['k']}"] = {"extraction_rate": row["extraction_rate"], "perplexity": row["perplexity"],
+                                   "achieved_sparsity": row["achieved_sparsity"],
+                                   "mia_minkpp_auc": row["mia_minkpp_auc"]}
+    return out
