@@ -135,6 +135,10 @@ class WindowSelector(_Selector):
     def rows_wanted(self):
         return self.n
 
+    @property
+    def min_size(self):
+        return self.tokens
+
     def check(self, where: str) -> None:
         if len(self.heap) < self.n:
             also = f" ({self.excluded} more excluded as members)" if self.excluded else ""
@@ -167,6 +171,8 @@ class BudgetSelector(_Selector):
 
     def rows_wanted(self):
         return self.tokens  # an upper bound: every document has at least one token
+
+    min_size = 1
 
     def check(self, where: str) -> None:
         if self.total < self.tokens:
@@ -202,7 +208,8 @@ def scan(source, seed: int, selectors: list[_Selector], tokenizer, where: str) -
         b = rec.key % len(selectors)
         sel = selectors[b]
         sel.seen += 1
-        if rec.key < sel.threshold():
+        # A token covers at least one byte: a text of fewer bytes than a window is never tokenized.
+        if rec.size >= sel.min_size and rec.key < sel.threshold():
             pending[b].append(rec)
             if len(pending[b]) >= batch:
                 flush(b)

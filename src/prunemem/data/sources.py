@@ -39,12 +39,14 @@ class Record:
     doc_id: str                    # where the document is in its source
     text: str | None = None        # text sources
     tokens: np.ndarray | None = None  # tokenized sources
+    size: int = 0                  # UTF-8 bytes of the text, or tokens: an upper bound on its token count
 
 
-def text_key(seed: int, text: str) -> int:
-    """A seeded 64-bit hash of a document's text: the order in which documents are drawn."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8,
-                                          key=seed.to_bytes(8, "little")).digest(), "little")
+def text_record(seed: int, doc_id: str, text: str) -> Record:
+    """A text document keyed by a seeded 64-bit hash of its text: the order in which documents are drawn."""
+    data = text.encode("utf-8", "surrogatepass")
+    key = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=seed.to_bytes(8, "little")).digest(), "little")
+    return Record(key, doc_id, text=text, size=len(data))
 
 
 class Source:
@@ -136,7 +138,7 @@ class LocalSource(Source):
         for i, (doc_id, text) in enumerate(self._texts()):
             if limit is not None and i >= limit:
                 return
-            yield Record(text_key(seed, text), doc_id, text=text)
+            yield text_record(seed, doc_id, text)
 
 
 class HfSource(Source):
@@ -182,7 +184,7 @@ class HfSource(Source):
             if limit is not None and i >= limit:
                 return
             text = _field(row, spec["text_field"], f"{spec['dataset']} {spec['split']}[{i}]")
-            yield Record(text_key(seed, text), f"{spec['split']}[{i}]", text=text)
+            yield text_record(seed, f"{spec['split']}[{i}]", text)
 
 
 class EmbeddedSource(Source):
@@ -205,7 +207,7 @@ class EmbeddedSource(Source):
 
     def records(self, seed: int, want: int) -> Iterator[Record]:
         for doc in self.docs:
-            yield Record(text_key(seed, doc["text"]), doc["id"], text=doc["text"])
+            yield text_record(seed, doc["id"], doc["text"])
 
 
 class PreshuffledSource(Source):
@@ -244,7 +246,7 @@ class PreshuffledSource(Source):
             if len(tokens) != PRESHUFFLED_ROW:
                 raise PrunememError(f"{self.data.idx_path}: row {row} has {len(tokens)} tokens; a Pythia "
                                     f"preshuffled row has {PRESHUFFLED_ROW}")
-            yield Record(rank, f"row {row} (step {row // STEP_ROWS})", tokens=tokens)
+            yield Record(rank, f"row {row} (step {row // STEP_ROWS})", tokens=tokens, size=len(tokens))
 
 
 def open_source(spec: dict, where: str, params: dict, model: dict, role: str) -> Source:
