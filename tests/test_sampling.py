@@ -195,6 +195,7 @@ def test_too_few_long_documents_says_how_many(tmp_path, ckpt, corpus):
 
 def test_missing_text_field_is_one_line(tmp_path, ckpt, corpus, capsys):
     from conftest import write_params
+
     from prunemem.cli import main
 
     texts, _ = corpus

@@ -71,7 +71,11 @@ def resolve(repo: str, revision: str, cache_dir: str | None = None) -> tuple[str
     hf, constants = _hub()
     if constants.HF_HUB_OFFLINE:
         return (*_resolve_cached(repo, revision, cache_dir), True)
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         info = hf.HfApi().model_info(repo, revision=revision, files_metadata=True)

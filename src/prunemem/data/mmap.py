@@ -90,11 +90,8 @@ def write(prefix: str | Path, items: list, dtype=np.uint16) -> None:
     pointers = np.zeros(len(items), dtype=np.int64)
     np.cumsum(sizes[:-1].astype(np.int64) * dtype.itemsize, out=pointers[1:])
     doc_idx = np.arange(len(items) + 1, dtype=np.int64)
-    with atomic_path(f"{prefix}.bin") as tmp:
-        with open(tmp, "wb") as fh:
-            for item in items:
-                fh.write(np.asarray(item, dtype=dtype).tobytes())
-    with atomic_path(f"{prefix}.idx") as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(_HEADER.pack(MAGIC, 1, code, len(items), len(doc_idx)))
-            fh.write(sizes.tobytes() + pointers.tobytes() + doc_idx.tobytes())
+    with atomic_path(f"{prefix}.bin") as tmp, open(tmp, "wb") as fh:
+        fh.writelines(np.asarray(item, dtype=dtype).tobytes() for item in items)
+    with atomic_path(f"{prefix}.idx") as tmp, open(tmp, "wb") as fh:
+        fh.write(_HEADER.pack(MAGIC, 1, code, len(items), len(doc_idx)))
+        fh.write(sizes.tobytes() + pointers.tobytes() + doc_idx.tobytes())

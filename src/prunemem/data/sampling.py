@@ -67,7 +67,7 @@ def sha256_tokens(tokens: np.ndarray) -> str:
 
 
 class _Item:
-    __slots__ = ("key", "doc_id", "doc_sha256", "tokens", "window_sha256")
+    __slots__ = ("doc_id", "doc_sha256", "key", "tokens", "window_sha256")
 
     def __init__(self, key, doc_id, doc_sha256, tokens):
         self.key, self.doc_id, self.doc_sha256, self.tokens = key, doc_id, doc_sha256, tokens
@@ -224,7 +224,11 @@ def scan(source, seed: int, selectors: list[_Selector], tokenizer, where: str) -
 def hub_sets(checkpoint_dir: Path, params: dict, model_name: str) -> tuple[dict[str, pl.DataFrame], dict]:
     """The four sample sets of a hub model, its manifest, and what provenance records about the sources."""
     from prunemem.checkpoints import load_tokenizer
-    from prunemem.data.samples import SAMPLE_SCHEMA, _calibration_windows, _perplexity_docs
+    from prunemem.data.samples import (
+        SAMPLE_SCHEMA,
+        _calibration_windows,
+        _perplexity_docs,
+    )
     from prunemem.data.sources import open_source
 
     model, samples = params["models"][model_name], params["samples"]
