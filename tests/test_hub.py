@@ -141,6 +141,20 @@ def test_offline_works_from_a_populated_cache(hub, published, tmp_path, monkeypa
         fetch_checkpoint(REPO_ID, "step99", tmp_path / "c", {}, cache_dir=cache)
 
 
+def test_unreachable_hub_falls_back_to_the_cache(hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = str(tmp_path / "cache")
+    fetch_checkpoint(REPO_ID, REV, tmp_path / "a", {}, cache_dir=cache)
+    dead = "http://127.0.0.1:9"  # nothing listens there: connection refused at once
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    prov = json.loads((fetch_checkpoint(REPO_ID, REV, tmp_path / "b", {}, cache_dir=cache) / "provenance.json").read_text())
+    assert prov["offline"] is True and prov["commit_sha"] == hub.repos[REPO_ID][REV][0]
+    with pytest.raises(PrunememError, match="the hub is unreachable .* hf download org/tiny --revision step99"):
+        fetch_checkpoint(REPO_ID, "step99", tmp_path / "c", {}, cache_dir=cache)
+
+
 @pytest.mark.parametrize("repo,rev,fragment", [("org/nope", REV, "org/nope: no such model"),
                                                (REPO_ID, "step7", "org/tiny: no revision 'step7'")])
 def test_unknown_model_or_revision_online(hub, tmp_path, repo, rev, fragment):

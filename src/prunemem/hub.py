@@ -35,6 +35,17 @@ from prunemem.provenance import record, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """Failures to reach the hub: OS errors and the HTTP client's transport errors.
+
+    huggingface_hub ~=2.4 (pinned) talks through httpx2, whose errors are not OSErrors.
+    """
+    import httpx2
+
+    return (OSError, httpx2.TransportError)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
 AUX_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 WEIGHT_FORMATS = (("model.safetensors", "model.safetensors.index.json"),
                   ("pytorch_model.bin", "pytorch_model.bin.index.json"))
@@ -85,7 +96,7 @@ def resolve(repo: str, revision: str, cache_dir: str | None = None) -> tuple[str
         raise PrunememError(f"{repo}: no such model on {constants.ENDPOINT} (or it is private or gated)") from None
     except HfHubHTTPError as err:
         raise PrunememError(f"{repo}@{revision}: the hub answered {str(err).splitlines()[0]}") from None
-    except OSError as err:  # no route to the hub: the cache may still have it
+    except _TRANSPORT_ERRORS as err:  # no route to the hub: the cache may still have it
         log.warning("hub unreachable (%s); trying the cache", err)
         try:
             return (*_resolve_cached(repo, revision, cache_dir), True)
@@ -139,7 +150,7 @@ def _download(repo: str, revision: str, filename: str, sha: str, cache_dir: str 
     except LocalEntryNotFoundError:
         raise PrunememError(f"{repo}@{revision}: {filename} is not in the cache and HF_HUB_OFFLINE=1; "
                             f"{prefetch_hint(repo, revision)}") from None
-    except (HfHubHTTPError, OSError) as err:
+    except (HfHubHTTPError, *_TRANSPORT_ERRORS) as err:
         raise PrunememError(f"{repo}@{revision}: download of {filename} failed ({str(err).splitlines()[0]}); "
                             "rerun to resume, files already in the cache are kept") from None
     if sha not in path.parts:
