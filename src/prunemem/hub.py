@@ -15,8 +15,10 @@
 - ``.bin`` weights are read with ``torch.load(weights_only=True)`` (no pickled code runs) and
   written as ``model.safetensors``; shards are merged into one file, which is what
   ``prunemem.checkpoints.load_model`` and the mask code read.
-- Resuming: huggingface_hub resumes an interrupted transfer with a Range request, and files
-  already in the cache are not fetched again, so rerunning the command continues where it stopped.
+- Resuming: a transfer cut mid-way is resumed by huggingface_hub with a Range request, and a
+  rerun fetches only the files not yet in the cache (huggingface_hub 2.4 discards the partial
+  file of a killed process, so that one file starts over; on Xet-backed repos hf_xet's chunk
+  cache keeps what arrived).
 - With ``HF_HUB_OFFLINE=1`` everything comes from the cache; when it is not there, one line says
   which ``hf download`` to run where the hub is reachable.
 """
