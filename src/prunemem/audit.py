@@ -247,7 +247,7 @@ class Audit:
         for model in plan.models:
             ckpt = self.checkpoint(model)
             samples = self.samples(model, ckpt)
-            for method, level in plan.variants():
+            for method, level in plan.variants(model):
                 if plan.kind(method) == "mask":
                     self.mask(model, method, level, ckpt, samples)
                 elif plan.kind(method) == "transform":

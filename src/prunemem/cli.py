@@ -39,8 +39,8 @@ def _check_model(plan: Plan, model: str) -> None:
         raise PrunememError(f"--model: {model!r} is not in params models; allowed: {', '.join(plan.models)}")
 
 
-def _check_variant(plan: Plan, method: str, level: str) -> None:
-    variants = plan.variants()
+def _check_variant(plan: Plan, model: str, method: str, level: str) -> None:
+    variants = plan.variants(model)
     if (method, level) not in variants:
         methods = list(dict.fromkeys(m for m, _ in variants))
         if method not in methods:
@@ -50,17 +50,23 @@ def _check_variant(plan: Plan, method: str, level: str) -> None:
 
 
 def cmd_validate(plan: Plan, args) -> None:
-    n = len(plan.models) * len(plan.variants())
-    print(f"ok: {len(plan.models)} model(s) x {len(plan.variants())} variants x {len(plan.ks)} k = "
+    n = sum(len(plan.variants(m)) for m in plan.models)
+    print(f"ok: {len(plan.models)} model(s) x {n // len(plan.models)} variants x {len(plan.ks)} k = "
           f"{n * len(plan.ks)} result rows")
 
 
 def cmd_checkpoint(plan: Plan, args) -> None:
-    from prunemem.checkpoints import build_embedded
-
     _check_model(plan, args.model)
-    # validate() guarantees every source has a builder; embedded is the one this release ships.
-    out = build_embedded(plan.checkpoint_dir(args.model), plan.params, progress=_progress("train"))
+    if plan.source(args.model) == "hub":
+        from prunemem.hub import fetch_checkpoint
+
+        spec = plan.params["models"][args.model]
+        out = fetch_checkpoint(spec["repo"], spec["revision"], plan.checkpoint_dir(args.model),
+                               plan.stage_params("checkpoint", args.model))
+    else:
+        from prunemem.checkpoints import build_embedded
+
+        out = build_embedded(plan.checkpoint_dir(args.model), plan.params, progress=_progress("train"))
     print(out)
 
 
@@ -78,7 +84,7 @@ def cmd_mask(plan: Plan, args) -> None:
     _check_model(plan, args.model)
     if plan.kind(args.method) != "mask":
         raise PrunememError(f"--method: {args.method} has no mask; allowed: " + ", ".join(plan.methods))
-    _check_variant(plan, args.method, args.level)
+    _check_variant(plan, args.model, args.method, args.level)
     print(build_mask(plan, args.model, args.method, args.level))
 
 
@@ -89,7 +95,7 @@ def cmd_transform(plan: Plan, args) -> None:
     if plan.kind(args.method) != "transform":
         allowed = ", ".join(plan.quantizers + (["lowrank"] if plan.lowrank_levels else []))
         raise PrunememError(f"--method: {args.method!r} is not a compression method in params; allowed: {allowed}")
-    _check_variant(plan, args.method, args.level)
+    _check_variant(plan, args.model, args.method, args.level)
     print(build_transform(plan, args.model, args.method, args.level))
 
 
@@ -97,7 +103,7 @@ def cmd_evaluate(plan: Plan, args) -> None:
     from prunemem.evaluate.run import evaluate
 
     _check_model(plan, args.model)
-    _check_variant(plan, args.method, args.level)
+    _check_variant(plan, args.model, args.method, args.level)
     evaluate(plan, args.model, args.method, args.level, progress=_progress("evaluate"))
     print(plan.metrics_dir(args.model, args.method, args.level))
 

@@ -41,21 +41,30 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
     out: dict = {}
     for model in plan.models:
         ckpt, samples = plan.checkpoint_dir(model).as_posix(), plan.samples_dir(model).as_posix()
-        embedded = plan.source(model) == "embedded"
+        if plan.source(model) == "embedded":
+            ckpt_deps = [f"{CODE}/checkpoints.py", f"{CODE}/embedded.py", f"{CODE}/resources/stdlib311.jsonl.xz"]
+            ckpt_params = [f"models.{model}", "embedded"]
+            samples_deps = [ckpt, f"{CODE}/data/samples.py", f"{CODE}/embedded.py"]
+            samples_params = ["samples", "embedded.split", "embedded.seed"]
+        else:  # hub: the checkpoint is the pinned download; samples read their sources
+            ckpt_deps = [f"{CODE}/checkpoints.py", f"{CODE}/hub.py"]
+            ckpt_params = [f"models.{model}.{key}" for key in ("source", "repo", "revision")]
+            samples_deps = [ckpt, f"{CODE}/data", f"{CODE}/embedded.py",
+                            *(p.as_posix() for p in plan.local_source_files(model).values())]
+            samples_params = ["samples", f"models.{model}.members", f"models.{model}.heldout"]
         out[stage_name("checkpoint", model)] = {
             "cmd": f"prunemem{flag} checkpoint --model {model}",
-            "deps": [f"{CODE}/checkpoints.py", f"{CODE}/embedded.py"]
-                    + ([f"{CODE}/resources/stdlib311.jsonl.xz"] if embedded else []),
-            "params": _params(params_file, [f"models.{model}"] + (["embedded"] if embedded else [])),
+            "deps": ckpt_deps,
+            "params": _params(params_file, ckpt_params),
             "outs": [ckpt],
         }
         out[stage_name("samples", model)] = {
             "cmd": f"prunemem{flag} samples --model {model}",
-            "deps": [ckpt, f"{CODE}/data/samples.py", f"{CODE}/embedded.py"],
-            "params": _params(params_file, ["samples"] + (["embedded.split", "embedded.seed"] if embedded else [])),
+            "deps": samples_deps,
+            "params": _params(params_file, samples_params),
             "outs": [samples],
         }
-        for method, level in plan.variants():
+        for method, level in plan.variants(model):
             deps = [ckpt, samples, f"{CODE}/evaluate"]
             kind = plan.kind(method)
             if kind != "dense":
@@ -76,7 +85,7 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
             }
     out["report"] = {
         "cmd": f"prunemem{flag} report",
-        "deps": [plan.metrics_dir(m, me, lv).as_posix() for m in plan.models for me, lv in plan.variants()]
+        "deps": [plan.metrics_dir(m, me, lv).as_posix() for m in plan.models for me, lv in plan.variants(m)]
                 + [f"{CODE}/report"],
         "outs": [(plan.reports_dir / name).as_posix() for name in ("results.csv", "report.html", "layer_sparsity.csv",
                                                                      "provenance.json")],

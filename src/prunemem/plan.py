@@ -104,7 +104,10 @@ def validate(params: dict, source: str = "params") -> None:
 
     samples = params["samples"]
     suffix, k_max = samples["suffix_tokens"], max(samples["k"])
+    if not any(m.get("enabled", True) for m in params["models"].values()):
+        raise PrunememError(f"{source}: models: every model has enabled: false; allowed: at least one enabled model")
     for name, model in params["models"].items():
+        _validate_model_sources(name, model, k_max + suffix, source)
         if model["source"] == "embedded":
             if "embedded" not in params:
                 raise PrunememError(f"{source}: models.{name}.source is 'embedded' but there is no 'embedded' section")
@@ -142,6 +145,69 @@ def validate(params: dict, source: str = "params") -> None:
     if ppl["stride"] > ppl["window"]:
         raise PrunememError(f"{source}: perplexity.stride: {ppl['stride']} is larger than perplexity.window "
                             f"{ppl['window']}; allowed: stride <= window")
+
+
+# Keys each sample-source kind takes (besides `kind`); the schema lists their types.
+SOURCE_KEYS = {
+    "embedded": ({"split"}, set()),                                   # (required, optional)
+    "local": ({"path"}, {"format", "text_field", "max_documents"}),
+    "hf": ({"dataset", "revision", "split", "text_field"}, {"config", "max_documents"}),
+    "pythia-preshuffled": ({"path"}, set()),
+}
+PRESHUFFLED_ROW = 2049  # tokens per row of Pythia's preshuffled memmap (2048 context + 1 label)
+
+
+def local_format(spec: dict) -> str:
+    """A local file's format: explicit, else from its extension."""
+    if "format" in spec:
+        return spec["format"]
+    for fmt in ("jsonl.zst", "jsonl", "parquet", "txt"):
+        if spec["path"].endswith("." + fmt):
+            return fmt
+    raise PrunememError(f"{spec['path']}: unknown file type; allowed: .jsonl, .jsonl.zst, .parquet, .txt, "
+                        "or set format")
+
+
+def _validate_model_sources(name: str, model: dict, window: int, source: str) -> None:
+    """Hub models need both sample sources; each source has exactly the keys of its kind."""
+    hub_only = [k for k in ("repo", "revision", "members", "heldout") if k in model]
+    if model["source"] == "embedded" and hub_only:
+        raise PrunememError(f"{source}: models.{name}.{hub_only[0]}: only for source: hub; an embedded model "
+                            "draws its samples from its own training stream")
+    for role in ("members", "heldout"):
+        spec = model.get(role)
+        if spec is None:
+            continue
+        key = f"models.{name}.{role}"
+        required, optional = SOURCE_KEYS[spec["kind"]]
+        extra = sorted(set(spec) - required - optional - {"kind"})
+        if extra:
+            raise PrunememError(f"{source}: {key}.{extra[0]}: not a key of kind {spec['kind']}; allowed: "
+                                f"{', '.join(sorted(required | optional))}")
+        missing = sorted(required - set(spec))
+        if spec["kind"] == "local":
+            fmt = local_format(spec)
+            if fmt == "txt" and "text_field" in spec:
+                raise PrunememError(f"{source}: {key}.text_field: a txt file has one document per line and no "
+                                    "fields; allowed: no text_field")
+            missing += ["text_field"] if fmt != "txt" and "text_field" not in spec else []
+        if missing:
+            raise PrunememError(f"{source}: {key}: kind {spec['kind']} needs {', '.join(missing)}")
+        if spec["kind"] == "embedded" and spec["split"] not in ("train", "heldout"):
+            raise PrunememError(f"{source}: {key}.split: {spec['split']!r} is not allowed; allowed: train, heldout")
+        if spec["kind"] == "pythia-preshuffled":
+            if preshuffled_step(model) is None:
+                raise PrunememError(f"{source}: {key}: pythia-preshuffled needs the model's revision to be a "
+                                    f"training step; allowed: revision stepN (got {model.get('revision')!r})")
+            if window > PRESHUFFLED_ROW:
+                raise PrunememError(f"{source}: samples.k: max k + suffix = {window} exceeds a preshuffled row; "
+                                    f"allowed: <= {PRESHUFFLED_ROW}")
+
+
+def preshuffled_step(model: dict) -> int | None:
+    """The training step of a hub revision named stepN: rows before step * 1024 were trained on."""
+    revision = model.get("revision", "")
+    return int(revision[4:]) if revision.startswith("step") and revision[4:].isdigit() else None
 
 
 def _validate_prune(params: dict, source: str) -> None:
@@ -207,7 +273,8 @@ class Plan:
     # -- the grid ---------------------------------------------------------------------------
     @property
     def models(self) -> list[str]:
-        return list(self.params["models"])
+        """The models in the grid (those not marked enabled: false)."""
+        return [name for name, spec in self.params["models"].items() if spec.get("enabled", True)]
 
     @property
     def methods(self) -> list[str]:
@@ -216,6 +283,11 @@ class Plan:
     @cached_property
     def levels(self) -> list[str]:
         return [level_name(x) for x in self.params["prune"]["levels"]]
+
+    def model_levels(self, model: str | None) -> list[str]:
+        """A model's pruning levels: its own `levels` when set, else prune.levels."""
+        own = self.params["models"][model].get("levels") if model is not None else None
+        return [level_name(x) for x in own] if own else self.levels
 
     @property
     def ks(self) -> list[int]:
@@ -230,20 +302,23 @@ class Plan:
         """Low-rank levels, as for pruning the fraction of parameters removed (1 - keep)."""
         return [level_name(1 - keep) for keep in self.params.get("compress", {}).get("lowrank", {}).get("keep", [])]
 
-    def mask_levels(self, method: str) -> list[str]:
-        """N:M methods have the single level 1 - N/M; every other method has prune.levels."""
+    def mask_levels(self, method: str, model: str | None = None) -> list[str]:
+        """N:M methods have the single level 1 - N/M; every other method has the model's levels."""
         from prunemem.prune import nm_pattern
 
         nm = nm_pattern(method)
-        return [level_name(1 - nm[1] / nm[2])] if nm else self.levels
+        return [level_name(1 - nm[1] / nm[2])] if nm else self.model_levels(model)
 
-    def variants(self) -> list[tuple[str, str]]:
-        """Every (method, level) evaluated per model: dense first, then masks, then transforms.
+    def variants(self, model: str | None = None) -> list[tuple[str, str]]:
+        """Every (method, level) evaluated for ``model``: dense first, then masks, then transforms.
 
         Quantization removes no parameters, so its level is 0; its budget is the
-        ``compression`` column.
+        ``compression`` column. Without a model: the union over the grid's models, in order
+        (the same list when no model sets its own ``levels``).
         """
-        return ([(DENSE, DENSE_LEVEL)] + [(m, lv) for m in self.methods for lv in self.mask_levels(m)]
+        if model is None:
+            return list(dict.fromkeys(v for m in self.models for v in self.variants(m)))
+        return ([(DENSE, DENSE_LEVEL)] + [(m, lv) for m in self.methods for lv in self.mask_levels(m, model)]
                 + [(q, DENSE_LEVEL) for q in self.quantizers] + [(LOWRANK, lv) for lv in self.lowrank_levels])
 
     def kind(self, method: str) -> str:
@@ -277,6 +352,12 @@ class Plan:
     def source(self, model: str) -> str:
         return self.params["models"][model]["source"]
 
+    def local_source_files(self, model: str) -> dict[str, Path]:
+        """The local corpus files a model's sample sources read, by role (members, heldout)."""
+        spec = self.params["models"][model]
+        return {role: Path(spec[role]["path"]) for role in ("members", "heldout")
+                if role in spec and spec[role]["kind"] == "local"}
+
     # -- paths (the artifact contract, DESIGN.md section 4) ------------------------------------
     def checkpoint_dir(self, model: str) -> Path:
         return self.root / "data" / "checkpoints" / model
@@ -309,12 +390,14 @@ class Plan:
                      level: str | None = None) -> dict[str, Any]:
         p = self.params
         if stage == "checkpoint":
-            spec = dict(p["models"][model])
+            spec = {k: v for k, v in p["models"][model].items() if k in ("source", "repo", "revision")}
             if spec["source"] == "embedded":
                 spec["embedded"] = p["embedded"]
             return spec
         if stage == "samples":  # the checkpoint is an input (by hash), not a param
-            return {"samples": p["samples"], "source": p["models"][model]["source"]}
+            spec = {"samples": p["samples"], "source": p["models"][model]["source"]}
+            spec.update({k: v for k, v in p["models"][model].items() if k in ("members", "heldout")})
+            return spec
         if stage == "mask":  # the grid lists are not inputs of a single mask
             spec = {"method": method, "level": level,
                     "prune": {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")},

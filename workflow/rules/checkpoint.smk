@@ -5,6 +5,6 @@ rule checkpoint:
         digest=lambda w: PLAN.stage_digest("checkpoint", w.model),
     log:
         "logs/checkpoint/{model}.log",
-    threads: lambda w: config["embedded"]["training"]["threads"]
+    threads: checkpoint_threads
     shell:
         prunemem("checkpoint --model {wildcards.model}")

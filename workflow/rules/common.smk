@@ -10,7 +10,10 @@ from prunemem.plan import Plan, read_params
 from prunemem.plan import validate as validate_params
 
 
-configfile: "params.yaml"
+# params.yaml unless --configfile names others: a preset such as workflow/configs/pythia.yaml
+# is a whole experiment and replaces the embedded default instead of being merged into it.
+if not workflow.overwrite_configfiles:
+    workflow.configfile("params.yaml")
 
 
 PARAMS_FILES = [str(p) for p in workflow.configfiles]
@@ -61,4 +64,18 @@ def calibrated_inputs(wildcards):
 
 def all_summaries(wildcards):
     return [PLAN.metrics_dir(m, method, level) / "summary.json"
-            for m in PLAN.models for method, level in PLAN.variants()]
+            for m in PLAN.models for method, level in PLAN.variants(m)]
+
+
+def checkpoint_threads(wildcards):
+    """Training threads for the embedded model; a hub download is I/O bound."""
+    if PLAN.source(wildcards.model) == "embedded":
+        return config["embedded"]["training"]["threads"]
+    return 1
+
+
+def samples_inputs(wildcards):
+    """The checkpoint (its tokenizer), and a local corpus file when a sample source reads one."""
+    inputs = {"checkpoint": PLAN.checkpoint_dir(wildcards.model)}
+    inputs.update({role: path for role, path in PLAN.local_source_files(wildcards.model).items()})
+    return inputs

@@ -1,6 +1,6 @@
 rule samples:
     input:
-        checkpoint="data/checkpoints/{model}",
+        unpack(samples_inputs),
     output:
         "data/samples/{model}/members.parquet",
         "data/samples/{model}/nonmembers.parquet",

@@ -6,7 +6,8 @@ Every extraction sample is one window of ``max(k) + suffix`` tokens; the suffix 
 ``suffix`` tokens and the prompt for each k is the k tokens just before it, so all k test the
 same suffixes (DESIGN.md section 3).
 
-For the embedded source:
+Hub models draw from their ``members`` / ``heldout`` sources (``prunemem.data.sampling``) and
+also write ``manifest.parquet``. For the embedded source:
 - members are canaries planted >= 1 times plus ordinary windows cut from training rows that
   carry no canary (seen exactly once), both taken from the exact training stream;
 - non-members are canaries planted 0 times: same distribution, never trained on;
@@ -116,16 +117,23 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     source = params["models"][model_name]["source"]
-    if source != "embedded":
-        raise PrunememError(f"models.{model_name}.source: {source!r} has no sample builder; allowed: embedded")
-    sets = embedded_sets(checkpoint_dir, params)
+    sources = {}
+    if source == "embedded":
+        sets = embedded_sets(checkpoint_dir, params)
+    else:  # hub: members / heldout sources, plus manifest.parquet tracing every sample to its document
+        from prunemem.data.sampling import hub_sets
+
+        sets, sources = hub_sets(checkpoint_dir, params, model_name)
     for name, frame in sets.items():
         write_parquet(frame, out_dir / name)
         log.info("%s: %d rows", name, frame.height)
-    hashes = {name: sha256_file(out_dir / name) for name in FILES}
-    prov = record("samples", {"checkpoint": checkpoint_hash(checkpoint_dir)},
-                  {"samples": params["samples"], "source": source})
-    prov.update(files=hashes, samples_sha256=digest_json(hashes), tokenizer_sha256=tokenizer_hash(checkpoint_dir))
+    hashes = {name: sha256_file(out_dir / name) for name in sets}
+    prov_params = {"samples": params["samples"], "source": source}  # = Plan.stage_params("samples", model)
+    if sources:
+        prov_params.update({role: params["models"][model_name][role] for role in ("members", "heldout")})
+    prov = record("samples", {"checkpoint": checkpoint_hash(checkpoint_dir)}, prov_params)
+    prov.update(files=hashes, samples_sha256=digest_json(hashes), tokenizer_sha256=tokenizer_hash(checkpoint_dir),
+                **({"sources": sources} if sources else {}))
     write_json(out_dir / PROVENANCE, prov)
     return prov
 

@@ -76,8 +76,8 @@ def build(plan: Plan) -> tuple[str, str]:
         layers.write_csv(tmp)
     write_json(out / "metrics.json", tables.headline_metrics(results))
     k = plan.ks[-1]
-    dup_variants = [(DENSE, "0")] + [("global", lv) for lv in plan.levels if "global" in plan.methods]
-    dup = pl.concat([tables.by_duplication(plan, model, dup_variants, k) for model in plan.models])
+    dup = pl.concat([tables.by_duplication(plan, model, [(DENSE, "0")] + [
+        ("global", lv) for lv in plan.model_levels(model) if "global" in plan.methods], k) for model in plan.models])
     env = environment()
     context = {"suffix": plan.params["samples"]["suffix_tokens"], "k": k, "ks": plan.ks,
                "checkpoint_ids": tables.checkpoint_ids(plan),
@@ -87,7 +87,7 @@ def build(plan: Plan) -> tuple[str, str]:
     with atomic_path(out / "report.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     summaries = {f"{m}/{me}/{lv}": sha256_file(plan.metrics_dir(m, me, lv) / "summary.json")
-                 for m in plan.models for me, lv in plan.variants()}
+                 for m in plan.models for me, lv in plan.variants(m)}
     prov = record("report", summaries, plan.stage_params("report"))
     prov["files"] = {name: sha256_file(out / name) for name in REPORT_FILES if name != "provenance.json"}
     write_json(out / "provenance.json", prov)

@@ -33,7 +33,7 @@ def results(plan: Plan) -> pl.DataFrame:
     """One row per (model, method, level, k), in plan order, from every summary.json."""
     rows = []
     for model in plan.models:
-        for method, level in plan.variants():
+        for method, level in plan.variants(model):
             path = plan.metrics_dir(model, method, level) / "summary.json"
             if not path.is_file():
                 raise PrunememError(f"{path}: missing; evaluate {model} {method} {level} before the report")
@@ -61,7 +61,7 @@ def layer_sparsity(plan: Plan) -> pl.DataFrame:
 
     rows = []
     for model in plan.models:
-        for method, level in plan.variants():
+        for method, level in plan.variants(model):
             if plan.kind(method) != "mask":
                 continue
             meta = header(plan.mask_path(model, method, level))
@@ -186,8 +186,7 @@ def checkpoint_ids(plan: Plan) -> dict[str, str]:
     ids = {}
     for model in plan.models:
         prov = json.loads((plan.checkpoint_dir(model) / PROVENANCE).read_text())
-        hub = prov.get("hub") or {}
-        ids[model] = (f"{hub['repo_id']}@{hub['commit']}" if hub.get("repo_id")
+        ids[model] = (f"{prov['repo']}@{prov['commit_sha']}" if prov.get("source") == "hub"
                       else f"embedded sha256:{prov['checkpoint_sha256'][:12]}")
     return ids
 
@@ -195,7 +194,7 @@ def checkpoint_ids(plan: Plan) -> dict[str, str]:
 def paper_model_name(plan: Plan, model: str) -> str:
     """The paper's name for one of our models (``pythia-12b``), or "" when the paper did not run it."""
     spec = plan.params["models"][model]
-    repo = spec.get("repo_id", "") if isinstance(spec, dict) else ""
+    repo = spec.get("repo", "")
     name = repo.rsplit("/", 1)[-1].lower()
     return name if name in set(paper_values()["model"].to_list()) else ""
 

@@ -1,0 +1,258 @@
+"""Hub checkpoints: a model id at a revision -> a pinned, hash-verified safetensors checkpoint.
+
+    prunemem --params workflow/configs/pythia.yaml checkpoint --model pythia-1_4b
+    # offline machines: pre-fetch into the cache they will use, then run with HF_HUB_OFFLINE=1
+    HF_HOME=/shared/hf hf download EleutherAI/pythia-1.4b --revision step143000
+
+- The revision (e.g. ``step143000``) is resolved to its commit sha, which is recorded; every
+  file is then fetched at that revision into the Hugging Face cache (``HF_HOME`` /
+  ``HF_HUB_CACHE``), and the snapshot it landed in must be that sha.
+- Only what the checkpoint needs is fetched: config, tokenizer files and one weights format,
+  safetensors when the revision has it, else ``pytorch_model*.bin``.
+- Every file is verified: LFS files against the sha256 in the hub's LFS metadata (offline: the
+  cache names an LFS blob by that sha256), small files against their git blob id. A mismatch
+  removes the bad blob from the cache and stops with one line.
+- ``.bin`` weights are read with ``torch.load(weights_only=True)`` (no pickled code runs) and
+  written as ``model.safetensors``; shards are merged into one file, which is what
+  ``prunemem.checkpoints.load_model`` and the mask code read.
+- Resuming: a transfer cut mid-way is resumed by huggingface_hub with a Range request, and a
+  rerun fetches only the files not yet in the cache (huggingface_hub 2.4 discards the partial
+  file of a killed process, so that one file starts over; on Xet-backed repos hf_xet's chunk
+  cache keeps what arrived).
+- With ``HF_HUB_OFFLINE=1`` everything comes from the cache; when it is not there, one line says
+  which ``hf download`` to run where the hub is reachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from prunemem.errors import PrunememError
+from prunemem.provenance import record, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """Failures to reach the hub: OS errors and the HTTP client's transport errors.
+
+    huggingface_hub ~=2.4 (pinned) talks through httpx2, whose errors are not OSErrors.
+    """
+    import httpx2
+
+    return (OSError, httpx2.TransportError)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+AUX_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+WEIGHT_FORMATS = (("model.safetensors", "model.safetensors.index.json"),
+                  ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+
+
+def _hub():
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    return huggingface_hub, constants
+
+
+def prefetch_hint(repo: str, revision: str) -> str:
+    _, constants = _hub()
+    return (f"pre-fetch it where the hub is reachable with `HF_HOME={constants.HF_HOME} hf download {repo} "
+            f"--revision {revision}` and bring that cache here (or unset HF_HUB_OFFLINE)")
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git object id of a file, which the hub lists for files not stored in LFS."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve(repo: str, revision: str, cache_dir: str | None = None) -> tuple[str, dict[str, dict], bool]:
+    """(commit sha, {file: expected hashes}, offline) for ``repo`` at ``revision``.
+
+    Online the listing comes from the hub with its LFS metadata; offline from the cached
+    snapshot, whose blob names are the same hashes.
+    """
+    hf, constants = _hub()
+    if constants.HF_HUB_OFFLINE:
+        return (*_resolve_cached(repo, revision, cache_dir), True)
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        info = hf.HfApi().model_info(repo, revision=revision, files_metadata=True)
+    except RevisionNotFoundError:
+        raise PrunememError(f"{repo}: no revision {revision!r} on {constants.ENDPOINT}") from None
+    except RepositoryNotFoundError:
+        raise PrunememError(f"{repo}: no such model on {constants.ENDPOINT} (or it is private or gated)") from None
+    except HfHubHTTPError as err:
+        raise PrunememError(f"{repo}@{revision}: the hub answered {str(err).splitlines()[0]}") from None
+    except _TRANSPORT_ERRORS as err:  # no route to the hub: the cache may still have it
+        log.warning("hub unreachable (%s); trying the cache", err)
+        try:
+            return (*_resolve_cached(repo, revision, cache_dir), True)
+        except PrunememError:
+            raise PrunememError(f"{repo}@{revision}: the hub is unreachable ({err.__class__.__name__}) and the "
+                                f"cache does not have it; {prefetch_hint(repo, revision)}") from None
+    files = {}
+    for s in info.siblings or []:
+        files[s.rfilename] = ({"size": s.size, "sha256": s.lfs.sha256, "lfs": True} if s.lfs
+                              else {"size": s.size, "git_oid": s.blob_id, "lfs": False})
+    return info.sha, files, False
+
+
+def _resolve_cached(repo: str, revision: str, cache_dir: str | None) -> tuple[str, dict[str, dict]]:
+    hf, constants = _hub()
+    config = hf.try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision)
+    if not isinstance(config, str):
+        raise PrunememError(f"{repo}@{revision} is not in the Hugging Face cache "
+                            f"({cache_dir or constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1; "
+                            f"{prefetch_hint(repo, revision)}")
+    snapshot = Path(config).parent
+    files = {}
+    for path in sorted(snapshot.rglob("*")):
+        if path.is_file():
+            etag = Path(os.path.realpath(path)).name
+            name = path.relative_to(snapshot).as_posix()
+            files[name] = ({"sha256": etag, "lfs": True} if len(etag) == 64 else {"git_oid": etag, "lfs": False})
+    return snapshot.name, files
+
+
+def choose_files(files: dict[str, dict], repo: str, revision: str, offline: bool) -> tuple[list[str], str, str]:
+    """(auxiliary files, weights format, weights entry) to fetch: safetensors first, then .bin."""
+    for single, index in WEIGHT_FORMATS:
+        for entry in (single, index):
+            if entry in files:
+                if "config.json" not in files:
+                    break
+                return [f for f in AUX_FILES if f in files], single, entry
+    where = "the cached snapshot" if offline else "the revision"
+    hint = f"; {prefetch_hint(repo, revision)}" if offline else ""
+    raise PrunememError(f"{repo}@{revision}: {where} has no config.json with model.safetensors or "
+                        f"pytorch_model.bin (files: {', '.join(sorted(files)) or 'none'}){hint}")
+
+
+def _download(repo: str, revision: str, filename: str, sha: str, cache_dir: str | None) -> Path:
+    hf, _ = _hub()
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = Path(hf.hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir))
+    except LocalEntryNotFoundError:
+        raise PrunememError(f"{repo}@{revision}: {filename} is not in the cache and HF_HUB_OFFLINE=1; "
+                            f"{prefetch_hint(repo, revision)}") from None
+    except (HfHubHTTPError, *_TRANSPORT_ERRORS) as err:
+        raise PrunememError(f"{repo}@{revision}: download of {filename} failed ({str(err).splitlines()[0]}); "
+                            "rerun to resume, files already in the cache are kept") from None
+    if sha not in path.parts:
+        raise PrunememError(f"{repo}@{revision}: {filename} came from snapshot {path.parent.name}, not the "
+                            f"resolved commit {sha} (the revision moved during the download); rerun")
+    return path
+
+
+def verify(path: Path, expected: dict, repo: str, filename: str) -> str:
+    """Check a cached file against the hub's hashes; on mismatch remove it from the cache and stop."""
+    if expected["lfs"]:
+        actual, want = sha256_file(path), expected["sha256"]
+    else:
+        actual, want = git_blob_sha1(path), expected.get("git_oid")
+    if want is not None and actual != want:
+        blob = Path(os.path.realpath(path))
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        kind = "sha256" if expected["lfs"] else "git blob id"
+        raise PrunememError(f"{repo}/{filename}: {kind} {actual[:12]}... does not match the hub's {want[:12]}...; "
+                            f"removed the corrupt file from the cache ({blob}); rerun to fetch it again")
+    return actual
+
+
+def fetch_checkpoint(repo: str, revision: str, out_dir: str | Path, params: dict,
+                     cache_dir: str | None = None) -> Path:
+    """Resolve, fetch, verify and (for .bin) convert ``repo@revision`` into ``out_dir``."""
+    from prunemem.checkpoints import PROVENANCE, WEIGHTS, _AtomicDir
+
+    hf, constants = _hub()
+    sha, listing, offline = resolve(repo, revision, cache_dir)
+    aux, fmt, entry = choose_files(listing, repo, revision, offline)
+    names = [*aux, entry]
+    paths = {name: _download(repo, revision, name, sha, cache_dir) for name in names}
+    weights = [entry]
+    if entry.endswith(".index.json"):
+        weights = sorted(set(json.loads(paths[entry].read_text())["weight_map"].values()))
+        missing = [s for s in weights if s not in listing]
+        if missing:
+            raise PrunememError(f"{repo}@{revision}: {entry} names {missing[0]}, which the revision does not have")
+        paths.update({s: _download(repo, revision, s, sha, cache_dir) for s in weights})
+    hashes = {name: verify(path, listing[name], repo, name) for name, path in paths.items()}
+    log.info("%s@%s = %s: %s verified", repo, revision, sha, ", ".join(paths))
+
+    out_dir = Path(out_dir)
+    with _AtomicDir(out_dir) as tmp:
+        for name in aux:
+            shutil.copyfile(paths[name], tmp / name)
+        conversion = _write_weights([paths[n] for n in weights], fmt, tmp / WEIGHTS, tmp / "config.json")
+        prov = record("checkpoint", {f"hub:{repo}@{sha}/{n}": h for n, h in hashes.items()}, params)
+        prov.update(
+            source="hub", repo=repo, revision=revision, commit_sha=sha, endpoint=constants.ENDPOINT,
+            offline=offline, cache_dir=cache_dir or constants.HF_HUB_CACHE, huggingface_hub=hf.__version__,
+            files={n: {**listing[n], "verified": hashes[n]} for n in paths}, weights_from=fmt, **conversion,
+            checkpoint_sha256=sha256_file(tmp / WEIGHTS),
+        )
+        write_json(tmp / PROVENANCE, prov)
+    return out_dir
+
+
+def _write_weights(sources: list[Path], fmt: str, out: Path, config_path: Path) -> dict:
+    """One ``model.safetensors``: a single safetensors file copied, shards merged, .bin converted."""
+    if fmt == "model.safetensors" and len(sources) == 1:
+        shutil.copyfile(sources[0], out)
+        return {"conversion": None}
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    expected = _expected_keys(config_path)
+    tensors: dict = {}
+    for src in sources:
+        if fmt == "model.safetensors":
+            tensors.update(load_file(src))
+        else:
+            try:  # mmap: shards stay file-backed instead of filling memory
+                tensors.update(torch.load(src, map_location="cpu", weights_only=True, mmap=True))
+            except RuntimeError:  # a pre-zip (legacy) torch file cannot be memory-mapped
+                tensors.update(torch.load(src, map_location="cpu", weights_only=True))
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise PrunememError(f"{sources[0]}: weights lack {missing[0]} ({len(missing)} missing) for the architecture "
+                            "in config.json")
+    dropped = sorted(set(tensors) - expected)  # old buffers (attention.bias, masked_bias, rotary inv_freq)
+    save_file({k: tensors[k].contiguous() for k in sorted(expected)}, str(out), metadata={"format": "pt"})
+    how = "torch.load(weights_only=True)" if fmt == "pytorch_model.bin" else "safetensors shards merged"
+    return {"conversion": f"{fmt} -> model.safetensors via {how}", "dropped_keys": dropped}
+
+
+def _expected_keys(config_path: Path) -> set[str]:
+    """The state-dict keys of the GPT-NeoX model config.json describes, built on the meta device (no memory)."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = json.loads(config_path.read_text())
+    if config.get("model_type") != "gpt_neox":
+        raise PrunememError(f"{config_path}: model_type {config.get('model_type')!r}; allowed: gpt_neox "
+                            "(prunemem never runs remote code)")
+    with torch.device("meta"):
+        model = GPTNeoXForCausalLM(GPTNeoXConfig.from_dict(config))
+    keys = set(model.state_dict())
+    if model.config.tie_word_embeddings:
+        keys.discard("embed_out.weight")
+    return keys

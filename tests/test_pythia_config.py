@@ -1,0 +1,66 @@
+"""workflow/configs/pythia.yaml: the paper's grid validates, and a dry run lists every job offline."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, venv_env
+
+from prunemem.dvcgen import stages
+from prunemem.errors import PrunememError
+from prunemem.plan import Plan, validate
+
+PYTHIA = REPO / "workflow" / "configs" / "pythia.yaml"
+DEDUPED = REPO / "workflow" / "configs" / "pythia-deduped.yaml"
+
+
+def test_grid_levels_per_size_and_deduped_overlay():
+    plan = Plan.load([PYTHIA])
+    assert plan.models == ["pythia-160m", "pythia-410m", "pythia-1_4b", "pythia-2_8b", "pythia-6_9b", "pythia-12b"]
+    assert plan.mask_levels("global", "pythia-160m") == ["0.1", "0.125", "0.15"]
+    assert plan.mask_levels("global", "pythia-12b") == ["0.35", "0.4", "0.45"]
+    assert plan.ks == [50, 100, 200, 500] and plan.params["samples"]["training_members"] == 5000
+    assert {plan.params["models"][m]["revision"] for m in plan.models} == {"step143000"}
+    assert ("global", "0.45") in plan.variants("pythia-12b") and ("global", "0.45") not in plan.variants("pythia-160m")
+    deduped = Plan.load([PYTHIA, DEDUPED])
+    assert deduped.models == [m + "-deduped" for m in plan.models]
+    assert deduped.params["models"]["pythia-12b-deduped"]["repo"] == "EleutherAI/pythia-12b-deduped"
+
+
+def test_dvc_stages_for_hub_models():
+    plan = Plan.load([PYTHIA])
+    out = stages(plan, "workflow/configs/pythia.yaml")["stages"]
+    ckpt = out["checkpoint-pythia-1_4b"]
+    assert "src/prunemem/hub.py" in ckpt["deps"]
+    assert ckpt["params"] == [{"workflow/configs/pythia.yaml": [f"models.pythia-1_4b.{k}"
+                                                                 for k in ("source", "repo", "revision")]}]
+    assert "evaluate-pythia-12b-global-0_45" in out and "evaluate-pythia-160m-global-0_45" not in out
+
+
+@pytest.mark.parametrize("mutate,fragment", [
+    (lambda p: p["models"].update({"pythia-1.4b": p["models"].pop("pythia-1_4b")}), "does not match"),
+    (lambda p: p["models"]["pythia-160m"].update(source="embedded"), "models.pythia-160m.repo: only for source: hub"),
+    (lambda p: [m.update(enabled=False) for m in p["models"].values()], "every model has enabled: false"),
+])
+def test_bad_grid_params(mutate, fragment):
+    import yaml
+
+    params = yaml.safe_load(PYTHIA.read_text())
+    mutate(params)
+    with pytest.raises(PrunememError, match=re.escape(fragment)):
+        validate(params)
+
+
+def test_snakemake_dry_run_lists_every_job_offline(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+                          "--configfile", str(PYTHIA)], capture_output=True, text=True, timeout=180, check=False,
+                         env={**venv_env(), "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", run.stdout + run.stderr, re.MULTILINE))
+    n_masks = 6 * 6 * 3
+    assert counts == {"checkpoint": "6", "samples": "6", "mask": str(n_masks), "evaluate": str(n_masks + 6),
+                      "report": "1", "all": "1", "total": str(6 + 6 + n_masks + n_masks + 6 + 2)}
+    assert not (tmp_path / "data").exists()
