@@ -3,49 +3,20 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, venv_env, write_params
+from conftest import REPO, SMALL, md5s, venv_env, write_params
 from prunemem.report.tables import RESULT_COLUMNS
-
-SMALL = {
-    "models": {"tiny": {"source": "embedded"}},
-    "embedded": {
-        "seed": 0,
-        "split": {"heldout": 0.1, "canary_pool": 0.3, "max_documents": 300},
-        "tokenizer": {"vocab_size": 512},
-        "architecture": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "seq_len": 64},
-        "training": {"steps": 300, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 10, "weight_decay": 0.0,
-                     "threads": 2},
-        # a model this small memorizes only under heavy duplication
-        "canaries": {"tokens": 48, "copies": [0, 32, 256], "per_copy_count": 4},
-    },
-    "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048,
-                "calibration": {"sequences": 8, "tokens": 32}},
-    "perplexity": {"window": 64, "stride": 64},
-    "prune": {"methods": ["global", "attention", "random", "wanda", "sparsegpt", "sleb", "wanda-2of4"],
-              "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0},
-    "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True},
-                              "int4-gptq": {"bits": 4, "group_size": 32, "symmetric": True, "algorithm": "gptq"}},
-                 "lowrank": {"keep": [0.5]}},
-    "evaluate": {"batch_size": 32, "threads": 1},
-}
 
 
 def _snakemake(workdir, *extra):
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                            "--cores", "2", *extra], capture_output=True, text=True, timeout=600,
                           env=venv_env())
-
-
-def _md5s(root):
-    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-            for d in ("data", "reports") for p in sorted((root / d).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +81,14 @@ def test_report_is_offline_and_states_the_findings(pipeline):
 
 
 def test_second_run_does_nothing_and_a_clean_rebuild_is_byte_identical(pipeline):
-    before = _md5s(pipeline)
+    before = md5s(pipeline)
     again = _snakemake(pipeline)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     for built in ("data", "reports", ".snakemake"):
         shutil.rmtree(pipeline / built)
     rebuilt = _snakemake(pipeline)
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
-    after = _md5s(pipeline)
+    after = md5s(pipeline)
     assert len(after) == len(before) >= 35
+    assert not [p for p in after if p.endswith(".tmp")]  # no temporary file outlives its job
     assert after == before, sorted(k for k in before if before[k] != after.get(k))

@@ -77,7 +77,9 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
     out["report"] = {
         "cmd": f"prunemem{flag} report",
         "deps": [plan.metrics_dir(m, me, lv).as_posix() for m in plan.models for me, lv in plan.variants()]
+                + [d.as_posix() for m in plan.models for d in (plan.checkpoint_dir(m), plan.samples_dir(m))]
                 + [f"{CODE}/report"],
+        **({"params": _params(params_file, ["report"])} if "report" in plan.params else {}),
         "outs": [(plan.reports_dir / name).as_posix() for name in ("results.csv", "report.html", "layer_sparsity.csv")],
     }
     return {"stages": out}

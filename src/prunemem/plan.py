@@ -114,6 +114,10 @@ def validate(params: dict, source: str = "params") -> None:
                 raise PrunememError(f"{source}: samples.k: {k_max} is larger than the context minus the suffix; "
                                     f"allowed: k <= {context - suffix} (embedded.architecture.seq_len {context} - "
                                     f"samples.suffix_tokens {suffix})")
+            if not samples["training_members"] and not any(emb["canaries"]["copies"]):
+                raise PrunememError(f"{source}: samples.training_members: 0 with embedded.canaries.copies "
+                                    f"{emb['canaries']['copies']} leaves no member samples; allowed: "
+                                    "training_members >= 1 or a copy count >= 1")
             canary = emb["canaries"]["tokens"]
             if k_max + suffix > canary:
                 raise PrunememError(f"{source}: samples.k: {k_max} + suffix {suffix} exceeds embedded.canaries.tokens "
@@ -326,7 +330,7 @@ class Plan:
         if stage == "evaluate":
             return {"samples": p["samples"], "perplexity": p["perplexity"], "evaluate": p["evaluate"]}
         if stage == "report":
-            return {}
+            return p.get("report", {})
         raise KeyError(stage)
 
     def stage_digest(self, stage: str, model: str | None = None, method: str | None = None,

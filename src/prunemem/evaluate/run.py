@@ -21,10 +21,12 @@ from prunemem.evaluate.memorization import score_windows
 from prunemem.evaluate.perplexity import perplexity
 from prunemem.evaluate.stats import wilson
 from prunemem.compress.run import apply_transform, calibration_tokens
+from prunemem.errors import PrunememError
 from prunemem.plan import Plan
 from prunemem.prune import masks as mask_io
 from prunemem.prune.targets import prunable
-from prunemem.provenance import record, sha256_file, write_json, write_parquet
+from prunemem.provenance import read_parquet, record, sha256_file, write_json, write_parquet
+from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,7 @@ def sparsity(model: torch.nn.Module, mask: dict[str, torch.Tensor] | None) -> di
 
 def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None) -> dict:
     cfg = plan.params
-    torch.set_num_threads(cfg["evaluate"]["threads"])
-    torch.use_deterministic_algorithms(True)
+    deterministic(cfg["evaluate"]["threads"])
     ckpt_dir, samples_dir = plan.checkpoint_dir(model_name), plan.samples_dir(model_name)
     model = load_model(ckpt_dir)
     mask, inputs, compression = None, {}, 1.0
@@ -65,8 +66,11 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     if mask is not None:
         compression = 1.0 - sp["achieved_sparsity"]
 
-    samples = pl.concat([pl.read_parquet(samples_dir / "members.parquet"),
-                         pl.read_parquet(samples_dir / "nonmembers.parquet")])
+    members_file = samples_dir / "members.parquet"
+    samples = pl.concat([read_parquet(members_file, "member samples"),
+                         read_parquet(samples_dir / "nonmembers.parquet", "non-member samples")])
+    if not samples["member"].any():  # rates over zero members would read as 0% extraction
+        raise PrunememError(f"{members_file}: no member samples to evaluate")
     windows = torch.tensor(samples["tokens"].to_list(), dtype=torch.long)
     suffix, batch = cfg["samples"]["suffix_tokens"], cfg["evaluate"]["batch_size"]
     frames = []
@@ -79,7 +83,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
                  int(samples["member"].sum()))
     per_sample = pl.concat(frames)
 
-    ppl_tokens = torch.tensor([t for doc in pl.read_parquet(samples_dir / "perplexity.parquet")["tokens"].to_list()
+    ppl_tokens = torch.tensor([t for doc in read_parquet(samples_dir / "perplexity.parquet", "perplexity set")["tokens"].to_list()
                                for t in doc])
     ppl, n_scored = perplexity(model, ppl_tokens, cfg["perplexity"]["window"], cfg["perplexity"]["stride"], progress)
     log.info("perplexity %.3f over %d tokens", ppl, n_scored)

@@ -9,7 +9,7 @@ import polars as pl
 
 from prunemem.plan import DENSE, Plan
 from prunemem.provenance import atomic_path, environment
-from prunemem.report import charts, tables
+from prunemem.report import charts, redaction, tables
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,6 @@ def _table(frame: pl.DataFrame) -> str:
 def build(plan: Plan) -> tuple[str, str]:
     results = tables.results(plan)
     out = plan.reports_dir
-    with atomic_path(out / "results.csv") as tmp:
-        results.write_csv(tmp)
     k = plan.ks[-1]
     model = plan.models[0]
     dup_variants = [(DENSE, "0")] + [("global", lv) for lv in plan.levels if "global" in plan.methods]
@@ -90,8 +88,6 @@ def build(plan: Plan) -> tuple[str, str]:
                 "without memorizing.</p>",
                 charts.to_svg(charts.extraction_vs_duplication(dup, k))]
     layers = tables.layer_sparsity(plan)
-    with atomic_path(out / "layer_sparsity.csv") as tmp:
-        layers.write_csv(tmp)
     if layers.height:
         sections += ["<h2>Achieved sparsity per block</h2>",
                      "<p class=note>Share of each block's prunable weights removed by each mask: uniform for "
@@ -99,6 +95,11 @@ def build(plan: Plan) -> tuple[str, str]:
                      charts.to_svg(charts.layer_sparsity_heatmap(layers))]
     shown = ["model", "method", "level", "n_samples", "n_extracted", "extraction_rate", "ci_low", "ci_high",
              "token_match_rate", "perplexity", "achieved_sparsity", "compression"]
+    examples = redaction.extracted_examples(plan)
+    if examples.height:
+        sections += [f"<h2>Extracted members (dense, k={k})</h2>",
+                     "<p class=note>Suffixes are shown as a hash and their first tokens unless params set "
+                     "<code>report.show_text: true</code>.</p>", _table(examples)]
     for kk in plan.ks:
         sections += [f"<h2>Results at k={kk}</h2>", _table(results.filter(pl.col("k") == kk).select(shown))]
     env = environment()
@@ -106,6 +107,11 @@ def build(plan: Plan) -> tuple[str, str]:
                     "hashes of every input are in <code>results.csv</code>.</p>")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>prunemem report</title><style>{_CSS}</style>"
             f"</head><body>{''.join(sections)}</body></html>\n")
+    # Written only once every input has been read: a bad input leaves the previous report whole.
+    with atomic_path(out / "results.csv") as tmp:
+        results.write_csv(tmp)
+    with atomic_path(out / "layer_sparsity.csv") as tmp:
+        layers.write_csv(tmp)
     with atomic_path(out / "report.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     return str(out / "results.csv"), str(out / "report.html")

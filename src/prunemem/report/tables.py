@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
 from prunemem.errors import PrunememError
 from prunemem.plan import Plan
+from prunemem.provenance import read_json, read_parquet
 
 RESULT_COLUMNS = [
     "model", "method", "level", "k", "n_samples", "n_extracted", "extraction_rate", "ci_low", "ci_high",
@@ -24,7 +23,7 @@ def results(plan: Plan) -> pl.DataFrame:
             path = plan.metrics_dir(model, method, level) / "summary.json"
             if not path.is_file():
                 raise PrunememError(f"{path}: missing; evaluate {model} {method} {level} before the report")
-            summary = json.loads(path.read_text())
+            summary = read_json(path, "evaluation summary")
             prov = summary["provenance"]
             env = prov["environment"]
             for per_k in summary["per_k"]:
@@ -72,7 +71,7 @@ def by_duplication(plan: Plan, model: str, variants: list[tuple[str, str]], k: i
 
     frames = []
     for method, level in variants:
-        per_sample = pl.read_parquet(plan.metrics_dir(model, method, level) / "memorization.parquet")
+        per_sample = read_parquet(plan.metrics_dir(model, method, level) / "memorization.parquet", "per-sample results")
         grouped = (per_sample.filter((pl.col("k") == k) & (pl.col("kind") == "canary"))
                    .group_by("copies").agg(pl.len().alias("n"), pl.col("extracted").sum().alias("hits")))
         frames.append(grouped.with_columns(pl.lit(f"{method} {level}").alias("variant")))
