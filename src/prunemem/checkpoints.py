@@ -18,8 +18,16 @@ import torch
 
 from prunemem import embedded
 from prunemem.errors import PrunememError
-from prunemem.provenance import (read_json, record, remove_stale_temps, sha256_file, temp_prefix, umask, unwritable,
-                                  write_json)
+from prunemem.provenance import (
+    read_json,
+    record,
+    remove_stale_temps,
+    sha256_file,
+    temp_prefix,
+    umask,
+    unwritable,
+    write_json,
+)
 from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)

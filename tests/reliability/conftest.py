@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL, venv_env, write_params
 
-from conftest import SMALL, md5s, venv_env, write_params
 from prunemem.cli import main
 
 PARAMS = copy.deepcopy(SMALL)
@@ -77,7 +77,7 @@ def run_prunemem(root: Path, *argv: str, preexec_fn=None, timeout: int = 120) ->
     """The console script in a fresh process, as Snakemake and DVC run it."""
     exe = Path(sys.executable).with_name("prunemem")
     return subprocess.run([str(exe), *argv], cwd=root, env=venv_env(), capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=preexec_fn)
+                          timeout=timeout, preexec_fn=preexec_fn, check=False)
 
 
 def error_line(stderr: str) -> str:

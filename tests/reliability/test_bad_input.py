@@ -1,7 +1,9 @@
 """Bad input at every stage: exit status 1, one line naming the culprit, no artifact touched.
 
 Each case plants one defect in a private copy of the built study, hashes every file under
-data/ and reports/, runs the verb that meets the defect, and hashes again.
+data/ and reports/, runs the verb that meets the defect, and hashes again. The verbs run in
+this process (``main`` returns the exit status the console script exits with); the console
+script itself is run by test_unwritable.py and test_interruption.py.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-
 from conftest import md5s
 
-from .conftest import cli, error_line, run_prunemem
+from .conftest import cli, error_line
 
 CKPT, SAMPLES = Path("data/checkpoints/tiny"), Path("data/samples/tiny")
 MASK = Path("data/masks/tiny/global/0.5.safetensors")
@@ -115,12 +116,3 @@ def test_bad_input_fails_in_one_line_and_touches_nothing(study, capsys, plant, p
     assert md5s(study) == before
     assert not list(study.rglob("*.tmp"))
 
-
-def test_the_console_script_exits_non_zero_with_one_line(study):
-    """The same through a real process: exit status, stderr, untouched artifacts."""
-    truncate(SAMPLES / "members.parquet")(study)
-    before = md5s(study)
-    run = run_prunemem(study, *DENSE)
-    assert run.returncode == 1
-    assert str(SAMPLES / "members.parquet") in error_line(run.stderr)
-    assert md5s(study) == before

@@ -88,7 +88,7 @@ def test_killed_evaluate_job(study, study_dir):
 
 def _kill_at_rename(root: Path, name: str, argv: tuple[str, ...]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", KILL_AT_RENAME, name, "--params", "params.yaml", *argv], cwd=root,
-                          env=venv_env(), capture_output=True, timeout=120)
+                          env=venv_env(), capture_output=True, timeout=120, check=False)
 
 
 def test_mask_killed_between_write_and_rename(study, study_dir):
@@ -111,3 +111,25 @@ def test_evaluate_killed_between_its_two_outputs(study, study_dir):
     _assert_complete_or_absent(study, study_dir, EVAL_OUT)
     assert list((study / EVAL_OUT[1]).parent.glob(".summary.json.*.tmp"))
     _rerun_and_compare(study, study_dir, DENSE, EVAL_OUT)
+
+
+def test_only_dead_writers_temp_files_are_removed(tmp_path):
+    """A concurrent writer's temporary file (live pid, or another host's) must survive the cleanup."""
+    import socket
+
+    from prunemem.provenance import remove_stale_temps
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    final = tmp_path / "0.5.safetensors"
+    live = tmp_path / f".{final.name}.{host}-{os.getpid()}.a1.tmp"
+    stale = tmp_path / f".{final.name}.{host}-{dead.pid}.b2.tmp"
+    stale_dir = tmp_path / f".{final.name}.{host}-{dead.pid}.c3.old.tmp"
+    remote = tmp_path / f".{final.name}.elsewhere-{dead.pid}.d4.tmp"
+    other = tmp_path / f".1.safetensors.{host}-{dead.pid}.e5.tmp"
+    for path in (live, stale, remote, other):
+        path.write_bytes(b"partial")
+    stale_dir.mkdir()
+    remove_stale_temps(final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, remote, other))

@@ -7,10 +7,8 @@ Snakefile; it is itself tested on planted snippets, so a scanner that finds noth
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 SCANNED = ("src", "workflow", "bench", "tools", "Snakefile")
@@ -20,7 +18,7 @@ TEXT = {".py", ".smk", ".sh", ".yaml", ".yml", ".toml", ".cfg", ".md", ""}
 FORBIDDEN = [
     ("trust_remote_code=True", re.compile(r"trust_remote_code\s*=\s*True")),
     ("pickle", re.compile(r"^\s*(?:import|from)\s+(?:c?[Pp]ickle|_pickle|dill|cloudpickle|shelve)\b|"
-                          r"\b(?:c?pickle|dill|cloudpickle|joblib)\.loads?\(|\bread_pickle\(", re.M)),
+                          r"\b(?:c?pickle|dill|cloudpickle|joblib)\.loads?\(|\bread_pickle\(", re.MULTILINE)),
     ("allow_pickle=True", re.compile(r"allow_pickle\s*=\s*True")),
     ("torch.load imported bare", re.compile(r"from\s+torch\s+import\s+(?:[\w\s,]*\b)?load\b")),
 ]

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import md5s
 
 from .conftest import cli, error_line, run_prunemem

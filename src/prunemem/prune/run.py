@@ -9,14 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from prunemem.checkpoints import WEIGHTS, checkpoint_hash, load_model
 from prunemem.data.samples import load_calibration, samples_hash
 from prunemem.plan import Plan
+from prunemem.provenance import record
 from prunemem.prune import MaskContext, compute, masks, needs_calibration
 from prunemem.prune.targets import WeightSource
-from prunemem.provenance import record
 from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)

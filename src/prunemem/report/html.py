@@ -98,8 +98,8 @@ def build(plan: Plan) -> tuple[str, str]:
     examples = redaction.extracted_examples(plan)
     if examples.height:
         sections += [f"<h2>Extracted members (dense, k={k})</h2>",
-                     "<p class=note>Suffixes are shown as a hash and their first tokens unless params set "
-                     "<code>report.show_text: true</code>.</p>", _table(examples)]
+                     ("<p class=note>Suffixes are shown as a hash and their first tokens unless params set "
+                      "<code>report.show_text: true</code>.</p>"), _table(examples)]
     for kk in plan.ks:
         sections += [f"<h2>Results at k={kk}</h2>", _table(results.filter(pl.col("k") == kk).select(shown))]
     env = environment()

@@ -33,7 +33,7 @@ def _decoder(checkpoint_dir):
     path = checkpoint_dir / "tokenizer.json"
     try:
         tokenizer = Tokenizer.from_file(str(path))
-    except Exception as err:  # tokenizers raises plain Exception for a missing or corrupt file
+    except Exception as err:  # noqa: BLE001 (tokenizers raises a plain Exception for a missing or corrupt file)
         raise PrunememError(f"{path}: cannot load tokenizer ({str(err).splitlines()[0]})") from None
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
 
