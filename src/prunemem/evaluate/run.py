@@ -83,8 +83,8 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
                  int(samples["member"].sum()))
     per_sample = pl.concat(frames)
 
-    ppl_tokens = torch.tensor([t for doc in read_parquet(samples_dir / "perplexity.parquet", "perplexity set")["tokens"].to_list()
-                               for t in doc])
+    ppl_docs = read_parquet(samples_dir / "perplexity.parquet", "perplexity set")["tokens"].to_list()
+    ppl_tokens = torch.tensor([t for doc in ppl_docs for t in doc])
     ppl, n_scored = perplexity(model, ppl_tokens, cfg["perplexity"]["window"], cfg["perplexity"]["stride"], progress)
     log.info("perplexity %.3f over %d tokens", ppl, n_scored)
 
