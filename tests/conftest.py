@@ -17,6 +17,37 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A small embedded study: trains in about 10 s on 2 cores and still memorizes its most duplicated canaries.
+SMALL = {
+    "models": {"tiny": {"source": "embedded"}},
+    "embedded": {
+        "seed": 0,
+        "split": {"heldout": 0.1, "canary_pool": 0.3, "max_documents": 300},
+        "tokenizer": {"vocab_size": 512},
+        "architecture": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "seq_len": 64},
+        "training": {"steps": 300, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 10, "weight_decay": 0.0,
+                     "threads": 2},
+        # a model this small memorizes only under heavy duplication
+        "canaries": {"tokens": 48, "copies": [0, 32, 256], "per_copy_count": 4},
+    },
+    "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048,
+                "calibration": {"sequences": 8, "tokens": 32}},
+    "perplexity": {"window": 64, "stride": 64},
+    "prune": {"methods": ["global", "attention", "random", "wanda", "sparsegpt", "sleb", "wanda-2of4"],
+              "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0},
+    "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True},
+                              "int4-gptq": {"bits": 4, "group_size": 32, "symmetric": True, "algorithm": "gptq"}},
+                 "lowrank": {"keep": [0.5]}},
+    "evaluate": {"batch_size": "auto", "max_batch_size": 32, "threads": 1, "device": "cpu", "dtype": "float32",
+                 "near_tie_margin": 0.1, "cross_check": 8, "seed": 0, "mia": {"min_k_fraction": 0.2, "bootstrap": 200}},
+}
+
+
+def md5s(root: Path) -> dict[str, str]:
+    """md5 of every file under ``root``'s data/ and reports/: the artifacts a run produces."""
+    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for d in ("data", "reports") for p in sorted((root / d).rglob("*")) if p.is_file()}
+
 
 def tiny_config(vocab: int = 64, hidden: int = 32, layers: int = 4, heads: int = 4, ctx: int = 64):
     from transformers import GPTNeoXConfig
@@ -75,40 +106,10 @@ def default_params() -> dict:
 
 
 # -- one small study, built by the real pipeline ---------------------------------------------
-SMALL = {
-    "models": {"tiny": {"source": "embedded"}},
-    "embedded": {
-        "seed": 0,
-        "split": {"heldout": 0.1, "canary_pool": 0.3, "max_documents": 300},
-        "tokenizer": {"vocab_size": 512},
-        "architecture": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "seq_len": 64},
-        "training": {"steps": 300, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 10, "weight_decay": 0.0,
-                     "threads": 2},
-        # a model this small memorizes only under heavy duplication
-        "canaries": {"tokens": 48, "copies": [0, 32, 256], "per_copy_count": 4},
-    },
-    "samples": {"seed": 0, "suffix_tokens": 16, "k": [16, 32], "training_members": 8, "perplexity_tokens": 2048,
-                "calibration": {"sequences": 8, "tokens": 32}},
-    "perplexity": {"window": 64, "stride": 64},
-    "prune": {"methods": ["global", "attention", "random", "wanda", "sparsegpt", "sleb", "wanda-2of4"],
-              "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0},
-    "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True},
-                              "int4-gptq": {"bits": 4, "group_size": 32, "symmetric": True, "algorithm": "gptq"}},
-                 "lowrank": {"keep": [0.5]}},
-    "evaluate": {"batch_size": "auto", "max_batch_size": 32, "threads": 1, "device": "cpu", "dtype": "float32",
-                 "near_tie_margin": 0.1, "cross_check": 8, "seed": 0, "mia": {"min_k_fraction": 0.2, "bootstrap": 200}},
-}
-
-
 def snakemake(workdir, *extra):
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                            "--cores", "2", *extra], capture_output=True, text=True, timeout=600,
                           env=venv_env())
-
-
-def md5s(root):
-    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-            for d in ("data", "reports") for p in sorted((root / d).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="session")

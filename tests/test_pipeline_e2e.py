@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from conftest import SMALL, md5s, snakemake, venv_env
+from conftest import md5s, snakemake, venv_env
 from prunemem.report.tables import RESULT_COLUMNS
 
 def _results(workdir):
@@ -119,4 +117,5 @@ def test_second_run_does_nothing_and_a_clean_rebuild_is_byte_identical(pipeline)
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     after = md5s(pipeline)
     assert len(after) == len(before) >= 35
+    assert not [p for p in after if p.endswith(".tmp")]  # no temporary file outlives its job
     assert after == before, sorted(k for k in before if before[k] != after.get(k))

@@ -8,7 +8,6 @@ A checkpoint is a standard Hugging Face directory (``config.json``, ``model.safe
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,7 +18,17 @@ import torch
 
 from prunemem import embedded
 from prunemem.errors import PrunememError
-from prunemem.provenance import record, sha256_file, umask, write_json
+from prunemem.provenance import (
+    read_json,
+    record,
+    remove_stale_temps,
+    sha256_file,
+    temp_prefix,
+    umask,
+    unwritable,
+    write_json,
+)
+from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +41,10 @@ def checkpoint_hash(directory: str | Path) -> str:
     directory = Path(directory)
     prov = directory / PROVENANCE
     if prov.is_file():
-        return json.loads(prov.read_text())["checkpoint_sha256"]
+        record_ = read_json(prov, "checkpoint provenance")
+        if "checkpoint_sha256" not in record_:
+            raise PrunememError(f"{prov}: corrupt checkpoint provenance (no checkpoint_sha256)")
+        return record_["checkpoint_sha256"]
     return sha256_file(_weights_file(directory))
 
 
@@ -45,6 +57,7 @@ def _weights_file(directory: Path) -> Path:
 
 def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """Load a GPT-NeoX causal LM from safetensors, never running remote code; eval mode."""
+    from safetensors import SafetensorError
     from transformers import GPTNeoXForCausalLM
 
     directory = Path(directory)
@@ -52,7 +65,7 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device
     try:
         model = GPTNeoXForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True,
                                                    trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise PrunememError(f"{weights}: cannot load checkpoint ({str(err).splitlines()[0]})") from None
     model.prunemem_checkpoint_sha256 = checkpoint_hash(directory)
     return model.to(device).eval()
@@ -75,7 +88,11 @@ def tokenizer_hash(directory: str | Path) -> str:
 def load_tokenizer(directory: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError) as err:  # a missing or corrupt tokenizer.json (JSONDecodeError is a ValueError)
+        raise PrunememError(f"{Path(directory) / 'tokenizer.json'}: cannot load tokenizer "
+                            f"({str(err).splitlines()[0]})") from None
 
 
 class _AtomicDir:
@@ -85,25 +102,35 @@ class _AtomicDir:
         self.final = final
 
     def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.final)
+            self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.final), suffix=".tmp", dir=self.final.parent))
+        except OSError as err:
+            raise unwritable(self.final.parent, err) from err
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError):  # read-only or full disk while writing
+                raise unwritable(self.final, exc) from exc
             return False
-        os.chmod(self.tmp, 0o777 & ~umask())
-        for f in self.tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask())
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.final)
+        try:
+            os.chmod(self.tmp, 0o777 & ~umask())
+            for f in self.tmp.iterdir():
+                os.chmod(f, 0o666 & ~umask())
+            if self.final.exists():
+                # a temporary name, so that a kill between the two renames leaves nothing stale
+                old = self.tmp.with_name(f"{self.tmp.name[:-len('.tmp')]}.old.tmp")
+                os.replace(self.final, old)
+                os.replace(self.tmp, self.final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.final)
+        except OSError as err:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise unwritable(self.final, err) from err
         return False
 
 
@@ -113,8 +140,7 @@ def build_embedded(out_dir: str | Path, params: dict, progress=None) -> Path:
     from safetensors.torch import save_file
 
     cfg, seed = params["embedded"], params["embedded"]["seed"]
-    torch.set_num_threads(cfg["training"]["threads"])
-    torch.use_deterministic_algorithms(True)
+    deterministic(cfg["training"]["threads"])
     docs = embedded.load_corpus()
     split = embedded.split_corpus(docs, cfg["split"], seed)
     log.info("corpus: %d documents -> train %d, heldout %d, canary pool %d", len(docs), len(split["train"]),

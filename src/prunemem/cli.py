@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     except PrunememError as err:
         print(f"prunemem: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a file problem no stage anticipated: still one line naming the file
+        print(f"prunemem: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from prunemem.plan import Plan
+from prunemem.plan import REPORT_FILES, Plan
 from prunemem.provenance import atomic_path
 
 CODE = "src/prunemem"
@@ -86,9 +86,10 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
     out["report"] = {
         "cmd": f"prunemem{flag} report",
         "deps": [plan.metrics_dir(m, me, lv).as_posix() for m in plan.models for me, lv in plan.variants(m)]
+                + [d.as_posix() for m in plan.models for d in (plan.checkpoint_dir(m), plan.samples_dir(m))]
                 + [f"{CODE}/report"],
-        "outs": [(plan.reports_dir / name).as_posix() for name in ("results.csv", "report.html", "layer_sparsity.csv",
-                                                                     "provenance.json")],
+        **({"params": _params(params_file, ["report"])} if "report" in plan.params else {}),
+        "outs": [(plan.reports_dir / name).as_posix() for name in REPORT_FILES],
     }
     return {"stages": out}
 

@@ -25,6 +25,10 @@ DENSE_LEVEL = "0"
 LOWRANK = "lowrank"
 
 
+# what the report stage writes under reports/ (results.csv ... its own provenance, written last)
+REPORT_FILES = ("results.csv", "layer_sparsity.csv", "metrics.json", "report.html", "provenance.json")
+
+
 def schema() -> dict:
     return yaml.safe_load(resources.files("prunemem").joinpath("schemas/params.schema.yaml").read_text())
 
@@ -81,8 +85,16 @@ def _describe(error) -> str:
         allowed = []
         for option in error.validator_value:
             allowed += [str(v) for v in option.get("enum", [])]
+            allowed += [repr(option["const"])] if "const" in option else []
             allowed += [f"names matching {option['pattern']}"] if "pattern" in option else []
-        return f"{key}: {error.instance!r} is not allowed; allowed: {', '.join(allowed)}"
+            if option.get("type") in ("integer", "number") and "pattern" not in option:
+                bound = f" >= {option['minimum']}" if "minimum" in option else ""
+                allowed.append(f"an {option['type']}{bound}" if option["type"] == "integer" else f"a number{bound}")
+        numeric = isinstance(error.instance, (int, float)) and not isinstance(error.instance, bool)
+        typed = any(option.get("type") in ("integer", "number") for option in error.validator_value)
+        problem = "has the wrong type" if typed and not numeric and not any(
+            error.instance == option.get("const") for option in error.validator_value) else "is not allowed"
+        return f"{key}: {error.instance!r} {problem}; allowed: {' or '.join(allowed)}"
     if error.validator == "required":
         return f"{key}: {error.message}"
     if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -117,6 +129,10 @@ def validate(params: dict, source: str = "params") -> None:
                 raise PrunememError(f"{source}: samples.k: {k_max} is larger than the context minus the suffix; "
                                     f"allowed: k <= {context - suffix} (embedded.architecture.seq_len {context} - "
                                     f"samples.suffix_tokens {suffix})")
+            if not samples["training_members"] and not any(emb["canaries"]["copies"]):
+                raise PrunememError(f"{source}: samples.training_members: 0 with embedded.canaries.copies "
+                                    f"{emb['canaries']['copies']} leaves no member samples; allowed: "
+                                    "training_members >= 1 or a copy count >= 1")
             canary = emb["canaries"]["tokens"]
             if k_max + suffix > canary:
                 raise PrunememError(f"{source}: samples.k: {k_max} + suffix {suffix} exceeds embedded.canaries.tokens "
@@ -410,7 +426,7 @@ class Plan:
         if stage == "evaluate":
             return {"samples": p["samples"], "perplexity": p["perplexity"], "evaluate": p["evaluate"]}
         if stage == "report":
-            return {}
+            return p.get("report", {})
         raise KeyError(stage)
 
     def stage_digest(self, stage: str, model: str | None = None, method: str | None = None,

@@ -1,16 +1,22 @@
 """Hashing, atomic writes and provenance records shared by every stage.
 
-Every artifact is written to a temporary name in its final directory and renamed into
-place, so a killed job never leaves a half-written file under a final name.
+Every artifact is written to a temporary name in its final directory, flushed to disk and
+renamed into place, so a killed job never leaves a half-written file under a final name.
+Temporary names carry the writer's host and pid (``.{name}.{host}-{pid}.XXXX.tmp``); the next
+write of the same artifact deletes those whose writer is dead, so leftovers of a killed job
+never accumulate and, being dot-files, are never taken for outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import platform
+import shutil
+import socket
 import subprocess
 import tempfile
 from importlib import metadata
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from prunemem import __version__
+from prunemem.errors import PrunememError
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "polars", "altair")
 
@@ -45,25 +52,88 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def temp_prefix(final: Path) -> str:
+    """The prefix of this process's temporary names for ``final``: host and pid identify the writer."""
+    return f".{final.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(final: Path) -> None:
+    """Delete temporary files or directories of ``final`` left by dead writers on this host.
+
+    Writers on other hosts (a shared filesystem) cannot be checked, so theirs are left alone.
+    """
+    host = f".{final.name}.{socket.gethostname()}-"
+    for path in final.parent.glob(f"{glob.escape(host)}*.tmp"):
+        pid = path.name[len(host):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def unwritable(path: str | Path, err: OSError) -> PrunememError:
+    """The one-line error for an output that cannot be written (read-only, disk full, quota)."""
+    return PrunememError(f"{path}: cannot write output ({err.strerror or err})")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it into place only on success."""
+    """Yield a temporary path beside ``final``; fsync and rename it into place only on success."""
     final = Path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        remove_stale_temps(final)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final), suffix=".tmp", dir=final.parent)
     except OSError as err:
-        from prunemem.errors import PrunememError
-
-        raise PrunememError(f"{final.parent}: cannot write output ({err.strerror})") from err
+        raise unwritable(final.parent, err) from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp creates 0600; artifacts are shared files
+        # Data reach the disk before the name does: a node crash cannot leave an empty final file.
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp_path, final)
+    except OSError as err:
+        raise unwritable(final, err) from err
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON artifact; a missing or corrupt file is one line naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PrunememError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PrunememError(f"{path}: corrupt {what} ({err})") from None
+
+
+def read_parquet(path: str | Path, what: str):
+    """Read a parquet artifact with polars; a missing, truncated or corrupt file is one line naming it."""
+    import polars as pl
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrunememError(f"{path}: {what} not found")
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        raise PrunememError(f"{path}: corrupt {what} ({str(err).splitlines()[0]})") from None
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -73,8 +143,13 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def write_parquet(frame, path: str | Path) -> None:
     """Write a polars frame atomically, zstd-compressed, without statistics (byte-stable)."""
+    import polars as pl
+
     with atomic_path(path) as tmp:
-        frame.write_parquet(tmp, compression="zstd", statistics=False)
+        try:
+            frame.write_parquet(tmp, compression="zstd", statistics=False)
+        except pl.exceptions.ComputeError as err:  # polars reports I/O failures (disk full) this way
+            raise PrunememError(f"{path}: cannot write output ({str(err).splitlines()[0]})") from None
 
 
 def git_commit() -> str | None:

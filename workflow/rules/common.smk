@@ -6,7 +6,7 @@ import sys
 from snakemake.utils import validate
 
 from prunemem.errors import PrunememError
-from prunemem.plan import Plan, read_params
+from prunemem.plan import REPORT_FILES, Plan, read_params
 from prunemem.plan import validate as validate_params
 
 

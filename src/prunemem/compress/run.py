@@ -18,6 +18,7 @@ from prunemem.compress.quantize import bits_per_weight, check, quantize_dequanti
 from prunemem.errors import PrunememError
 from prunemem.plan import uses_calibration
 from prunemem.provenance import record, write_json
+from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,7 @@ def build_transform(plan, model: str, method: str, level: str, progress=None) ->
 
     ckpt = plan.checkpoint_dir(model)
     spec = plan.transform_spec(method, level)
-    torch.set_num_threads(plan.params["evaluate"]["threads"])  # the thread count evaluation recomputes it with
-    torch.use_deterministic_algorithms(True)
+    deterministic(plan.params["evaluate"]["threads"])  # the thread count evaluation recomputes it with
     net = load_model(ckpt)
     compression = transform_model(net, spec, plan.param_key(method), calibration_tokens(plan, model, spec), progress)
     digest = weights_digest(net)

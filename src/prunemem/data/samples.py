@@ -25,7 +25,7 @@ import polars as pl
 
 from prunemem import embedded
 from prunemem.errors import PrunememError
-from prunemem.provenance import digest_json, record, sha256_file, write_json, write_parquet
+from prunemem.provenance import digest_json, read_json, read_parquet, record, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +36,25 @@ SAMPLE_SCHEMA = {"sample_id": pl.String, "kind": pl.String, "copies": pl.Int32, 
 
 
 def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from prunemem.checkpoints import load_tokenizer
 
     samples, cfg = params["samples"], params["embedded"]
     window = max(samples["k"]) + samples["suffix_tokens"]
-    canaries = pl.read_parquet(checkpoint_dir / embedded.CANARIES)
+    canaries = read_parquet(checkpoint_dir / embedded.CANARIES, "canary table")
     canary_rows = [
         {"sample_id": f"canary-{r['canary_id']:05d}", "kind": "canary", "copies": r["copies"],
          "member": r["copies"] > 0, "source": r["doc_id"], "position": r["offset"] + len(r["tokens"]) - window,
          "tokens": r["tokens"][-window:]}
         for r in canaries.iter_rows(named=True)
     ]
-    stream = load_file(checkpoint_dir / embedded.TRAINING_ROWS)
+    rows_file = checkpoint_dir / embedded.TRAINING_ROWS
+    try:
+        stream = load_file(rows_file)
+    except (OSError, SafetensorError) as err:
+        raise PrunememError(f"{rows_file}: missing or corrupt training rows ({err})") from None
     rows, row_canary = stream["rows"], stream["row_canary"]
     plain = (row_canary < 0).nonzero().flatten().tolist()
     n = samples["training_members"]
@@ -116,6 +121,9 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
     from prunemem.checkpoints import checkpoint_hash, tokenizer_hash
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    if not checkpoint_dir.is_dir():
+        raise PrunememError(f"{checkpoint_dir}: checkpoint not found; build it (prunemem checkpoint --model "
+                            f"{model_name}) or fetch it (dvc pull)")
     source = params["models"][model_name]["source"]
     sources = {}
     if source == "embedded":
@@ -143,13 +151,12 @@ def load_calibration(samples_dir: str | Path):
     import torch
 
     path = Path(samples_dir) / "calibration.parquet"
-    if not path.is_file():
-        raise PrunememError(f"{path}: calibration set not found; build the samples stage first")
-    return torch.tensor(pl.read_parquet(path)["tokens"].to_list(), dtype=torch.long)
+    return torch.tensor(read_parquet(path, "calibration set")["tokens"].to_list(), dtype=torch.long)
 
 
 def samples_hash(samples_dir: str | Path) -> str:
     """The identity of a sample set: the digest of its files' hashes, as recorded when built."""
-    import json
-
-    return json.loads((Path(samples_dir) / PROVENANCE).read_text())["samples_sha256"]
+    record_ = read_json(Path(samples_dir) / PROVENANCE, "samples provenance")
+    if "samples_sha256" not in record_:
+        raise PrunememError(f"{Path(samples_dir) / PROVENANCE}: corrupt samples provenance (no samples_sha256)")
+    return record_["samples_sha256"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -40,7 +39,8 @@ from prunemem.evaluate.stats import wilson
 from prunemem.plan import Plan
 from prunemem.prune import masks as mask_io
 from prunemem.prune.targets import prunable
-from prunemem.provenance import atomic_path, digest_json, record, sha256_file, write_json, write_parquet
+from prunemem.provenance import atomic_path, digest_json, read_json, read_parquet, record, sha256_file, write_json, write_parquet
+from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +82,16 @@ def check_inputs(plan: Plan, model_name: str) -> None:
     """Refuse, before any weights are loaded, windows the model cannot see and samples from another tokenizer."""
     ckpt_dir, samples_dir = plan.checkpoint_dir(model_name), plan.samples_dir(model_name)
     config_path = ckpt_dir / "config.json"
-    try:
-        context = json.loads(config_path.read_text())["max_position_embeddings"]
-    except (OSError, ValueError, KeyError) as err:
-        raise PrunememError(f"{config_path}: cannot read the model's context length ({err})") from None
+    context = read_json(config_path, "model config").get("max_position_embeddings")
+    if not isinstance(context, int):
+        raise PrunememError(f"{config_path}: no max_position_embeddings (the model's context length)")
     needed = {"samples.k + samples.suffix_tokens": max(plan.ks) + plan.params["samples"]["suffix_tokens"],
               "perplexity.window": plan.params["perplexity"]["window"]}
     for key, tokens in needed.items():
         if tokens > context:
             raise PrunememError(f"{key}: {tokens} tokens exceed {model_name}'s context of {context} "
                                 f"({config_path})")
-    prov_path = samples_dir / "provenance.json"
-    try:
-        recorded = json.loads(prov_path.read_text()).get("tokenizer_sha256")
-    except (OSError, ValueError) as err:
-        raise PrunememError(f"{prov_path}: cannot read the samples' provenance ({err})") from None
+    recorded = read_json(samples_dir / "provenance.json", "samples provenance").get("tokenizer_sha256")
     actual = tokenizer_hash(ckpt_dir)
     if recorded != actual:
         raise PrunememError(f"{samples_dir}: samples were tokenized with tokenizer {str(recorded)[:12]}..., "
@@ -210,10 +205,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     ev = cfg["evaluate"]
     check_inputs(plan, model_name)
     device, dtype = resolve_device(ev)
-    if device == "cuda":  # cuBLAS is deterministic only with a fixed workspace (PyTorch reproducibility notes)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.set_num_threads(ev["threads"])
-    torch.use_deterministic_algorithms(True)
+    deterministic(ev["threads"])
     ckpt_dir, samples_dir = plan.checkpoint_dir(model_name), plan.samples_dir(model_name)
     model, mask, inputs, compression = load_variant(plan, model_name, method, level, device, dtype)
     sp = sparsity(model, mask)
@@ -221,8 +213,11 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
         compression = 1.0 - sp["achieved_sparsity"]
     inputs.update(checkpoint=checkpoint_hash(ckpt_dir), samples=samples_hash(samples_dir))
 
-    samples = pl.concat([pl.read_parquet(samples_dir / "members.parquet"),
-                         pl.read_parquet(samples_dir / "nonmembers.parquet")])
+    members_file = samples_dir / "members.parquet"
+    samples = pl.concat([read_parquet(members_file, "member samples"),
+                         read_parquet(samples_dir / "nonmembers.parquet", "non-member samples")])
+    if not samples["member"].any():  # rates over zero members would read as 0% extraction
+        raise PrunememError(f"{members_file}: no member samples to evaluate")
     windows = torch.tensor(samples["tokens"].to_list(), dtype=torch.long)
     suffix, top_k = cfg["samples"]["suffix_tokens"], max(plan.ks)
     fraction = ev["mia"]["min_k_fraction"]
@@ -245,8 +240,8 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
                            lambda lo, hi: score_batch(model, windows[lo:hi], k, suffix, with_mia), progress)
         log.info("k=%d: %d samples extracted", k, int(per_k[k]["extracted"].sum()))
 
-    ppl_tokens = torch.tensor([t for doc in pl.read_parquet(samples_dir / "perplexity.parquet")["tokens"].to_list()
-                               for t in doc])
+    ppl_docs = read_parquet(samples_dir / "perplexity.parquet", "perplexity set")["tokens"].to_list()
+    ppl_tokens = torch.tensor([t for doc in ppl_docs for t in doc])
     todo = spans(ppl_tokens.numel(), window, cfg["perplexity"]["stride"])
     nll = batched(store, "perplexity", len(todo), ppl_batch,
                   lambda lo, hi: {"nll": span_nll(model, ppl_tokens, todo[lo:hi])}, progress)["nll"]

@@ -9,22 +9,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from prunemem.checkpoints import WEIGHTS, checkpoint_hash, load_model
 from prunemem.data.samples import load_calibration, samples_hash
 from prunemem.plan import Plan
+from prunemem.provenance import record
 from prunemem.prune import MaskContext, compute, masks, needs_calibration
 from prunemem.prune.targets import WeightSource
-from prunemem.provenance import record
+from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
 
 
 def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
     cfg = plan.params["prune"]
-    torch.set_num_threads(plan.params["evaluate"]["threads"])
-    torch.use_deterministic_algorithms(True)
+    deterministic(plan.params["evaluate"]["threads"])
     ckpt = plan.checkpoint_dir(model)
     ckpt_sha = checkpoint_hash(ckpt)
     inputs = {"checkpoint": ckpt_sha}
@@ -33,6 +31,7 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
         inputs["samples"] = samples_hash(plan.samples_dir(model))
     ctx = MaskContext(WeightSource(ckpt / WEIGHTS), cfg, load_model=lambda: load_model(ckpt),
                       calibration=(lambda: load_calibration(plan.samples_dir(model))) if calibrated else None)
+    log.info("%s @ %s: computing from checkpoint %s", method, level, ckpt_sha[:12])
     result = compute(method, ctx, float(level))
     pruned = sum(int((~m).sum()) for m in result.masks.values())
     total = sum(m.numel() for m in result.masks.values())

@@ -58,10 +58,15 @@ class WeightSource:
     """
 
     def __init__(self, weights_file: str | Path):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
+
+        from prunemem.errors import PrunememError
 
         self.path = Path(weights_file)
-        self._file = safe_open(str(self.path), framework="pt")
+        try:
+            self._file = safe_open(str(self.path), framework="pt")
+        except (OSError, SafetensorError) as err:
+            raise PrunememError(f"{self.path}: missing or corrupt checkpoint weights ({err})") from None
         self.targets = prunable(list(self._file.keys()))
         if not self.targets:
             raise ValueError(f"{self.path}: no prunable GPT-NeoX block weights found")

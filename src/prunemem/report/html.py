@@ -8,9 +8,9 @@ import logging
 import polars as pl
 
 from prunemem.evaluate.mia import SCORES
-from prunemem.plan import DENSE, Plan
+from prunemem.plan import DENSE, REPORT_FILES, Plan
 from prunemem.provenance import atomic_path, environment, record, sha256_file, write_json
-from prunemem.report import charts, tables
+from prunemem.report import charts, redaction, tables
 
 log = logging.getLogger(__name__)
 
@@ -66,35 +66,37 @@ def _table(frame: pl.DataFrame) -> str:
 
 
 def build(plan: Plan) -> tuple[str, str]:
-    """Write results.csv, layer_sparsity.csv, metrics.json, report.html and the report's provenance."""
+    """Write results.csv, layer_sparsity.csv, metrics.json, report.html and the report's provenance.
+
+    Every input is read and the page rendered before anything is written, so a bad input leaves
+    the previous report whole.
+    """
     results = tables.results(plan)
-    out = plan.reports_dir
-    with atomic_path(out / "results.csv") as tmp:
-        results.write_csv(tmp)
     layers = tables.layer_sparsity(plan)
-    with atomic_path(out / "layer_sparsity.csv") as tmp:
-        layers.write_csv(tmp)
-    write_json(out / "metrics.json", tables.headline_metrics(results))
     k = plan.ks[-1]
     dup = pl.concat([tables.by_duplication(plan, model, [(DENSE, "0")] + [
         ("global", lv) for lv in plan.model_levels(model) if "global" in plan.methods], k) for model in plan.models])
     env = environment()
     context = {"suffix": plan.params["samples"]["suffix_tokens"], "k": k, "ks": plan.ks,
-               "checkpoint_ids": tables.checkpoint_ids(plan),
+               "checkpoint_ids": tables.checkpoint_ids(plan), "examples": redaction.extracted_examples(plan),
                "paper_names": {m: tables.paper_model_name(plan, m) for m in plan.models},
                "built_by": f"prunemem {env['prunemem']} (commit {env['git_commit'] or 'unknown'})"}
     page = render(results, layers, dup, context)
-    with atomic_path(out / "report.html") as tmp:
-        tmp.write_text(page, encoding="utf-8")
     summaries = {f"{m}/{me}/{lv}": sha256_file(plan.metrics_dir(m, me, lv) / "summary.json")
                  for m in plan.models for me, lv in plan.variants(m)}
+
+    out = plan.reports_dir
+    with atomic_path(out / "results.csv") as tmp:
+        results.write_csv(tmp)
+    with atomic_path(out / "layer_sparsity.csv") as tmp:
+        layers.write_csv(tmp)
+    write_json(out / "metrics.json", tables.headline_metrics(results))
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
     prov = record("report", summaries, plan.stage_params("report"))
     prov["files"] = {name: sha256_file(out / name) for name in REPORT_FILES if name != "provenance.json"}
     write_json(out / "provenance.json", prov)
     return str(out / "results.csv"), str(out / "report.html")
-
-
-REPORT_FILES = ("results.csv", "layer_sparsity.csv", "metrics.json", "report.html", "provenance.json")
 
 
 def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, context: dict) -> str:
@@ -141,6 +143,10 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
     shown = ["model", "method", "level", "n_samples", "n_extracted", "extraction_rate", "ci_low", "ci_high",
              "token_match_rate", "n_rechecked", "n_flipped", "perplexity", "achieved_sparsity", "compression",
              "mia_minkpp_auc"]
+    if context["examples"].height:
+        sections += [f"<h2>Extracted members (dense, k={k})</h2>",
+                     ("<p class=note>Suffixes are shown as a hash and their first tokens unless params set "
+                      "<code>report.show_text: true</code>.</p>"), _table(context["examples"])]
     for kk in context["ks"]:
         sections += [f"<h2>Results at k={kk}</h2>", _table(results.filter(pl.col("k") == kk).select(shown))]
     sections += ["<h2>Appendix: provenance</h2>",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
 from prunemem.errors import PrunememError
 from prunemem.evaluate.mia import SCORES
 from prunemem.plan import Plan
+from prunemem.provenance import read_json, read_parquet
 
 # per membership score: AUC, its bootstrap 95% CI, and the TPR at 1% FPR
 MIA_COLUMNS = [f"mia_{score}_{stat}" for score in SCORES for stat in ("auc", "auc_low", "auc_high", "tpr_1pct")]
@@ -37,7 +36,7 @@ def results(plan: Plan) -> pl.DataFrame:
             path = plan.metrics_dir(model, method, level) / "summary.json"
             if not path.is_file():
                 raise PrunememError(f"{path}: missing; evaluate {model} {method} {level} before the report")
-            summary = json.loads(path.read_text())
+            summary = read_json(path, "evaluation summary")
             prov = summary["provenance"]
             env = prov["environment"]
             for per_k in summary["per_k"]:
@@ -85,7 +84,7 @@ def by_duplication(plan: Plan, model: str, variants: list[tuple[str, str]], k: i
 
     frames = []
     for method, level in variants:
-        per_sample = pl.read_parquet(plan.metrics_dir(model, method, level) / "memorization.parquet")
+        per_sample = read_parquet(plan.metrics_dir(model, method, level) / "memorization.parquet", "per-sample results")
         grouped = (per_sample.filter((pl.col("k") == k) & (pl.col("kind") == "canary"))
                    .group_by("copies").agg(pl.len().alias("n"), pl.col("extracted").sum().alias("hits")))
         frames.append(grouped.with_columns(pl.lit(model).alias("model"), pl.lit(f"{method} {level}").alias("variant")))
@@ -185,9 +184,9 @@ def checkpoint_ids(plan: Plan) -> dict[str, str]:
 
     ids = {}
     for model in plan.models:
-        prov = json.loads((plan.checkpoint_dir(model) / PROVENANCE).read_text())
+        prov = read_json(plan.checkpoint_dir(model) / PROVENANCE, "checkpoint provenance")
         ids[model] = (f"{prov['repo']}@{prov['commit_sha']}" if prov.get("source") == "hub"
-                      else f"embedded sha256:{prov['checkpoint_sha256'][:12]}")
+                      else f"embedded {prov['checkpoint_sha256'][:12]}")
     return ids
 
 

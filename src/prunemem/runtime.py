@@ -1,0 +1,21 @@
+"""The one place that fixes what could change an artifact's bytes between runs: threads and kernels.
+
+Every stage calls :func:`deterministic` before it computes anything. What is controlled, and
+what is not, is documented in README.md ("Determinism").
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def deterministic(threads: int) -> None:
+    """Fixed CPU thread count and deterministic kernels, on CPU and CUDA alike."""
+    # cuBLAS picks its reduction split per workspace; a fixed workspace makes it repeatable, and
+    # use_deterministic_algorithms raises on CUDA without it. Read when cuBLAS starts, so set first.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(threads)  # CPU reductions are split by thread count: a different count, different bits
+    torch.use_deterministic_algorithms(True)  # raises on any op without a deterministic kernel
+    torch.backends.cudnn.benchmark = False  # autotuning may choose a different kernel on each run

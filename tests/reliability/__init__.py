@@ -1,0 +1,1 @@
+"""Reliability: bad input, interruption, determinism, security, unwritable output (issue 8)."""
