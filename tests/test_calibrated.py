@@ -150,4 +150,4 @@ def test_calibrated_methods_save_apply_and_agree_with_generate(random_model, tmp
         assert all(torch.equal(params[n], w) for n, w in result.updated.items())
     windows = torch.randint(1, 64, (6, 24), generator=torch.Generator().manual_seed(1))
     assert torch.equal(score_windows(model, windows, 12, 8, 4)["extracted"],
-                       greedy_extracted(model, windows, 12, 8, eos_id=0))
+                       greedy_extracted(model, windows, 12, 8, pad_id=0))

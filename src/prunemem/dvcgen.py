@@ -28,6 +28,18 @@ def _params(params_file: str, keys: list[str]) -> list:
     return [{params_file: keys}] if params_file != "params.yaml" else keys
 
 
+def code_deps(plan: Plan, stage: str, model: str | None = None) -> list[str]:
+    """The package code a stage's outputs depend on (DVC deps here, Snakemake inputs in common.smk)."""
+    if stage == "checkpoint":
+        if plan.source(model) == "embedded":
+            return [f"{CODE}/checkpoints.py", f"{CODE}/embedded.py", f"{CODE}/resources/stdlib311.jsonl.xz"]
+        return [f"{CODE}/checkpoints.py", f"{CODE}/hub.py"]
+    if stage == "samples":
+        return [f"{CODE}/data/samples.py", f"{CODE}/embedded.py"] if plan.source(model) == "embedded" else \
+            [f"{CODE}/data", f"{CODE}/embedded.py"]
+    return [f"{CODE}/" + {"mask": "prune", "transform": "compress", "evaluate": "evaluate", "report": "report"}[stage]]
+
+
 def _artifact_params(plan: Plan, model: str, method: str) -> list[str]:
     """The params keys a mask or transform stage depends on."""
     keys = ["evaluate.threads"] + (["samples.calibration"] if plan.calibrated(method) else [])
@@ -41,16 +53,14 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
     out: dict = {}
     for model in plan.models:
         ckpt, samples = plan.checkpoint_dir(model).as_posix(), plan.samples_dir(model).as_posix()
+        ckpt_deps = code_deps(plan, "checkpoint", model)
+        samples_deps = [ckpt, *code_deps(plan, "samples", model)]
         if plan.source(model) == "embedded":
-            ckpt_deps = [f"{CODE}/checkpoints.py", f"{CODE}/embedded.py", f"{CODE}/resources/stdlib311.jsonl.xz"]
             ckpt_params = [f"models.{model}", "embedded"]
-            samples_deps = [ckpt, f"{CODE}/data/samples.py", f"{CODE}/embedded.py"]
             samples_params = ["samples", "embedded.split", "embedded.seed"]
         else:  # hub: the checkpoint is the pinned download; samples read their sources
-            ckpt_deps = [f"{CODE}/checkpoints.py", f"{CODE}/hub.py"]
             ckpt_params = [f"models.{model}.{key}" for key in ("source", "repo", "revision")]
-            samples_deps = [ckpt, f"{CODE}/data", f"{CODE}/embedded.py",
-                            *(p.as_posix() for p in plan.local_source_files(model).values())]
+            samples_deps += [p.as_posix() for p in plan.local_source_files(model).values()]
             samples_params = ["samples", f"models.{model}.members", f"models.{model}.heldout"]
         out[stage_name("checkpoint", model)] = {
             "cmd": f"prunemem{flag} checkpoint --model {model}",
@@ -65,14 +75,14 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
             "outs": [samples],
         }
         for method, level in plan.variants(model):
-            deps = [ckpt, samples, f"{CODE}/evaluate"]
+            deps = [ckpt, samples, *code_deps(plan, "evaluate")]
             kind = plan.kind(method)
             if kind != "dense":
                 artifact = plan.variant_artifact(model, method, level).as_posix()
                 out[stage_name(kind, model, method, level)] = {
                     "cmd": f"prunemem{flag} {kind} --model {model} --method {method} --level {level}",
                     "deps": [ckpt, *([samples] if plan.calibrated(method) else []),
-                             f"{CODE}/prune" if kind == "mask" else f"{CODE}/compress"],
+                             *code_deps(plan, kind)],
                     "params": _params(params_file, _artifact_params(plan, model, method)),
                     "outs": [artifact],
                 }
@@ -87,7 +97,7 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
         "cmd": f"prunemem{flag} report",
         "deps": [plan.metrics_dir(m, me, lv).as_posix() for m in plan.models for me, lv in plan.variants(m)]
                 + [d.as_posix() for m in plan.models for d in (plan.checkpoint_dir(m), plan.samples_dir(m))]
-                + [f"{CODE}/report"],
+                + code_deps(plan, "report"),
         **({"params": _params(params_file, ["report"])} if "report" in plan.params else {}),
         "outs": [(plan.reports_dir / name).as_posix() for name in REPORT_FILES],
     }

@@ -1,4 +1,7 @@
 rule checkpoint:
+    input:
+        code=lambda w: code("checkpoint", w.model),
+        stale=lambda w: stale("checkpoint", w.model),
     output:
         directory("data/checkpoints/{model}"),
     params:

@@ -2,9 +2,12 @@
 # paths, the grid and the params each stage depends on all come from it.
 import shlex
 import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
+from prunemem.audit import recorded_params_digest
+from prunemem.dvcgen import code_deps, write_dvc_yaml
 from prunemem.errors import PrunememError
 from prunemem.plan import REPORT_FILES, Plan, read_params
 from prunemem.plan import validate as validate_params
@@ -79,3 +82,44 @@ def samples_inputs(wildcards):
     inputs = {"checkpoint": PLAN.checkpoint_dir(wildcards.model)}
     inputs.update({role: path for role, path in PLAN.local_source_files(wildcards.model).items()})
     return inputs
+
+
+def code(stage, model=None):
+    """The package files a stage's outputs depend on: the same code deps as its DVC stage.
+
+    Snakemake's own code trigger covers only the rule's shell command, so without these an edit
+    to, say, prunemem/evaluate would leave stale metrics that DVC (rightly) calls changed.
+    """
+    files = []
+    for dep in code_deps(PLAN, stage, model):
+        path = Path(workflow.basedir) / dep
+        files += sorted(str(f) for f in path.rglob("*.py")) if path.is_dir() else [str(path)]
+    return files
+
+
+STALE_STAMPS = Path(".snakemake/prunemem/stale")
+
+
+def stale(stage, model=None, method=None, level=None):
+    """An input that forces a rerun when an existing output was built with other params.
+
+    Snakemake notices changed params from its own metadata, which a fresh clone with data from
+    `dvc pull` lacks (the provenance trap of DESIGN.md section 5); every artifact records the
+    digest of the params that shaped it, so compare with that instead. A stale output gets a
+    freshly touched stamp as an input, which is newer than the output.
+    """
+    args = {"checkpoint": (model,), "samples": (model,), "mask": (model, method, level),
+            "transform": (model, method, level), "evaluate": (), "report": ()}[stage]
+    recorded = recorded_params_digest(PLAN, stage, model, method, level)
+    if recorded is None or recorded == PLAN.stage_digest(stage, *args):
+        return []
+    stamp = STALE_STAMPS / "-".join(str(part) for part in (stage, model, method, level) if part is not None)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+    return [str(stamp)]
+
+
+# After a successful run of params.yaml in a DVC repository, record what was built in dvc.lock
+# (`dvc commit`): the outputs are exactly those the stages in dvc.yaml would make, so `dvc status`
+# is clean and `dvc push` publishes what ran. Presets (--configfile) are not what dvc.yaml tracks.
+DVC_TRACKED = not workflow.overwrite_configfiles and Path(".dvc").is_dir() and Path("dvc.yaml").is_file()

@@ -1,6 +1,8 @@
 rule transform:
     input:
         unpack(calibrated_inputs),
+        code=code("transform"),
+        stale=lambda w: stale("transform", w.model, w.method, w.level),
     output:
         "data/transforms/{model}/{method}/{level}.json",
     params:

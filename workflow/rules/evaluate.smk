@@ -1,6 +1,8 @@
 rule evaluate:
     input:
         unpack(evaluate_inputs),
+        code=code("evaluate"),
+        stale=lambda w: stale("evaluate", w.model, w.method, w.level),
     output:
         "data/metrics/{model}/{method}/{level}/memorization.parquet",
         "data/metrics/{model}/{method}/{level}/mia.parquet",

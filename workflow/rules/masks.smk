@@ -1,6 +1,8 @@
 rule mask:
     input:
         unpack(calibrated_inputs),
+        code=code("mask"),
+        stale=lambda w: stale("mask", w.model, w.method, w.level),
     output:
         "data/masks/{model}/{method}/{level}.safetensors",
     params:

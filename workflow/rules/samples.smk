@@ -1,6 +1,8 @@
 rule samples:
     input:
         unpack(samples_inputs),
+        code=lambda w: code("samples", w.model),
+        stale=lambda w: stale("samples", w.model),
     output:
         "data/samples/{model}/members.parquet",
         "data/samples/{model}/nonmembers.parquet",
