@@ -80,3 +80,26 @@ def test_tampered_per_sample_results_and_a_missing_artifact(study):
     assert code == 1
     assert any(line.startswith("data/metrics/tiny/int8/0/memorization.parquet: sha256 is") for line in lines)
     assert "data/transforms/tiny/lowrank/0.5.json: missing; run the pipeline" in lines
+
+
+def test_freshness_judges_each_artifact_by_its_own_record(study, monkeypatch):
+    import os
+
+    from prunemem.freshness import jobs, settle
+    from prunemem.plan import Plan
+
+    monkeypatch.chdir(study)
+    plan = Plan.load(["params.yaml"])
+    assert settle(plan) == {}
+    summary = study / "data/metrics/tiny/global/0.5/summary.json"
+    os.utime(summary, (1, 1))  # older than its inputs, as after an unlucky `dvc pull`
+    assert settle(plan) == {} and summary.stat().st_mtime > 1  # ...raised again, not rebuilt
+    shutil.copy(study / "data/masks/tiny/global/0.9.safetensors", study / "data/masks/tiny/global/0.5.safetensors")
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["perplexity"]["stride"] = 32
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = settle(Plan.load(["params.yaml"]))
+    assert stale[("evaluate", "tiny", "global", "0.5")] == "built with other params"
+    assert stale[("mask", "tiny", "global", "0.5")] == "built with other params"  # its header says 0.9
+    evaluations = [job for job in jobs(plan) if job[0] == "evaluate"]
+    assert all(job in stale for job in evaluations) and ("mask", "tiny", "global", "0.9") not in stale

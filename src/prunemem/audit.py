@@ -259,34 +259,6 @@ class Audit:
         return self.mismatches
 
 
-def recorded_params_digest(plan: Plan, stage: str, model: str | None = None, method: str | None = None,
-                           level: str | None = None) -> str | None:
-    """The params digest an existing artifact recorded when it was built; None when there is none.
-
-    Snakemake compares params with its own metadata, which a fresh clone (code from git, data
-    from ``dvc pull``) does not have; comparing with the artifact's own record instead finds an
-    output left over from before a param change in any checkout (``workflow/rules/common.smk``).
-    """
-    import contextlib
-
-    from prunemem.prune.masks import header
-
-    paths = {"checkpoint": lambda: plan.checkpoint_dir(model) / "provenance.json",
-             "samples": lambda: plan.samples_dir(model) / "provenance.json",
-             "transform": lambda: plan.transform_path(model, method, level),
-             "evaluate": lambda: plan.metrics_dir(model, method, level) / "summary.json",
-             "report": lambda: plan.reports_dir / "provenance.json"}
-    path = plan.mask_path(model, method, level) if stage == "mask" else paths[stage]()
-    if not path.exists():
-        return None
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError, PrunememError):
-        if stage == "mask":
-            return header(path)["provenance"]["params_digest"]
-        record = json.loads(path.read_text())
-        return (record["provenance"] if stage in ("transform", "evaluate") else record)["params_digest"]
-    return "unreadable"
-
-
 def _describe_dvc(changes) -> str:
     parts = []
     for change in changes:

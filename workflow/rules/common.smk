@@ -6,7 +6,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from prunemem.audit import recorded_params_digest
+from prunemem.freshness import HashCache, settle
 from prunemem.dvcgen import code_deps, write_dvc_yaml
 from prunemem.errors import PrunememError
 from prunemem.plan import REPORT_FILES, Plan, read_params
@@ -97,25 +97,27 @@ def code(stage, model=None):
     return files
 
 
+def _code_mtime(stage, model):
+    return max((Path(f).stat().st_mtime for f in code(stage, model)), default=0.0)
+
+
+# Judge every existing artifact by its own provenance record before the DAG is built
+# (prunemem.freshness): stale ones are rerun, good ones are not rerun for their mtimes alone.
+# This is what keeps a fresh clone + `dvc pull` + a param change honest.
+FILE_HASHES = HashCache(Path(".snakemake/prunemem/sha256-cache.json"))
+STALE = settle(PLAN, FILE_HASHES, _code_mtime)
+FILE_HASHES.save()
 STALE_STAMPS = Path(".snakemake/prunemem/stale")
 
 
 def stale(stage, model=None, method=None, level=None):
-    """An input that forces a rerun when an existing output was built with other params.
-
-    Snakemake notices changed params from its own metadata, which a fresh clone with data from
-    `dvc pull` lacks (the provenance trap of DESIGN.md section 5); every artifact records the
-    digest of the params that shaped it, so compare with that instead. A stale output gets a
-    freshly touched stamp as an input, which is newer than the output.
-    """
-    args = {"checkpoint": (model,), "samples": (model,), "mask": (model, method, level),
-            "transform": (model, method, level), "evaluate": (), "report": ()}[stage]
-    recorded = recorded_params_digest(PLAN, stage, model, method, level)
-    if recorded is None or recorded == PLAN.stage_digest(stage, *args):
+    """A freshly written stamp as an extra input of a job whose output is stale, else nothing."""
+    reason = STALE.get((stage, model, method, level))
+    if reason is None:
         return []
     stamp = STALE_STAMPS / "-".join(str(part) for part in (stage, model, method, level) if part is not None)
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.touch()
+    stamp.write_text(reason + "\n")
     return [str(stamp)]
 
 
