@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test dvc-yaml clean-results
+.PHONY: venv run test dvc-yaml
 
 # torch first: the CPU wheel is on disk, and installing it first keeps the package's torch
 # range from pulling a multi-GB CUDA build.
@@ -16,6 +16,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
+
+venv: $(BIN)/.installed
 
 run: $(BIN)/.installed
 	$(BIN)/snakemake --cores all --quiet rules

@@ -82,6 +82,18 @@ def test_snakemake_leaves_dvc_status_clean_and_the_audit_passes(origin):
     run(repo, "prunemem", "audit")
 
 
+def test_dvc_metrics_and_plots_read_the_results(origin, tmp_path):
+    import json
+
+    repo, _ = origin
+    metrics = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
+    values = json.dumps(metrics)
+    assert "reports/metrics.json" in values and "extraction_rate" in values and "global@0.5" in values
+    run(repo, "dvc", "plots", "show", "-o", str(tmp_path / "plots"))
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "extraction vs sparsity" in page and "membership AUC vs sparsity" in page
+
+
 def test_push_pull_round_trip_restores_every_artifact(origin, tmp_path):
     repo, _ = origin
     copy_ = clone(origin, tmp_path / "clone")

@@ -119,3 +119,16 @@ def test_second_run_does_nothing_and_a_clean_rebuild_is_byte_identical(pipeline)
     assert len(after) == len(before) >= 35
     assert not [p for p in after if p.endswith(".tmp")]  # no temporary file outlives its job
     assert after == before, sorted(k for k in before if before[k] != after.get(k))
+
+
+def test_snakemake_report_has_the_report_and_its_captions(pipeline, tmp_path):
+    import zipfile
+
+    out = tmp_path / "snakemake-report.zip"
+    run = snakemake(pipeline, "--report", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    with zipfile.ZipFile(out) as archive:
+        names = archive.namelist()
+        text = "".join(archive.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    assert any(n.endswith("reports/report.html") for n in names) and any(n.endswith("results.csv") for n in names)
+    assert "re-derives every row" in text  # a caption, from workflow/report/results.rst

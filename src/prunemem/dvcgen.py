@@ -99,9 +99,20 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
                 + [d.as_posix() for m in plan.models for d in (plan.checkpoint_dir(m), plan.samples_dir(m))]
                 + code_deps(plan, "report"),
         **({"params": _params(params_file, ["report"])} if "report" in plan.params else {}),
-        "outs": [(plan.reports_dir / name).as_posix() for name in REPORT_FILES],
+        "outs": [(plan.reports_dir / name).as_posix() for name in REPORT_FILES if name != "metrics.json"],
+        "metrics": [(plan.reports_dir / "metrics.json").as_posix()],
     }
-    return {"stages": out}
+    results = (plan.reports_dir / "results.csv").as_posix()
+    plots = [{title: {"template": "scatter", "x": x, "y": {results: y}, "x_label": x_label, "y_label": y_label,
+                           "title": title}}
+             for title, x, y, x_label, y_label in (
+                 ("extraction vs sparsity", "achieved_sparsity", "extraction_rate", "achieved sparsity",
+                  "extraction rate"),
+                 ("perplexity vs sparsity", "achieved_sparsity", "perplexity", "achieved sparsity", "perplexity"),
+                 ("extraction vs perplexity", "perplexity", "extraction_rate", "perplexity", "extraction rate"),
+                 ("membership AUC vs sparsity", "achieved_sparsity", "mia_minkpp_auc", "achieved sparsity",
+                  "Min-K%++ AUC"))]
+    return {"stages": out, "plots": plots}
 
 
 def render(plan: Plan, params_file: str = "params.yaml") -> str:

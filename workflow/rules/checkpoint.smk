@@ -6,6 +6,8 @@ rule checkpoint:
         directory("data/checkpoints/{model}"),
     params:
         digest=lambda w: PLAN.stage_digest("checkpoint", w.model),
+    resources:
+        **resources_of("checkpoint"),
     log:
         "logs/checkpoint/{model}.log",
     threads: checkpoint_threads

@@ -9,8 +9,9 @@ from snakemake.utils import validate
 from prunemem.freshness import HashCache, settle
 from prunemem.dvcgen import code_deps, write_dvc_yaml
 from prunemem.errors import PrunememError
-from prunemem.plan import REPORT_FILES, Plan, read_params
+from prunemem.plan import Plan, read_params
 from prunemem.plan import validate as validate_params
+from prunemem.resources import job_resources
 
 
 # params.yaml unless --configfile names others: a preset such as workflow/configs/pythia.yaml
@@ -125,3 +126,11 @@ def stale(stage, model=None, method=None, level=None):
 # (`dvc commit`): the outputs are exactly those the stages in dvc.yaml would make, so `dvc status`
 # is clean and `dvc push` publishes what ran. Presets (--configfile) are not what dvc.yaml tracks.
 DVC_TRACKED = not workflow.overwrite_configfiles and Path(".dvc").is_dir() and Path("dvc.yaml").is_file()
+
+
+def resources_of(stage):
+    """gpu, cpus_per_gpu, mem_mb and runtime of a rule's jobs, scaled per model (prunemem.resources)."""
+    def one(key):
+        return lambda wildcards: job_resources(PLAN, stage, wildcards.get("model"), wildcards.get("method"))[key]
+
+    return {key: one(key) for key in ("gpu", "cpus_per_gpu", "mem_mb", "runtime")}

@@ -7,6 +7,8 @@ rule transform:
         "data/transforms/{model}/{method}/{level}.json",
     params:
         digest=lambda w: PLAN.stage_digest("transform", w.model, w.method, w.level),
+    resources:
+        **resources_of("transform"),
     log:
         "logs/transform/{model}/{method}/{level}.log",
     threads: lambda w: config["evaluate"]["threads"]

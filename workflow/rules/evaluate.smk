@@ -9,6 +9,8 @@ rule evaluate:
         "data/metrics/{model}/{method}/{level}/summary.json",
     params:
         digest=lambda w: PLAN.stage_digest("evaluate"),
+    resources:
+        **resources_of("evaluate"),
     log:
         "logs/evaluate/{model}/{method}/{level}.log",
     threads: lambda w: config["evaluate"]["threads"]

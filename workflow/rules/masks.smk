@@ -7,6 +7,8 @@ rule mask:
         "data/masks/{model}/{method}/{level}.safetensors",
     params:
         digest=lambda w: PLAN.stage_digest("mask", w.model, w.method, w.level),
+    resources:
+        **resources_of("mask"),
     log:
         "logs/mask/{model}/{method}/{level}.log",
     shell:

@@ -7,9 +7,15 @@ rule report:
         code=code("report"),
         stale=lambda w: stale("report"),
     output:
-        expand("reports/{name}", name=REPORT_FILES),
+        report("reports/report.html", caption="../report/report.rst", category="Report"),
+        report("reports/results.csv", caption="../report/results.rst", category="Report"),
+        report("reports/layer_sparsity.csv", caption="../report/layer_sparsity.rst", category="Report"),
+        "reports/metrics.json",
+        "reports/provenance.json",
     params:
         digest=lambda w: PLAN.stage_digest("report"),
+    resources:
+        **resources_of("report"),
     log:
         "logs/report.log",
     shell:

@@ -11,6 +11,8 @@ rule samples:
         "data/samples/{model}/provenance.json",
     params:
         digest=lambda w: PLAN.stage_digest("samples", w.model),
+    resources:
+        **resources_of("samples"),
     log:
         "logs/samples/{model}.log",
     shell:

@@ -1,0 +1,70 @@
+"""Cluster resources per job, scaled from the model's parameter count (Snakemake `resources:`).
+
+    snakemake -n --profile workflow/profiles/slurm --configfile workflow/configs/pythia.yaml
+
+The names are those of snakemake-executor-plugin-slurm: ``gpu`` (count), ``cpus_per_gpu``,
+``mem_mb`` (host memory) and ``runtime`` (minutes). The estimates are deliberately generous:
+a job killed at its time limit costs more than a few idle minutes.
+
+- Evaluation runs on one GPU once a model has 100M parameters. Its runtime is the forward
+  FLOPs of every sample window and perplexity token (2 * N * tokens) at an assumed 25% of an
+  H100's bf16 peak, doubled for the fp32 near-tie re-checks and the cross-check, plus 20 minutes
+  of loading; host memory holds the fp32 copy a transform is recomputed in.
+- Calibrated masks and transforms (Wanda, SparseGPT, OWL, SLEB, GPTQ, low-rank) run on one GPU
+  block by block; magnitude masks are a CPU pass over the memory-mapped weights.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from prunemem.plan import Plan
+
+GPU_FROM_PARAMS = 100e6
+ASSUMED_FLOPS = 0.25 * 989e12  # 25% of an H100's dense bf16 peak
+
+
+def parameter_count(plan: Plan, model: str) -> float:
+    """Parameters of ``model``: from the embedded architecture, or from the size in a hub repo's name."""
+    spec = plan.params["models"][model]
+    if spec["source"] == "embedded":
+        arch, vocab = plan.params["embedded"]["architecture"], plan.params["embedded"]["tokenizer"]["vocab_size"]
+        return 12 * arch["num_layers"] * arch["hidden_size"] ** 2 + 2 * vocab * arch["hidden_size"]
+    match = re.search(r"(\d+(?:\.\d+)?)([mb])\b", spec["repo"].lower().replace("-deduped", ""))
+    if not match:
+        return 12e9  # unknown size: plan for the largest Pythia
+    return float(match.group(1)) * (1e6 if match.group(2) == "m" else 1e9)
+
+
+def _evaluation_tokens(plan: Plan) -> int:
+    samples = plan.params["samples"]
+    n = samples.get("training_members", 0) + samples.get("nonmembers", samples.get("training_members", 0))
+    per_sample = sum(k + samples["suffix_tokens"] for k in plan.ks)
+    window, stride = plan.params["perplexity"]["window"], plan.params["perplexity"]["stride"]
+    return n * per_sample + samples["perplexity_tokens"] * window // stride
+
+
+def job_resources(plan: Plan, stage: str, model: str | None = None, method: str | None = None) -> dict[str, int]:
+    """{gpu, cpus_per_gpu, mem_mb, runtime} for one job."""
+    if model is None:  # the report
+        return {"gpu": 0, "cpus_per_gpu": 0, "mem_mb": 8000, "runtime": 30}
+    n = parameter_count(plan, model)
+    weights_gb = 4 * n / 1e9  # fp32
+    big = n >= GPU_FROM_PARAMS
+    gpu = 0
+    if stage == "checkpoint":
+        mem_gb, minutes = 4 + 2 * weights_gb, 30 + 2 * n / 50e6 / 60  # a download at 50 MB/s, then a conversion
+    elif stage == "samples":
+        mem_gb, minutes = 8, 120
+    elif stage in ("mask", "transform"):
+        calibrated = plan.calibrated(method) or method == "lowrank"
+        gpu = int(big and calibrated)
+        mem_gb = 4 + (weights_gb if calibrated else 0.5 * weights_gb)
+        minutes = 30 + (6 if calibrated else 1) * n / 1e9
+    else:  # evaluate
+        gpu = int(big)
+        mem_gb = 8 + 1.5 * weights_gb
+        minutes = 20 + 2 * 2 * n * _evaluation_tokens(plan) / ASSUMED_FLOPS / 60
+    return {"gpu": gpu, "cpus_per_gpu": 8 if gpu else 0, "mem_mb": int(math.ceil(mem_gb) * 1000),
+            "runtime": int(math.ceil(minutes))}
