@@ -107,18 +107,13 @@ def test_report_is_offline_and_states_the_findings(pipeline):
     assert all(float(r["sparsity"]) == pytest.approx(0.5, abs=1e-9) for r in layers if r["method"] == "wanda-2of4")
 
 
-def test_second_run_does_nothing_and_a_clean_rebuild_is_byte_identical(pipeline):
+def test_a_second_run_does_nothing_and_leaves_no_temporary_files(pipeline):
+    # two clean builds giving the same bytes, by either entry point: tests/test_dvc.py
     before = md5s(pipeline)
+    assert len(before) >= 35 and not [p for p in before if p.endswith(".tmp") or "/.partial/" in p]
     again = snakemake(pipeline)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    for built in ("data", "reports", ".snakemake"):
-        shutil.rmtree(pipeline / built)
-    rebuilt = snakemake(pipeline)
-    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
-    after = md5s(pipeline)
-    assert len(after) == len(before) >= 35
-    assert not [p for p in after if p.endswith(".tmp")]  # no temporary file outlives its job
-    assert after == before, sorted(k for k in before if before[k] != after.get(k))
+    assert md5s(pipeline) == before
 
 
 def test_snakemake_report_has_the_report_and_its_captions(pipeline, tmp_path):
@@ -130,5 +125,5 @@ def test_snakemake_report_has_the_report_and_its_captions(pipeline, tmp_path):
     with zipfile.ZipFile(out) as archive:
         names = archive.namelist()
         text = "".join(archive.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
-    assert any(n.endswith("reports/report.html") for n in names) and any(n.endswith("results.csv") for n in names)
+    assert sum(n.endswith(("report.html", "results.csv", "layer_sparsity.csv")) for n in names) >= 3, names
     assert "re-derives every row" in text  # a caption, from workflow/report/results.rst
