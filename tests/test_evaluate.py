@@ -139,7 +139,7 @@ def _checks(reference, seqs, scores, margin, cross_check):
 
     samples = pl.DataFrame({"sample_id": [f"s{i}" for i in range(len(seqs))]})
     ev = {"near_tie_margin": margin, "cross_check": cross_check, "seed": 0}
-    return _recheck_and_cross_check(reference, seqs, samples, 16, 12, scores, ev, pad=0, progress=None)
+    return _recheck_and_cross_check(reference, seqs, samples, 16, 12, scores, ev, pad=0)
 
 
 def test_low_precision_verdicts_are_settled_by_fp32_generate(memorizing_model):

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from prunemem.compress.lowrank import rank_for, truncated_svd
 from prunemem.compress.quantize import bits_per_weight, check, quantize_dequantize
 from prunemem.errors import PrunememError
 from prunemem.plan import uses_calibration
-from prunemem.provenance import record, write_json
+from prunemem.provenance import read_json, record, write_json
 from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
@@ -137,14 +136,10 @@ def build_transform(plan, model: str, method: str, level: str, progress=None) ->
 def apply_transform(model: torch.nn.Module, path: str | Path, calibration: torch.Tensor | None = None) -> dict:
     """Transform ``model``'s prunable weights in place as recorded; verify the result's hash."""
     path = Path(path)
-    try:
-        rec = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PrunememError(f"{path}: transform record not found") from None
-    except json.JSONDecodeError as err:
-        raise PrunememError(f"{path}: not a readable transform record ({err.msg})") from None
-    if rec.get("format") != FORMAT:
-        raise PrunememError(f"{path}: not a prunemem transform (format {rec.get('format')!r})")
+    rec = read_json(path, "transform record")
+    fmt = rec.get("format") if isinstance(rec, dict) else None
+    if fmt != FORMAT:
+        raise PrunememError(f"{path}: not a prunemem transform (format {fmt!r})")
     have = getattr(model, "prunemem_checkpoint_sha256", None)
     if have != rec["checkpoint_sha256"]:
         raise PrunememError(f"{path}: transform was made for checkpoint {rec['checkpoint_sha256'][:12]}..., "

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def text_record(seed: int, doc_id: str, text: str) -> Record:
     return Record(key, doc_id, text=text, size=len(data))
 
 
-class Source:
+class Source(ABC):
     """A stream of documents. ``ordered`` sources yield rising keys, so a selection may stop early."""
 
     ordered = False
@@ -66,8 +67,9 @@ class Source:
         """A short id for the manifest's source column."""
         return self.spec["kind"]
 
+    @abstractmethod
     def records(self, seed: int, want: int) -> Iterator[Record]:
-        raise NotImplementedError
+        """The source's documents, in the order this kind of source yields them."""
 
 
 def _field(row: dict, field: str, where: str) -> str:

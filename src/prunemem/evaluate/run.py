@@ -255,8 +255,8 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
         if device == "cuda":
             torch.cuda.empty_cache()
         reference = load_variant(plan, model_name, method, level, device, torch.float32)[0]
-    pad = load_tokenizer(ckpt_dir).eos_token_id
-    checks = {k: _recheck_and_cross_check(reference, windows, samples, k, suffix, per_k[k], ev, pad, progress)
+    tokenizer = load_tokenizer(ckpt_dir)
+    checks = {k: _recheck_and_cross_check(reference, windows, samples, k, suffix, per_k[k], ev, tokenizer.eos_token_id)
               for k in plan.ks}
 
     frames = [samples.select("sample_id", "kind", "copies", "member").with_columns(
@@ -264,7 +264,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
         rechecked=pl.Series(checks[k]["rechecked"].numpy()), flipped=pl.Series(checks[k]["flipped"].numpy()))
         for k in plan.ks]
     per_sample = pl.concat(frames)
-    mia_frame = _mia_frame(samples, per_k[top_k], windows[:, -(top_k + suffix):], load_tokenizer(ckpt_dir))
+    mia_frame = _mia_frame(samples, per_k[top_k], windows[:, -(top_k + suffix):], tokenizer)
     member = samples["member"].to_numpy()
     mia_rows = mia.summarize({s: mia_frame[s].to_numpy() for s in mia.SCORES}, member,
                              ev["mia"]["bootstrap"], ev["seed"])
@@ -297,7 +297,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
 
 
 def _recheck_and_cross_check(reference, windows, samples: pl.DataFrame, k: int, suffix: int,
-                             scores: dict[str, torch.Tensor], ev: dict, pad: int, progress) -> dict:
+                             scores: dict[str, torch.Tensor], ev: dict, pad: int) -> dict:
     """Settle near-ties with fp32 greedy ``generate()``; then assert agreement on a seeded subset.
 
     A verdict whose decision margin is under ``evaluate.near_tie_margin`` could flip under a
