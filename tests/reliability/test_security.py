@@ -47,7 +47,9 @@ def _files():
     for entry in SCANNED:
         path = REPO / entry
         paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        yield from (p for p in paths if p.suffix in TEXT and "__pycache__" not in p.parts)
+        # build products (pip's egg-info copies the README) are not code
+        yield from (p for p in paths if p.suffix in TEXT and "__pycache__" not in p.parts
+                    and not any(part.endswith(".egg-info") for part in p.parts))
 
 
 BAD = [
