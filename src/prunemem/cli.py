@@ -28,10 +28,9 @@ log = logging.getLogger("prunemem")
 
 
 def _progress(desc: str):
-    from tqdm.auto import tqdm
+    from prunemem.runtime import progress
 
-    # Rule logs are files: update rarely so they stay readable.
-    return partial(tqdm, desc=desc, mininterval=2.0 if sys.stderr.isatty() else 30.0, leave=False)
+    return partial(progress, desc=desc)
 
 
 def _check_model(plan: Plan, model: str) -> None:

@@ -150,6 +150,11 @@ def validate(params: dict, source: str = "params") -> None:
             if arch["hidden_size"] % arch["num_heads"]:
                 raise PrunememError(f"{source}: embedded.architecture.num_heads: {arch['num_heads']} must divide "
                                     f"hidden_size {arch['hidden_size']}")
+            pool = emb["canaries"]["per_copy_count"] * sum(1 for c in emb["canaries"]["copies"] if c) + \
+                samples["training_members"]
+            if samples.get("search_members", 0) >= pool:
+                raise PrunememError(f"{source}: samples.search_members: {samples['search_members']} leaves none of "
+                                    f"the {pool} embedded members for evaluation; allowed: < {pool}")
             planted = emb["canaries"]["per_copy_count"] * sum(emb["canaries"]["copies"])
             rows = emb["training"]["steps"] * emb["training"]["batch_size"]
             if planted > rows:
@@ -239,8 +244,42 @@ def _validate_prune(params: dict, source: str) -> None:
         if nm and "embedded" in params and params["embedded"]["architecture"]["hidden_size"] % nm[2]:
             raise PrunememError(f"{source}: prune.methods[{i}]: group {nm[2]} does not divide the input dimension "
                                 f"{params['embedded']['architecture']['hidden_size']}")
-        if method == "owl" and "owl" not in prune:
+        if method.removesuffix("-ccds") == "owl" and "owl" not in prune:
             raise PrunememError(f"{source}: prune.owl: required by method owl; allowed keys: score, M, lambda")
+        if method == "owl-ccds" and prune["owl"]["score"] != "wanda":
+            raise PrunememError(f"{source}: prune.methods[{i}]: 'owl-ccds' reads no calibration set with "
+                                "prune.owl.score magnitude; allowed: prune.owl.score wanda, or plain owl")
+        if (method.endswith("-ccds") or method in ("evop", "evop-mem")) and "ccds" not in prune:
+            raise PrunememError(f"{source}: prune.ccds: required by method {method}; allowed keys: clusters")
+        if method in ("evop", "evop-mem") and "evop" not in prune:
+            raise PrunememError(f"{source}: prune.evop: required by method {method}; allowed keys: granularity, "
+                                "population, generations, mutation, crossover, elite, tournament, lambda, "
+                                "batch_size, threads")
+        if method == "evop-mem" and not params["samples"].get("search_members", 0):
+            raise PrunememError(f"{source}: samples.search_members: evop-mem needs a search split of members kept "
+                                "out of evaluation; allowed: >= 1")
+    cal = params["samples"]["calibration"]
+    if cal.get("pool", cal["sequences"]) < cal["sequences"]:
+        raise PrunememError(f"{source}: samples.calibration.pool: {cal['pool']} is smaller than sequences "
+                            f"{cal['sequences']}; allowed: >= {cal['sequences']}")
+    if "evop" in prune:
+        evop = prune["evop"]
+        if evop["elite"] >= evop["population"]:
+            raise PrunememError(f"{source}: prune.evop.elite: {evop['elite']} leaves no room for children in a "
+                                f"population of {evop['population']}; allowed: < {evop['population']}")
+        if "embedded" in params and any(m in ("evop", "evop-mem") for m in prune["methods"]):
+            from prunemem.prune import check_evop_level
+
+            blocks = params["embedded"]["architecture"]["num_layers"]
+            for name in params["models"]:
+                own = params["models"][name].get("levels")
+                key = f"models.{name}.levels" if own else "prune.levels"
+                if params["models"][name]["source"] == "embedded":
+                    for level in own or prune["levels"]:
+                        try:
+                            check_evop_level(level, blocks, evop["granularity"], key)
+                        except PrunememError as err:
+                            raise PrunememError(f"{source}: {err}") from None
 
 
 def _validate_compress(params: dict, source: str) -> None:
@@ -414,12 +453,17 @@ class Plan:
             spec = {"samples": p["samples"], "source": p["models"][model]["source"]}
             spec.update({k: v for k, v in p["models"][model].items() if k in ("members", "heldout")})
             return spec
-        if stage == "mask":  # the grid lists are not inputs of a single mask
-            spec = {"method": method, "level": level,
-                    "prune": {k: v for k, v in p["prune"].items() if k not in ("methods", "levels")},
+        if stage == "mask":  # the grid lists, and settings of other methods, are not inputs of a single mask
+            from prunemem.prune import EVOP, calibration_sampling
+
+            skip = {"methods", "levels"} | ({"evop"} if method not in EVOP else set()) | \
+                ({"ccds"} if method is None or calibration_sampling(method) != "cluster" else set())
+            spec = {"method": method, "level": level, "prune": {k: v for k, v in p["prune"].items() if k not in skip},
                     "threads": p["evaluate"]["threads"]}
             if method is not None and self.calibrated(method):
                 spec["calibration"] = p["samples"]["calibration"]
+            if method == "evop-mem":  # which windows of the search split are scored
+                spec["search"] = {"k": max(p["samples"]["k"]), "suffix_tokens": p["samples"]["suffix_tokens"]}
             return spec
         if stage == "transform":
             return {"method": method, "level": level, **self.transform_spec(method, level)}

@@ -7,6 +7,7 @@ what is not, is documented in README.md ("Determinism").
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -19,3 +20,10 @@ def deterministic(threads: int) -> None:
     torch.set_num_threads(threads)  # CPU reductions are split by thread count: a different count, different bits
     torch.use_deterministic_algorithms(True)  # raises on any op without a deterministic kernel
     torch.backends.cudnn.benchmark = False  # autotuning may choose a different kernel on each run
+
+
+def progress(iterable, desc: str, **kwargs):
+    """A tqdm progress bar on stderr (so into the rule's log) that updates rarely when stderr is a file."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, mininterval=2.0 if sys.stderr.isatty() else 30.0, leave=False, **kwargs)

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from prunemem.freshness import HashCache, settle
 from prunemem.dvcgen import code_deps, write_dvc_yaml
+from prunemem.data.samples import FILES as SAMPLE_FILES, PROVENANCE as SAMPLE_PROVENANCE
 from prunemem.errors import PrunememError
 from prunemem.plan import Plan, read_params
 from prunemem.plan import validate as validate_params
@@ -69,6 +70,13 @@ def calibrated_inputs(wildcards):
 def all_summaries(wildcards):
     return [PLAN.metrics_dir(m, method, level) / "summary.json"
             for m in PLAN.models for method, level in PLAN.variants(m)]
+
+
+def mask_threads(wildcards):
+    """EvoP's search uses prune.evop.threads cores; every other mask job one evaluation thread."""
+    if wildcards.method in ("evop", "evop-mem"):
+        return config["prune"]["evop"]["threads"]
+    return config["evaluate"]["threads"]
 
 
 def checkpoint_threads(wildcards):

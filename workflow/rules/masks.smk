@@ -7,6 +7,7 @@ rule mask:
         "data/masks/{model}/{method}/{level}.safetensors",
     params:
         digest=lambda w: PLAN.stage_digest("mask", w.model, w.method, w.level),
+    threads: mask_threads
     resources:
         **resources_of("mask"),
     log:

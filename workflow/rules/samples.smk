@@ -4,11 +4,7 @@ rule samples:
         code=lambda w: code("samples", w.model),
         stale=lambda w: stale("samples", w.model),
     output:
-        "data/samples/{model}/members.parquet",
-        "data/samples/{model}/nonmembers.parquet",
-        "data/samples/{model}/perplexity.parquet",
-        "data/samples/{model}/calibration.parquet",
-        "data/samples/{model}/provenance.json",
+        expand("data/samples/{{model}}/{name}", name=[*SAMPLE_FILES, SAMPLE_PROVENANCE]),
     params:
         digest=lambda w: PLAN.stage_digest("samples", w.model),
     resources:

@@ -104,7 +104,7 @@ def calibration_tokens(plan, model: str, spec: dict) -> torch.Tensor | None:
         return None
     from prunemem.data.samples import load_calibration
 
-    return load_calibration(plan.samples_dir(model))
+    return load_calibration(plan.samples_dir(model), plan.params["samples"]["calibration"], plan.params["samples"]["seed"])
 
 
 def build_transform(plan, model: str, method: str, level: str, progress=None) -> Path:

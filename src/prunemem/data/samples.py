@@ -1,6 +1,6 @@
 """Build the sample sets a model is evaluated on.
 
-    prunemem samples --model tiny       # -> data/samples/tiny/{members,nonmembers,perplexity}.parquet
+    prunemem samples --model tiny       # -> data/samples/tiny/{members,search,nonmembers,perplexity,calibration}.parquet
 
 Every extraction sample is one window of ``max(k) + suffix`` tokens; the suffix is its last
 ``suffix`` tokens and the prompt for each k is the k tokens just before it, so all k test the
@@ -12,7 +12,12 @@ also write ``manifest.parquet``. For the embedded source:
   carry no canary (seen exactly once), both taken from the exact training stream;
 - non-members are canaries planted 0 times: same distribution, never trained on;
 - perplexity text is the held-out split, which training never saw;
-- calibration sequences (for GPTQ) are held-out text the perplexity set does not use.
+- calibration windows (a pool of ``samples.calibration.pool``, default ``sequences``, from which
+  calibrated methods draw ``sequences``) are held-out text the perplexity set does not use;
+- the *search split* (``samples.search_members``, default 0) holds members that EvoP's
+  memorization-aware search may score and final evaluation never sees. Hub models draw them in
+  addition to the evaluation members (from other documents); the embedded model carves them
+  out of its fixed member pool, stratified by kind and copy count.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from prunemem.provenance import digest_json, read_json, read_parquet, record, sh
 
 log = logging.getLogger(__name__)
 
-FILES = ("members.parquet", "nonmembers.parquet", "perplexity.parquet", "calibration.parquet")
+FILES = ("members.parquet", "search.parquet", "nonmembers.parquet", "perplexity.parquet", "calibration.parquet")
 PROVENANCE = "provenance.json"
 SAMPLE_SCHEMA = {"sample_id": pl.String, "kind": pl.String, "copies": pl.Int32, "member": pl.Boolean,
                  "source": pl.String, "position": pl.Int64, "tokens": pl.List(pl.Int32)}
@@ -68,7 +73,8 @@ def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]
         train_rows.append({"sample_id": f"train-{i:05d}", "kind": "train", "copies": 1, "member": True,
                            "source": f"training_rows[{r}]", "position": offset,
                            "tokens": rows[r, offset : offset + window].tolist()})
-    members = [r for r in canary_rows if r["member"]] + train_rows
+    members, search = split_search([r for r in canary_rows if r["member"]] + train_rows,
+                                   samples.get("search_members", 0), samples["seed"])
     nonmembers = [r for r in canary_rows if not r["member"]]
 
     split = embedded.split_corpus(embedded.load_corpus(), cfg["split"], cfg["seed"])
@@ -79,10 +85,34 @@ def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]
     calibration = _calibration_windows(heldout[used:], tokenizer.eos_token_id, samples["calibration"])
     return {
         "members.parquet": pl.DataFrame(members, schema=SAMPLE_SCHEMA),
+        "search.parquet": pl.DataFrame(search, schema=SAMPLE_SCHEMA),
         "nonmembers.parquet": pl.DataFrame(nonmembers, schema=SAMPLE_SCHEMA),
         "perplexity.parquet": pl.DataFrame(ppl, schema={"doc_id": pl.String, "tokens": pl.List(pl.Int32)}),
         "calibration.parquet": pl.DataFrame(calibration, schema={"doc_ids": pl.String, "tokens": pl.List(pl.Int32)}),
     }
+
+
+def split_search(members: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(evaluation members, search split): ``n`` members drawn stratified by (kind, copies), seeded.
+
+    Each stratum gives its share of ``n`` (largest remainders first, ties by stratum order), so
+    the search split has the evaluation set's mix of duplication counts.
+    """
+    if not n:
+        return members, []
+    if n >= len(members):
+        raise PrunememError(f"samples.search_members: {n} leaves no member for evaluation; allowed: < {len(members)}")
+    strata: dict[tuple, list[dict]] = {}
+    for row in members:
+        strata.setdefault((row["kind"], row["copies"]), []).append(row)
+    keys = sorted(strata, key=lambda key: (key[0], key[1] if key[1] is not None else -1))
+    exact = {key: n * len(strata[key]) / len(members) for key in keys}
+    share = {key: int(exact[key]) for key in keys}
+    for key in sorted(keys, key=lambda key: (-(exact[key] - share[key]), keys.index(key)))[: n - sum(share.values())]:
+        share[key] += 1
+    rng = random.Random(seed * 7919 + 17)  # its own stream: the member draw above is unchanged
+    chosen = {id(row) for key in keys for row in rng.sample(strata[key], share[key])}
+    return [r for r in members if id(r) not in chosen], [r for r in members if id(r) in chosen]
 
 
 def _perplexity_docs(docs: list[tuple[str, list[int]]], eos: int, budget: int) -> tuple[list[dict], int]:
@@ -97,9 +127,14 @@ def _perplexity_docs(docs: list[tuple[str, list[int]]], eos: int, budget: int) -
     raise PrunememError(f"samples.perplexity_tokens: asks for {wanted} but the held-out split has only {wanted - budget}")
 
 
+def calibration_pool_size(cfg: dict) -> int:
+    """How many calibration windows the samples stage writes (``pool``, default ``sequences``)."""
+    return cfg.get("pool", cfg["sequences"])
+
+
 def _calibration_windows(docs: list[tuple[str, list[int]]], eos: int, cfg: dict) -> list[dict]:
-    """Consecutive windows over the held-out documents the perplexity set did not use."""
-    n, length = cfg["sequences"], cfg["tokens"]
+    """The calibration pool: consecutive windows over the held-out documents the perplexity set did not use."""
+    n, length = calibration_pool_size(cfg), cfg["tokens"]
     stream: list[int] = []
     spans: list[tuple[str, int, int]] = []  # (doc id, first token, end) in the stream
     for doc_id, ids in docs:
@@ -146,12 +181,44 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
     return prov
 
 
-def load_calibration(samples_dir: str | Path):
-    """The calibration sequences as a LongTensor [n, tokens]."""
+def load_calibration_pool(samples_dir: str | Path):
+    """Every calibration window as a LongTensor [pool, tokens]."""
     import torch
 
     path = Path(samples_dir) / "calibration.parquet"
     return torch.tensor(read_parquet(path, "calibration set")["tokens"].to_list(), dtype=torch.long)
+
+
+def load_calibration(samples_dir: str | Path, cfg: dict, seed: int):
+    """The randomly drawn calibration sequences [sequences, tokens] (``cfg`` = params samples.calibration)."""
+    from prunemem.prune.ccds import random_indices
+
+    pool = load_calibration_pool(samples_dir)
+    return pool[random_indices(pool.shape[0], cfg["sequences"], seed)]
+
+
+def load_search_split(samples_dir: str | Path, suffix: int):
+    """The search split's windows as a LongTensor, refused when a suffix it tests is also tested in evaluation.
+
+    Comparing suffixes (not sample ids) also catches the same text drawn twice, e.g. from a
+    duplicated document: tuning on it would tune on an evaluated sample.
+    """
+    import torch
+
+    samples_dir = Path(samples_dir)
+    search = read_parquet(samples_dir / "search.parquet", "search split")
+    if search.height == 0:
+        raise PrunememError(f"{samples_dir / 'search.parquet'}: the search split is empty; evop-mem needs "
+                            "samples.search_members >= 1")
+    members = read_parquet(samples_dir / "members.parquet", "members")
+    evaluated = {tuple(t[-suffix:]): sid for sid, t in zip(members["sample_id"], members["tokens"].to_list())}
+    shared = [(sid, evaluated[tuple(t[-suffix:])]) for sid, t in zip(search["sample_id"], search["tokens"].to_list())
+              if tuple(t[-suffix:]) in evaluated]
+    if shared:
+        raise PrunememError(f"{samples_dir / 'search.parquet'}: the search split overlaps the evaluation members: "
+                            f"{len(shared)} shared suffixes (e.g. {shared[0][0]} = {shared[0][1]}); allowed: disjoint "
+                            "splits (rebuild with prunemem samples)")
+    return torch.tensor(search["tokens"].to_list(), dtype=torch.long)
 
 
 def samples_hash(samples_dir: str | Path) -> str:

@@ -228,6 +228,7 @@ def hub_sets(checkpoint_dir: Path, params: dict, model_name: str) -> tuple[dict[
         SAMPLE_SCHEMA,
         _calibration_windows,
         _perplexity_docs,
+        calibration_pool_size,
     )
     from prunemem.data.sources import open_source
 
@@ -245,15 +246,19 @@ def hub_sets(checkpoint_dir: Path, params: dict, model_name: str) -> tuple[dict[
     where_m, where_h = f"models.{model_name}.members", f"models.{model_name}.heldout"
     members_src = open_source(model["members"], where_m, params, model, "members")
     heldout_src = open_source(model["heldout"], where_h, params, model, "heldout")
-    members = WindowSelector("members", samples["training_members"], window)
+    n_search = samples.get("search_members", 0)
+    members = WindowSelector("members", samples["training_members"] + n_search, window)
     scan(members_src, seed, [members], tokenizer, where_m)
-    m_items = members.items()
-    member_docs, member_windows = {i.doc_sha256 for i in m_items}, {i.window_sha256 for i in m_items}
+    # keys are random: the first documents are the evaluation members (the same ones as without a
+    # search split), the rest EvoP's search split, from other documents
+    drawn = members.items()
+    m_items, s_items = drawn[: samples["training_members"]], drawn[samples["training_members"]:]
+    member_docs, member_windows = {i.doc_sha256 for i in drawn}, {i.window_sha256 for i in drawn}
     cal = samples["calibration"]
     held = [WindowSelector("non-members", samples.get("nonmembers", samples["training_members"]), window,
                            member_docs, member_windows),
             BudgetSelector("perplexity", samples["perplexity_tokens"], member_docs, member_windows),
-            BudgetSelector("calibration", cal["sequences"] * cal["tokens"], member_docs, member_windows)]
+            BudgetSelector("calibration", calibration_pool_size(cal) * cal["tokens"], member_docs, member_windows)]
     scan(heldout_src, seed, held, tokenizer, where_h)
     n_items, p_items, c_items = (sel.items() for sel in held)
 
@@ -265,6 +270,7 @@ def hub_sets(checkpoint_dir: Path, params: dict, model_name: str) -> tuple[dict[
     calibration = _calibration_windows([(it.doc_id, it.tokens.tolist()) for it in c_items], eos, cal)
     sets = {
         "members.parquet": pl.DataFrame(window_rows(m_items, "member", "train", True), schema=SAMPLE_SCHEMA),
+        "search.parquet": pl.DataFrame(window_rows(s_items, "search", "train", True), schema=SAMPLE_SCHEMA),
         "nonmembers.parquet": pl.DataFrame(window_rows(n_items, "nonmember", "heldout", False), schema=SAMPLE_SCHEMA),
         "perplexity.parquet": pl.DataFrame(ppl, schema={"doc_id": pl.String, "tokens": pl.List(pl.Int32)}),
         "calibration.parquet": pl.DataFrame(calibration, schema={"doc_ids": pl.String, "tokens": pl.List(pl.Int32)}),
@@ -272,7 +278,8 @@ def hub_sets(checkpoint_dir: Path, params: dict, model_name: str) -> tuple[dict[
     manifest = pl.DataFrame(
         [{"set": name, "source": src.label(), "doc_id": it.doc_id, "position": 0, "doc_sha256": it.doc_sha256,
           "window_sha256": it.window_sha256, "tokens": len(it.tokens)}
-         for name, src, items in (("members", members_src, m_items), ("nonmembers", heldout_src, n_items),
+         for name, src, items in (("members", members_src, m_items), ("search", members_src, s_items),
+                                  ("nonmembers", heldout_src, n_items),
                                   ("perplexity", heldout_src, p_items), ("calibration", heldout_src, c_items))
          for it in items],
         schema={"set": pl.String, "source": pl.String, "doc_id": pl.String, "position": pl.Int64,
@@ -290,7 +297,8 @@ def disjointness(manifest: pl.DataFrame) -> dict[str, int]:
     """Documents (and, for members against non-members, windows) that two sets share: all zero when disjoint."""
     docs = {name: set(g["doc_sha256"]) for (name,), g in manifest.group_by("set")}
     wins = {name: set(g["window_sha256"]) for (name,), g in manifest.group_by("set")}
-    names = ["members", "nonmembers", "perplexity", "calibration"]
+    names = ["members", "search", "nonmembers", "perplexity", "calibration"]
     out = {f"{a}&{b}": len(docs.get(a, set()) & docs.get(b, set())) for a, b in itertools.combinations(names, 2)}
-    out["members&nonmembers windows"] = len(wins.get("members", set()) & wins.get("nonmembers", set()))
+    for a, b in (("members", "nonmembers"), ("members", "search"), ("search", "nonmembers")):
+        out[f"{a}&{b} windows"] = len(wins.get(a, set()) & wins.get(b, set()))
     return out

@@ -7,7 +7,10 @@ restrict themselves to a subset (attention, mlp, first25, last25) leave the othe
 tensors whole, so their ``achieved_sparsity`` over all prunable weights is lower than ``level``.
 Activation-aware methods (wanda, sparsegpt, owl over wanda, sleb, wanda-NofM) read the
 calibration set through ``MaskContext.calibration``; N:M methods (``magnitude-2of4``,
-``wanda-4of8``, ...) have the single level 1 - N/M.
+``wanda-4of8``, ...) have the single level 1 - N/M. A calibrated method named with the suffix
+``-ccds`` (``wanda-ccds``, ``sleb-ccds``, ...) reads a cluster-sampled calibration set instead of a
+random one (``prunemem.prune.ccds``). ``evop`` and ``evop-mem`` search which blocks or sublayers
+to remove (``prunemem.prune.search``); ``evop-mem`` also reads the search split of members.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from prunemem.prune import magnitude
 from prunemem.prune.targets import subset
 
 NM_METHOD = re.compile(r"^(magnitude|wanda)-([0-9]+)of([0-9]+)$")
+CCDS = "-ccds"  # method-name suffix: the same method on a cluster-sampled calibration set
+EVOP = ("evop", "evop-mem")  # EvoP reads cluster-sampled calibration by definition
 
 
 @dataclass
@@ -34,6 +39,8 @@ class MaskContext:
     cfg: dict  # params["prune"]
     load_model: Callable[[], torch.nn.Module] | None = None
     calibration: Callable[[], torch.Tensor] | None = None
+    search_split: Callable[[], torch.Tensor] | None = None  # evop-mem: member windows kept out of evaluation
+    samples: dict | None = None  # params["samples"] (k and suffix of the search split)
 
 
 @dataclass
@@ -42,6 +49,8 @@ class MaskResult:
     updated: dict[str, torch.Tensor] | None = None  # SparseGPT: the compensated weights
     removed_blocks: list[int] = field(default_factory=list)  # SLEB
     block_levels: list[float] | None = None  # OWL: the sparsity given to each block
+    removed_sublayers: list[str] = field(default_factory=list)  # EvoP at sublayer granularity: "2.mlp"
+    info: dict = field(default_factory=dict)  # how the mask was found (calibration choice, search history)
 
 
 def _magnitude_subset(which: str):
@@ -152,6 +161,60 @@ def sleb(ctx: MaskContext, level: float) -> MaskResult:
     return MaskResult(masks, removed_blocks=removed)
 
 
+def _evop(memorization: bool):
+    def method(ctx: MaskContext, level: float) -> MaskResult:
+        from prunemem.prune import search
+        from prunemem.runtime import progress
+
+        spec = ctx.cfg["evop"]
+        torch.set_num_threads(spec["threads"])  # the search uses the job's cores; fixed, so scores repeat
+        model = ctx.load_model()
+        device = spec.get("device", "auto")
+        if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+            model = model.to("cuda")  # fp32 like every mask job: only the chosen pattern leaves this function
+        n_blocks, granularity = len(model.gpt_neox.layers), spec["granularity"]
+        names = search.unit_names(n_blocks, granularity)
+        n_remove = search.removed_count(level, len(names))
+        check_evop_level(level, n_blocks, granularity, "prune.levels")
+        evaluator = search.Evaluator(model, ctx.calibration(), granularity, batch_rows=spec["batch_size"])
+        if memorization:
+            samples = ctx.samples
+            evaluator.search, evaluator.lam = ctx.search_split(), float(spec["lambda"])
+            evaluator.k, evaluator.suffix = max(samples["k"]), samples["suffix_tokens"]
+        cfg = search.SearchConfig(**{k: spec[k] for k in ("population", "generations", "mutation", "crossover",
+                                                           "elite", "tournament")}, seed=ctx.cfg["seed"])
+        best, history = search.search(evaluator, len(names), n_remove, cfg,
+                                      progress=lambda it: progress(it, desc=f"evop @ {level}", unit="generation"))
+        removed = set(search.removed_sublayers(best, granularity))
+        masks = {t.name: torch.full(ctx.source[t.name].shape, (t.layer, t.part) not in removed, dtype=torch.bool)
+                 for t in ctx.source.targets}
+        info = {"search": {"granularity": granularity, "units": len(names), "removed": [names[u] for u in best],
+                           "lambda": evaluator.lam, "k": evaluator.k or None, "history": history}}
+        if granularity == "block":
+            return MaskResult(masks, removed_blocks=list(best), info=info)
+        return MaskResult(masks, removed_sublayers=[names[u] for u in best], info=info)
+
+    method.__doc__ = ("EvoP: evolutionary search over removed " + ("blocks/sublayers, fitness = calibration "
+                      "perplexity + lambda * extraction on the search split" if memorization else
+                      "blocks/sublayers, fitness = calibration perplexity"))
+    return method
+
+
+def check_evop_level(level: float, n_blocks: int, granularity: str, key: str) -> None:
+    """One line when a level removes nothing or every block (or every sublayer)."""
+    from prunemem.errors import PrunememError
+    from prunemem.prune.search import removed_count, unit_names
+
+    units = len(unit_names(n_blocks, granularity))
+    n_remove = removed_count(level, units)
+    if n_remove >= units:
+        raise PrunememError(f"{key}: {level:g} would remove all {units} {granularity}s of the model for evop; "
+                            f"allowed: < 1 (at most {units - 1} of {units})")
+    if n_remove == 0:
+        raise PrunememError(f"{key}: {level:g} removes no {granularity} of {units} for evop; allowed: "
+                            f">= {1 / units:.4g}")
+
+
 def _nm(ctx: MaskContext, method: str) -> MaskResult:
     from prunemem.prune import calibrated as cal
 
@@ -173,8 +236,20 @@ METHODS: dict[str, Callable[[MaskContext, float], MaskResult]] = {
     "sparsegpt": sparsegpt,
     "owl": owl,
     "sleb": sleb,
+    "evop": _evop(memorization=False),
+    "evop-mem": _evop(memorization=True),
 }
-CALIBRATED = {"wanda", "sparsegpt", "sleb"}
+CALIBRATED = {"wanda", "sparsegpt", "sleb", *EVOP}
+
+
+def base_method(method: str) -> str:
+    """The method without its calibration-sampling suffix: 'wanda-ccds' -> 'wanda'."""
+    return method[: -len(CCDS)] if method.endswith(CCDS) else method
+
+
+def calibration_sampling(method: str) -> str:
+    """'cluster' (CCDS) for '-ccds' methods and EvoP, else 'random'."""
+    return "cluster" if method.endswith(CCDS) or method in EVOP else "random"
 
 
 def nm_pattern(method: str) -> tuple[str, int, int] | None:
@@ -184,6 +259,7 @@ def nm_pattern(method: str) -> tuple[str, int, int] | None:
 
 
 def needs_calibration(method: str, cfg: dict) -> bool:
+    method = base_method(method)
     if method == "owl":
         return cfg["owl"]["score"] == "wanda"
     nm = nm_pattern(method)
@@ -191,11 +267,12 @@ def needs_calibration(method: str, cfg: dict) -> bool:
 
 
 def compute(method: str, ctx: MaskContext, level: float) -> MaskResult:
+    method = base_method(method)
     if nm_pattern(method):
         return _nm(ctx, method)
     if method not in METHODS:
         from prunemem.errors import PrunememError
 
         raise PrunememError(f"prune.methods: unknown method {method!r}; allowed: {', '.join(METHODS)}, "
-                            "magnitude-NofM, wanda-NofM")
+                            "magnitude-NofM, wanda-NofM, and <calibrated method>-ccds")
     return METHODS[method](ctx, level)

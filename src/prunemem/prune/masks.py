@@ -70,8 +70,10 @@ def _write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metad
 
 def save(path: str | Path, masks: dict[str, torch.Tensor], *, method: str, level: str, checkpoint_sha256: str,
          provenance: dict[str, Any] | None = None, updated: dict[str, torch.Tensor] | None = None,
-         removed_blocks: list[int] | None = None, block_levels: list[float] | None = None) -> None:
-    """Write a mask; ``updated`` (SparseGPT) and ``removed_blocks`` (SLEB) travel with it."""
+         removed_blocks: list[int] | None = None, block_levels: list[float] | None = None,
+         removed_sublayers: list[str] | None = None, info: dict[str, Any] | None = None) -> None:
+    """Write a mask; ``updated`` (SparseGPT), ``removed_blocks`` (SLEB, EvoP) and ``removed_sublayers``
+    (EvoP) travel with it, and ``info`` records how it was found (calibration choice, search history)."""
     meta = {
         "format": FORMAT, "method": method, "level": str(level), "checkpoint_sha256": checkpoint_sha256,
         "shapes": json.dumps({n: list(m.shape) for n, m in masks.items()}, sort_keys=True),
@@ -79,6 +81,8 @@ def save(path: str | Path, masks: dict[str, torch.Tensor], *, method: str, level
         "provenance": json.dumps(provenance or {}, sort_keys=True),
         "removed_blocks": json.dumps(removed_blocks or []),
         "block_levels": json.dumps(block_levels),
+        "removed_sublayers": json.dumps(removed_sublayers or []),
+        "info": json.dumps(info or {}, sort_keys=True),
         "updated": json.dumps(sorted(updated or {})),
     }
     tensors = {n: pack(m) for n, m in masks.items()}
@@ -100,8 +104,13 @@ def header(path: str | Path) -> dict[str, Any]:
         raise PrunememError(f"{path}: not a readable safetensors mask ({err})") from None
     if meta.get("format") != FORMAT:
         raise PrunememError(f"{path}: not a prunemem mask (format {meta.get('format')!r}, expected {FORMAT!r})")
-    for key in ("shapes", "kept", "provenance", "removed_blocks", "block_levels", "updated"):
-        meta[key] = json.loads(meta[key])
+    try:
+        for key in ("shapes", "kept", "provenance", "removed_blocks", "block_levels", "updated"):
+            meta[key] = json.loads(meta[key])
+        for key, empty in (("removed_sublayers", "[]"), ("info", "{}")):  # absent from older masks
+            meta[key] = json.loads(meta.get(key, empty))
+    except (KeyError, ValueError) as err:
+        raise PrunememError(f"{path}: corrupt mask header ({err})") from None
     return meta
 
 
@@ -128,7 +137,8 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
 
     Given a path, the mask's ``checkpoint_sha256`` must equal the model's
     ``prunemem_checkpoint_sha256`` (set by ``prunemem.checkpoints.load_model``); SparseGPT's
-    updated weights are copied in and SLEB's removed blocks are replaced by pass-throughs.
+    updated weights are copied in, removed blocks (SLEB, EvoP) are replaced by pass-throughs and
+    removed sublayers (EvoP) by modules that output zeros, so their biases go too.
     """
     if not isinstance(masks, dict):
         path = Path(masks)
@@ -141,7 +151,7 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
         masks = load(path)
         updated = _load_updated(path, meta)
     else:
-        meta, updated = {"removed_blocks": []}, {}
+        meta, updated = {"removed_blocks": [], "removed_sublayers": []}, {}
     params = dict(model.named_parameters())
     for name, weight in updated.items():
         params[name].copy_(weight.to(device=params[name].device, dtype=params[name].dtype))
@@ -156,6 +166,10 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
         from prunemem.prune.calibrated import skip_blocks
 
         skip_blocks(model, meta["removed_blocks"])
+    if meta["removed_sublayers"]:
+        from prunemem.prune.search import skip_sublayers
+
+        skip_sublayers(model, meta["removed_sublayers"])
     return masks
 
 

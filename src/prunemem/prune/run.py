@@ -2,6 +2,7 @@
 
     prunemem mask --model tiny --method global --level 0.5
     prunemem mask --model tiny --method wanda  --level 0.5     # reads data/samples/tiny/calibration.parquet
+    prunemem mask --model tiny --method evop-mem --level 0.5   # also reads data/samples/tiny/search.parquet
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import logging
 from pathlib import Path
 
 from prunemem.checkpoints import WEIGHTS, checkpoint_hash, load_model
-from prunemem.data.samples import load_calibration, samples_hash
+from prunemem.data.samples import load_calibration_pool, load_search_split, samples_hash
 from prunemem.plan import Plan
 from prunemem.provenance import record
-from prunemem.prune import MaskContext, compute, masks, needs_calibration
+from prunemem.prune import MaskContext, calibration_sampling, ccds, compute, masks, needs_calibration
 from prunemem.prune.targets import WeightSource
 from prunemem.runtime import deterministic
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
-    cfg = plan.params["prune"]
+    cfg, samples = plan.params["prune"], plan.params["samples"]
     deterministic(plan.params["evaluate"]["threads"])
     ckpt = plan.checkpoint_dir(model)
     ckpt_sha = checkpoint_hash(ckpt)
@@ -29,16 +30,32 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
     calibrated = needs_calibration(method, cfg)
     if calibrated:
         inputs["samples"] = samples_hash(plan.samples_dir(model))
+    chosen: dict = {}
+
+    def calibration():
+        pool = load_calibration_pool(plan.samples_dir(model))
+        sequences, how = ccds.select(pool, samples["calibration"]["sequences"], calibration_sampling(method),
+                                     samples["seed"], cfg.get("ccds", {}).get("clusters", 8),
+                                     load_model=lambda: load_model(ckpt))
+        chosen.update(how)
+        log.info("%s @ %s: %s calibration, pool windows %s", method, level, how["sampling"], how["indices"])
+        return sequences
+
     ctx = MaskContext(WeightSource(ckpt / WEIGHTS), cfg, load_model=lambda: load_model(ckpt),
-                      calibration=(lambda: load_calibration(plan.samples_dir(model))) if calibrated else None)
+                      calibration=calibration if calibrated else None,
+                      search_split=lambda: load_search_split(plan.samples_dir(model), samples["suffix_tokens"]),
+                      samples=samples)
     log.info("%s @ %s: computing from checkpoint %s", method, level, ckpt_sha[:12])
     result = compute(method, ctx, float(level))
+    info = {**result.info, **({"calibration": chosen} if chosen else {})}
     pruned = sum(int((~m).sum()) for m in result.masks.values())
     total = sum(m.numel() for m in result.masks.values())
     log.info("%s @ %s: pruned %d of %d prunable weights (%.4f)%s", method, level, pruned, total, pruned / total,
-             f", removed blocks {result.removed_blocks}" if result.removed_blocks else "")
+             f", removed {result.removed_blocks or result.removed_sublayers}"
+             if result.removed_blocks or result.removed_sublayers else "")
     out = plan.mask_path(model, method, level)
     prov = record("mask", inputs, plan.stage_params("mask", model, method, level))
     masks.save(out, result.masks, method=method, level=level, checkpoint_sha256=ckpt_sha, provenance=prov,
-               updated=result.updated, removed_blocks=result.removed_blocks, block_levels=result.block_levels)
+               updated=result.updated, removed_blocks=result.removed_blocks, block_levels=result.block_levels,
+               removed_sublayers=result.removed_sublayers, info=info)
     return out
