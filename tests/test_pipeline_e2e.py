@@ -19,7 +19,8 @@ def _results(workdir):
 def test_results_table_follows_the_contract(pipeline):
     rows = _results(pipeline)
     assert list(rows[0]) == RESULT_COLUMNS
-    assert len(rows) == (1 + 6 * 2 + 1 + 3) * 2
+    assert len(rows) == (1 + 8 * 2 + 1 + 3) * 2
+    assert {int(r["n_samples"]) for r in rows} == {16 - 4}  # the search split is never evaluated
     dense = [r for r in rows if r["method"] == "dense"]
     assert {r["k"] for r in dense} == {"16", "32"} and all(float(r["achieved_sparsity"]) == 0 for r in dense)
     for r in rows:
@@ -105,6 +106,34 @@ def test_report_is_offline_and_states_the_findings(pipeline):
     sleb = [float(r["sparsity"]) for r in layers if r["method"] == "sleb" and r["level"] == "0.5"]
     assert sorted(sleb) == [0.0, 1.0]  # one of two blocks removed whole
     assert all(float(r["sparsity"]) == pytest.approx(0.5, abs=1e-9) for r in layers if r["method"] == "wanda-2of4")
+
+
+def test_evop_mem_searches_on_a_split_that_evaluation_never_sees(pipeline):
+    import polars as pl
+
+    from prunemem.prune import masks
+
+    samples = pipeline / "data/samples/tiny"
+    members, search = pl.read_parquet(samples / "members.parquet"), pl.read_parquet(samples / "search.parquet")
+    assert search.height == 4 and not set(search["sample_id"]) & set(members["sample_id"])
+    assert set(search["copies"]) <= set(members["copies"])  # stratified by duplication
+    evaluated = set(pl.read_parquet(pipeline / "data/metrics/tiny/evop-mem/0.5/memorization.parquet")["sample_id"])
+    assert evaluated == set(members["sample_id"])
+    meta = masks.header(pipeline / "data/masks/tiny/evop-mem/0.5.safetensors")
+    found = meta["info"]["search"]
+    assert found["granularity"] == "sublayer" and len(found["removed"]) == 2 == len(meta["removed_sublayers"])
+    assert [row["generation"] for row in found["history"]] == [0, 1, 2]
+    assert all(row["best_extraction"] is not None for row in found["history"])
+    assert meta["info"]["calibration"]["sampling"] == "cluster" and len(meta["info"]["calibration"]["indices"]) == 8
+    assert masks.header(pipeline / "data/masks/tiny/wanda/0.5.safetensors")["info"]["calibration"]["sampling"] == \
+        "random"
+    history = pl.read_csv(pipeline / "reports/search_history.csv")
+    assert history.height == 2 * 3 and set(history["method"]) == {"evop-mem"}
+    best = history.sort("level", "generation")["best_fitness"].to_list()
+    assert best[:3] == sorted(best[:3], reverse=True) and best[3:] == sorted(best[3:], reverse=True)
+    page = (pipeline / "reports/report.html").read_text()
+    assert "EvoP search history" in page and "Calibration sampling: random against cluster-based" in page
+    assert "Structured removal" in page
 
 
 def test_a_second_run_does_nothing_and_leaves_no_temporary_files(pipeline):

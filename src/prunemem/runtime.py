@@ -22,7 +22,7 @@ def deterministic(threads: int) -> None:
     torch.backends.cudnn.benchmark = False  # autotuning may choose a different kernel on each run
 
 
-def progress(iterable, desc: str, **kwargs):
+def progress(iterable=None, desc: str = "", **kwargs):
     """A tqdm progress bar on stderr (so into the rule's log) that updates rarely when stderr is a file."""
     from tqdm.auto import tqdm
 

@@ -42,6 +42,16 @@ def empty_members(root: Path) -> None:
     pl.read_parquet(path).clear().write_parquet(path)
 
 
+EVOP_MEM = ("mask", "--model", "tiny", "--method", "evop-mem", "--level", "0.5")
+
+
+def search_overlaps_members(root: Path) -> None:
+    """A search split that shares a member with evaluation (as a stale or hand-edited split would)."""
+    search, members = root / SAMPLES / "search.parquet", pl.read_parquet(root / SAMPLES / "members.parquet")
+    pl.concat([pl.read_parquet(search), members.head(1)]).write_parquet(search)
+    (root / "bad.yaml").write_text("prune: {methods: [global, sparsegpt, evop-mem]}\n")
+
+
 def mask_for_another_checkpoint(root: Path) -> None:
     from prunemem.prune import masks
 
@@ -69,6 +79,15 @@ CASES = [
     ("empty-corpus-by-params", override(yaml.safe_dump({"embedded": {"canaries": {"copies": [0]}},
                                                         "samples": {"training_members": 0}})),
      ("params.yaml", BAD), ("samples", "--model", "tiny"), ["samples.training_members", "no member samples"]),
+    ("evop-population-1", override("prune: {evop: {population: 1}}\n"), ("params.yaml", BAD), GLOBAL,
+     ["prune.evop.population", "out of range", ">= 2"]),
+    ("evop-level-removes-no-block", override("prune: {methods: [evop], levels: [0.2], evop: {granularity: block}}\n"),
+     ("params.yaml", BAD), ("mask", "--model", "tiny", "--method", "evop", "--level", "0.2"),
+     ["prune.levels", "0.2 removes no block of 2 for evop"]),
+    ("evop-level-removes-every-block", override("prune: {methods: [evop], levels: [1.0]}\n"), ("params.yaml", BAD),
+     ("mask", "--model", "tiny", "--method", "evop", "--level", "1"), ["prune.levels[0]", "out of range", "< 1"]),
+    ("search-split-overlaps-members", search_overlaps_members, ("params.yaml", BAD), EVOP_MEM,
+     [str(SAMPLES / "search.parquet"), "overlaps the evaluation members", "canary-"]),
     ("missing-params-file", None, ("nope.yaml",), ("checkpoint", "--model", "tiny"), ["nope.yaml", "not found"]),
     ("corrupt-checkpoint-mask", truncate(CKPT / "model.safetensors"), ("params.yaml",), GLOBAL,
      [str(CKPT / "model.safetensors")]),

@@ -10,6 +10,7 @@ rule report:
         report("reports/report.html", caption="../report/report.rst", category="Report"),
         report("reports/results.csv", caption="../report/results.rst", category="Report"),
         report("reports/layer_sparsity.csv", caption="../report/layer_sparsity.rst", category="Report"),
+        report("reports/search_history.csv", caption="../report/search_history.rst", category="Report"),
         "reports/metrics.json",
         "reports/provenance.json",
     params:

@@ -167,6 +167,7 @@ def _evop(memorization: bool):
         from prunemem.runtime import progress
 
         spec = ctx.cfg["evop"]
+        split = ctx.search_split() if memorization else None  # refuse an overlapping split before any work
         torch.set_num_threads(spec["threads"])  # the search uses the job's cores; fixed, so scores repeat
         model = ctx.load_model()
         device = spec.get("device", "auto")
@@ -179,7 +180,7 @@ def _evop(memorization: bool):
         evaluator = search.Evaluator(model, ctx.calibration(), granularity, batch_rows=spec["batch_size"])
         if memorization:
             samples = ctx.samples
-            evaluator.search, evaluator.lam = ctx.search_split(), float(spec["lambda"])
+            evaluator.search, evaluator.lam = split, float(spec["lambda"])
             evaluator.k, evaluator.suffix = max(samples["k"]), samples["suffix_tokens"]
         cfg = search.SearchConfig(**{k: spec[k] for k in ("population", "generations", "mutation", "crossover",
                                                            "elite", "tournament")}, seed=ctx.cfg["seed"])

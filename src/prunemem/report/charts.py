@@ -117,3 +117,18 @@ def extraction_vs_duplication(table: pl.DataFrame, k: int) -> alt.Chart:
         x=x, y=alt.Y("extraction_rate:Q", title=f"extraction rate (k={k})"), color=color)
         + base.mark_errorbar().encode(x=x, y=alt.Y("ci_low:Q", title=f"extraction rate (k={k})"), y2="ci_high:Q",
                                       color=color)).properties(width=420, height=260), table)
+
+
+def search_history(history: pl.DataFrame) -> alt.Chart:
+    """EvoP's best-so-far and mean fitness per generation, one panel per level (own y scales)."""
+    data = history.unpivot(index=["model", "method", "level", "generation"], on=["best_fitness", "mean_fitness"],
+                           variable_name="statistic", value_name="fitness").with_columns(
+        pl.col("statistic").str.replace("_fitness", ""))
+    chart = alt.Chart(data).mark_line(point=True).encode(
+        x=alt.X("generation:Q", title="generation"),
+        y=alt.Y("fitness:Q", title="fitness", scale=alt.Scale(zero=False, type="log")),
+        color=alt.Color("method:N", title="method"),
+        strokeDash=alt.StrokeDash("statistic:N", title="statistic", sort=["best", "mean"]),
+        tooltip=["method:N", "generation:Q", "statistic:N", alt.Tooltip("fitness:Q", format=".2f")],
+    ).properties(width=220, height=180)
+    return _facet_models(chart, data, column=alt.Column("level:N", title="level")).resolve_scale(y="independent")

@@ -11,16 +11,13 @@ from prunemem.evaluate.mia import SCORES
 from prunemem.plan import DENSE, REPORT_FILES, Plan
 from prunemem.provenance import atomic_path, environment, record, sha256_file, write_json
 from prunemem.report import charts, redaction, tables
+from prunemem.report.tables import percent
 
 log = logging.getLogger(__name__)
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}code{font-size:12px}.note{color:#555;font-size:13px}"""
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
 
 
 def headlines(results: pl.DataFrame, dup: pl.DataFrame, k: int) -> list[str]:
@@ -30,23 +27,23 @@ def headlines(results: pl.DataFrame, dup: pl.DataFrame, k: int) -> list[str]:
     for model in at_k["model"].unique(maintain_order=True):
         rows = at_k.filter(pl.col("model") == model)
         dense = rows.filter(pl.col("method") == DENSE).row(0, named=True)
-        lines.append(f"{model}: the dense model extracts {_pct(dense['extraction_rate'])} of members at k={k} "
-                     f"(95% CI {_pct(dense['ci_low'])}–{_pct(dense['ci_high'])}), perplexity {dense['perplexity']:.2f}.")
+        lines.append(f"{model}: the dense model extracts {percent(dense['extraction_rate'])} of members at k={k} "
+                     f"(95% CI {percent(dense['ci_low'])}–{percent(dense['ci_high'])}), perplexity {dense['perplexity']:.2f}.")
         best_score = max(SCORES, key=lambda score: dense[f"mia_{score}_auc"])
         lines.append(f"{model}: the strongest membership signal on the dense model is {best_score} with AUC "
                      f"{dense[f'mia_{best_score}_auc']:.2f} (95% CI {dense[f'mia_{best_score}_auc_low']:.2f}–"
-                     f"{dense[f'mia_{best_score}_auc_high']:.2f}), TPR {_pct(dense[f'mia_{best_score}_tpr_1pct'])} "
+                     f"{dense[f'mia_{best_score}_auc_high']:.2f}), TPR {percent(dense[f'mia_{best_score}_tpr_1pct'])} "
                      "at 1% FPR.")
         top = dup.filter((pl.col("model") == model) & (pl.col("variant") == f"{DENSE} 0")).sort("copies").tail(1)
         if top.height:
             t = top.row(0, named=True)
-            lines.append(f"{model}: canaries planted {t['copies']} times are extracted at {_pct(t['extraction_rate'])} "
+            lines.append(f"{model}: canaries planted {t['copies']} times are extracted at {percent(t['extraction_rate'])} "
                          f"({t['hits']}/{t['n']}) by the dense model.")
         pruned = rows.filter(pl.col("method") != DENSE)
         if pruned.height:
             best = pruned.sort(["extraction_rate", "perplexity"]).row(0, named=True)
-            lines.append(f"{model}: the lowest extraction is {_pct(best['extraction_rate'])} with {best['method']} at "
-                         f"level {best['level']:g} (achieved sparsity {_pct(best['achieved_sparsity'])}), perplexity "
+            lines.append(f"{model}: the lowest extraction is {percent(best['extraction_rate'])} with {best['method']} at "
+                         f"level {best['level']:g} (achieved sparsity {percent(best['achieved_sparsity'])}), perplexity "
                          f"{dense['perplexity']:.2f} → {best['perplexity']:.2f}.")
             for method in pruned["method"].unique(maintain_order=True):
                 m = pruned.filter(pl.col("method") == method).sort("level").tail(1).row(0, named=True)
@@ -73,6 +70,7 @@ def build(plan: Plan) -> tuple[str, str]:
     """
     results = tables.results(plan)
     layers = tables.layer_sparsity(plan)
+    history = tables.search_history(plan)
     k = plan.ks[-1]
     dup = pl.concat([tables.by_duplication(plan, model, [(DENSE, "0")] + [
         ("global", lv) for lv in plan.model_levels(model) if "global" in plan.methods], k) for model in plan.models])
@@ -80,7 +78,7 @@ def build(plan: Plan) -> tuple[str, str]:
     context = {"suffix": plan.params["samples"]["suffix_tokens"], "k": k, "ks": plan.ks,
                "checkpoint_ids": tables.checkpoint_ids(plan), "examples": redaction.extracted_examples(plan),
                "paper_names": {m: tables.paper_model_name(plan, m) for m in plan.models},
-               "built_by": f"prunemem {env['prunemem']} (commit {env['git_commit'] or 'unknown'})"}
+               "built_by": f"prunemem {env['prunemem']} (commit {env['git_commit'] or 'unknown'})", "history": history}
     page = render(results, layers, dup, context)
     summaries = {f"{m}/{me}/{lv}": sha256_file(plan.metrics_dir(m, me, lv) / "summary.json")
                  for m in plan.models for me, lv in plan.variants(m)}
@@ -90,6 +88,8 @@ def build(plan: Plan) -> tuple[str, str]:
         results.write_csv(tmp)
     with atomic_path(out / "layer_sparsity.csv") as tmp:
         layers.write_csv(tmp)
+    with atomic_path(out / "search_history.csv") as tmp:
+        history.write_csv(tmp)
     write_json(out / "metrics.json", tables.headline_metrics(results))
     with atomic_path(out / "report.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -127,6 +127,28 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
                 "(0.5 = chance, dashed), with stratified bootstrap 95% intervals; scores use the whole "
                 f"{max(context['ks']) + suffix}-token window.</p>",
                 charts.to_svg(charts.mia_vs_sparsity(results))]
+    comparison = tables.calibration_comparison(results, k)
+    if comparison.height:
+        sections += [f"<h2>Calibration sampling: random against cluster-based (CCDS, k={k})</h2>",
+                     "<p class=note>The same method on the same number of calibration sequences, drawn from the same "
+                     "held-out pool either at random or evenly from k-means clusters of the dense model's mean hidden "
+                     "states (EvoP's CCDS). Negative Δ: the cluster-sampled set forgets more or costs less.</p>",
+                     _table(comparison)]
+    structured = tables.structured_comparison(results, k)
+    if structured.height:
+        verdicts = tables.search_verdicts(results, k)
+        sections += [f"<h2>Structured removal: SLEB, EvoP and memorization-aware EvoP (k={k})</h2>",
+                     "<p class=note>SLEB removes blocks greedily by calibration loss; EvoP searches removal patterns "
+                     "by calibration perplexity; evop-mem adds λ × the extraction rate on a search split of members "
+                     "that evaluation never sees, so these rates are not tuned on themselves.</p>",
+                     ("<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>") if verdicts else "",
+                     _table(structured)]
+    history = context.get("history")
+    if history is not None and history.height:
+        sections += ["<h2>EvoP search history</h2>",
+                     "<p class=note>Fitness of the best pattern found so far (solid) and the population mean (dashed) "
+                     "per generation; the full history, with the best pattern, is "
+                     "<code>reports/search_history.csv</code>.</p>", charts.to_svg(charts.search_history(history))]
     if dup.height:
         sections += [f"<h2>Extraction against duplication (k={k})</h2>",
                      "<p class=note>Canaries planted 0 times were never trained on: their rate is what the model "

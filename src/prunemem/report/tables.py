@@ -19,6 +19,10 @@ RESULT_COLUMNS = [
 ]
 
 
+def percent(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
 def _mia_columns(summary: dict) -> dict[str, float]:
     out = {}
     for row in summary["mia"]:
@@ -207,3 +211,95 @@ def headline_metrics(results: pl.DataFrame) -> dict:
                                    "achieved_sparsity": row["achieved_sparsity"],
                                    "mia_minkpp_auc": row["mia_minkpp_auc"]}
     return out
+
+
+HISTORY_SCHEMA = {"model": pl.String, "method": pl.String, "level": pl.Float64, "generation": pl.Int64,
+                  "best_fitness": pl.Float64, "mean_fitness": pl.Float64, "worst_fitness": pl.Float64,
+                  "best_perplexity": pl.Float64, "best_extraction": pl.Float64, "evaluated": pl.Int64,
+                  "best_pattern": pl.String}
+
+
+def search_history(plan: Plan) -> pl.DataFrame:
+    """EvoP's fitness per generation for every searched mask, read from the mask headers
+    (``reports/search_history.csv``; the pattern names removed units: '2' a block, '2.mlp' a sublayer)."""
+    from prunemem.prune import EVOP
+    from prunemem.prune.masks import header
+    from prunemem.prune.search import unit_names
+
+    rows = []
+    for model in plan.models:
+        for method, level in plan.variants(model):
+            if method not in EVOP:
+                continue
+            found = header(plan.mask_path(model, method, level))["info"].get("search")
+            if found is None:
+                raise PrunememError(f"{plan.mask_path(model, method, level)}: an {method} mask without its search "
+                                    "history; rebuild it (prunemem mask)")
+            n_blocks = found["units"] if found["granularity"] == "block" else found["units"] // 2
+            names = unit_names(n_blocks, found["granularity"])
+            for row in found["history"]:
+                rows.append({"model": model, "method": method, "level": float(level),
+                             **{k: row[k] for k in HISTORY_SCHEMA if k in row and k != "best_pattern"},
+                             "best_pattern": " ".join(names[u] for u in row["best_pattern"])})
+    return pl.DataFrame(rows, schema=HISTORY_SCHEMA)
+
+
+def calibration_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Each calibrated method beside its '-ccds' twin (cluster-sampled calibration) at every level."""
+    at_k = results.filter(pl.col("k") == k)
+    twins = [m for m in at_k["method"].unique(maintain_order=True) if m.endswith("-ccds")
+             and m.removesuffix("-ccds") in set(at_k["method"])]
+    rows = []
+    for twin in twins:
+        base = twin.removesuffix("-ccds")
+        pair = at_k.filter(pl.col("method") == base).join(
+            at_k.filter(pl.col("method") == twin), on=["model", "level"], suffix="_ccds")
+        for r in pair.iter_rows(named=True):
+            rows.append({"model": r["model"], "method": base, "level": r["level"],
+                         "extraction (random)": r["extraction_rate"], "extraction (ccds)": r["extraction_rate_ccds"],
+                         "perplexity (random)": r["perplexity"], "perplexity (ccds)": r["perplexity_ccds"],
+                         "Δ extraction (points)": 100 * (r["extraction_rate_ccds"] - r["extraction_rate"]),
+                         "Δ perplexity (%)": 100 * (r["perplexity_ccds"] / r["perplexity"] - 1)})
+    return pl.DataFrame(rows, schema={"model": pl.String, "method": pl.String, "level": pl.Float64,
+                                      "extraction (random)": pl.Float64, "extraction (ccds)": pl.Float64,
+                                      "perplexity (random)": pl.Float64, "perplexity (ccds)": pl.Float64,
+                                      "Δ extraction (points)": pl.Float64, "Δ perplexity (%)": pl.Float64})
+
+
+STRUCTURED = ("sleb", "sleb-ccds", "evop", "evop-mem")
+
+
+def structured_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Structured removal methods side by side at each level: what they remove and what that costs."""
+    return results.filter((pl.col("k") == k) & pl.col("method").is_in(STRUCTURED)).select(
+        "model", "level", "method", "achieved_sparsity", "perplexity", "extraction_rate", "ci_low", "ci_high"
+    ).sort("model", "level", pl.col("method").replace_strict({m: i for i, m in enumerate(STRUCTURED)}))
+
+
+def search_verdicts(results: pl.DataFrame, k: int, tolerance: float = 0.01) -> list[str]:
+    """Does the memorization-aware search forget more than SLEB or plain EvoP at equal perplexity?
+
+    Per model and level: evop-mem 'forgets more at equal perplexity' than another method when its
+    extraction rate is lower and its perplexity is at most ``tolerance`` above the other's.
+    """
+    at_k = results.filter(pl.col("k") == k)
+    lines = []
+    for model in at_k["model"].unique(maintain_order=True):
+        rows = at_k.filter(pl.col("model") == model)
+        mem = {r["level"]: r for r in rows.filter(pl.col("method") == "evop-mem").iter_rows(named=True)}
+        for other in ("sleb", "evop"):
+            theirs = {r["level"]: r for r in rows.filter(pl.col("method") == other).iter_rows(named=True)}
+            for level in sorted(set(mem) & set(theirs)):
+                a, b = mem[level], theirs[level]
+                cost = 100 * (a["perplexity"] / b["perplexity"] - 1)
+                ext = f"{percent(a['extraction_rate'])} vs {percent(b['extraction_rate'])}"
+                if a["extraction_rate"] < b["extraction_rate"]:
+                    verdict = ("forgets more at equal perplexity" if cost <= 100 * tolerance
+                               else f"forgets more, at {cost:+.1f}% perplexity")
+                elif a["extraction_rate"] == b["extraction_rate"]:
+                    verdict = f"extracts as much, at {cost:+.1f}% perplexity"
+                else:
+                    verdict = f"extracts more, at {cost:+.1f}% perplexity"
+                lines.append(f"{model}, level {level:g}: evop-mem {verdict} than {other} "
+                             f"(extraction at k={k}: {ext}; perplexity {a['perplexity']:.2f} vs {b['perplexity']:.2f}).")
+    return lines
