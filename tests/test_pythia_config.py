@@ -90,3 +90,16 @@ def test_slurm_profile_dry_run_gives_every_job_resources_scaled_by_model(tmp_pat
     assert evaluations["pythia-12b"]["mem_mb"] > evaluations["pythia-1_4b"]["mem_mb"] > evaluations["pythia-160m"]["mem_mb"]
     assert all(r["gpu"] == 0 for (rule, *_), r in res.items() if rule in ("samples", "checkpoint", "mask"))
     assert elapsed < 30  # the DAG of the paper's grid builds in seconds (issue target: 10 s; CI machines vary)
+
+
+def test_evop_overlay_adds_the_search_methods_with_gpu_time_for_the_search():
+    from prunemem.resources import job_resources
+
+    evop = REPO / "workflow" / "configs" / "pythia-evop.yaml"
+    plan = Plan.load([PYTHIA, evop])
+    assert ("evop-mem", "0.45") in plan.variants("pythia-12b") and plan.calibrated("evop")
+    assert plan.stage_params("mask", "pythia-12b", "evop-mem", "0.45")["search"] == {"k": 500, "suffix_tokens": 50}
+    assert "evop" not in plan.stage_params("mask", "pythia-12b", "global", "0.45")["prune"]  # not its input
+    sleb, search, memo = (job_resources(plan, "mask", "pythia-12b", m) for m in ("sleb", "evop", "evop-mem"))
+    assert sleb["gpu"] == search["gpu"] == memo["gpu"] == 1
+    assert sleb["runtime"] < search["runtime"] < memo["runtime"]

@@ -11,7 +11,9 @@ a job killed at its time limit costs more than a few idle minutes.
   H100's bf16 peak, doubled for the fp32 near-tie re-checks and the cross-check, plus 20 minutes
   of loading; host memory holds the fp32 copy a transform is recomputed in.
 - Calibrated masks and transforms (Wanda, SparseGPT, OWL, SLEB, GPTQ, low-rank) run on one GPU
-  block by block; magnitude masks are a CPU pass over the memory-mapped weights.
+  block by block; magnitude masks are a CPU pass over the memory-mapped weights. An EvoP search
+  adds one forward pass over the calibration set (and, for evop-mem, the search split) per
+  candidate, population x generations candidates at most, at the same assumed rate.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ def job_resources(plan: Plan, stage: str, model: str | None = None, method: str 
         gpu = int(big and calibrated)
         mem_gb = 4 + (weights_gb if calibrated else 0.5 * weights_gb)
         minutes = 30 + (6 if calibrated else 1) * n / 1e9
+        if method in ("evop", "evop-mem"):  # every candidate pattern is a forward pass over its data
+            evop, samples = plan.params["prune"]["evop"], plan.params["samples"]
+            tokens = samples["calibration"]["sequences"] * samples["calibration"]["tokens"]
+            if method == "evop-mem":
+                tokens += samples.get("search_members", 0) * (max(plan.ks) + samples["suffix_tokens"])
+            minutes += 2 * n * tokens * evop["population"] * evop["generations"] / ASSUMED_FLOPS / 60
     else:  # evaluate
         gpu = int(big)
         mem_gb = 8 + 1.5 * weights_gb

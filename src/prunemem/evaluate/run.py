@@ -44,7 +44,6 @@ from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def sparsity(model: torch.nn.Module, mask: dict[str, torch.Tensor] | None) -> dict[str, float]:
@@ -67,15 +66,9 @@ def sparsity(model: torch.nn.Module, mask: dict[str, torch.Tensor] | None) -> di
 
 def resolve_device(cfg: dict) -> tuple[str, torch.dtype]:
     """``evaluate.device``/``evaluate.dtype`` with ``auto`` resolved: bf16 on CUDA, fp32 on CPU."""
-    device = cfg["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise PrunememError("evaluate.device: 'cuda' requested but no CUDA device is visible")
-    dtype = cfg["dtype"]
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
-    return device, DTYPES[dtype]
+    from prunemem.prune import resolve_device as resolve
+
+    return resolve(cfg["device"], cfg["dtype"], "evaluate")
 
 
 def check_inputs(plan: Plan, model_name: str) -> None:
