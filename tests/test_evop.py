@@ -25,15 +25,30 @@ from prunemem.prune.calibrated import SkipBlock, calibration_loss, skip_blocks
 VOCAB = 100
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls: one thread is 20x faster than two on a shared 2-core machine (spin-waiting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _model(parallel: bool = True, seed: int = 0):
-    """A tiny random GPT-NeoX (hidden 32, 4 layers) with larger-than-default weights, so patterns differ clearly."""
+    """A tiny random GPT-NeoX (hidden 32, 4 layers) with larger-than-default weights, so patterns differ
+    clearly, and non-zero biases, so removing a sublayer must remove its bias too."""
     from transformers import GPTNeoXForCausalLM
 
     cfg = tiny_config(vocab=VOCAB, hidden=32, layers=4)
     cfg.use_parallel_residual = parallel
     cfg.initializer_range = 0.2
     torch.manual_seed(seed)
-    return GPTNeoXForCausalLM(cfg).eval()
+    model = GPTNeoXForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.2)
+    return model
 
 
 def _tokens(rows: int, length: int, seed: int) -> torch.Tensor:
@@ -90,13 +105,13 @@ def test_evaluator_perplexity_equals_separately_pruned_model(parallel, granulari
     refs = []
     for pattern, score in zip(patterns, scores):
         ref = _reference_ppl(_pruned(model, pattern, granularity), calibration)
-        assert score.perplexity == pytest.approx(ref, rel=1e-5), pattern
+        assert score.perplexity == pytest.approx(ref, rel=2e-6), pattern
         refs.append(ref)
         if granularity == "block":  # SLEB's pass-through and SLEB's loss
             sleb = copy.deepcopy(model)
             for b in pattern:
                 sleb.gpt_neox.layers[b] = SkipBlock()
-            assert score.perplexity == pytest.approx(math.exp(calibration_loss(sleb, calibration)), rel=1e-5)
+            assert score.perplexity == pytest.approx(math.exp(calibration_loss(sleb, calibration)), rel=2e-6)
     assert len({round(r, 6) for r in refs}) == len(refs)  # the patterns really are told apart
     assert not model.gpt_neox.layers[0].attention._forward_hooks  # gates removed afterwards
     # one candidate per micro-batch, or all in one: the same figures
@@ -147,7 +162,7 @@ def test_evaluator_extraction_equals_score_batch_on_pruned_copies():
         assert float(ref["decision_margin"].min()) > 1e-5  # no near-tie that float noise could flip
         rates.append(float(ref["extracted"].double().mean()))
         assert score.extraction == rates[-1], pattern
-        assert score.perplexity == pytest.approx(_reference_ppl(pruned, calibration), rel=1e-5)
+        assert score.perplexity == pytest.approx(_reference_ppl(pruned, calibration), rel=2e-6)
         assert score.fitness == pytest.approx(score.perplexity + lam * score.extraction, rel=1e-12)
     assert rates[0] >= 3 / len(windows) and len(set(rates)) >= 3  # the check is not vacuous
 
@@ -301,8 +316,9 @@ def test_crossover_and_mutate_invariants():
     assert len({S.mutate((0, 1), 6, 1.0, rng) for _ in range(200)}) > 5
 
 
-def test_evop_method_end_to_end_masks_and_memorization():
-    """``compute('evop' | 'evop-mem', ...)``: masks cover exactly the chosen units and apply reproduces them."""
+def test_evop_method_end_to_end_masks_and_memorization(tmp_path):
+    """``compute('evop' | 'evop-mem', ...)``: the masks cover exactly the chosen units, and the saved mask
+    applied to the model gives the perplexity the search reported for its best pattern."""
     from prunemem.prune import MaskContext, compute, masks
     from prunemem.prune.targets import DictSource
 
@@ -326,9 +342,10 @@ def test_evop_method_end_to_end_masks_and_memorization():
         else:
             assert result.removed_sublayers == search["removed"] and not result.removed_blocks
             removed = {(int(b), s) for b, s in (n.split(".") for n in search["removed"])}
-        for name, keep in result.masks.items():
-            layer, part = int(name.split(".")[3]), "attention" if ".attention." in name else "mlp"
-            assert bool(keep.all()) == ((layer, part) not in removed) and (keep.all() or not keep.any()), name
+        for target in DictSource(state).targets:
+            keep = result.masks[target.name]
+            assert bool(keep.all()) == ((target.layer, target.part) not in removed), target.name
+            assert keep.all() or not keep.any()
         if method == "evop-mem":
             assert search["k"] == 8 and search["lambda"] == 10.0
             assert search["history"][0]["best_extraction"] is not None
@@ -336,14 +353,34 @@ def test_evop_method_end_to_end_masks_and_memorization():
             assert search["k"] is None and search["history"][0]["best_extraction"] is None
         best = S.Evaluator(model, calibration, granularity)([tuple(units.index(n) for n in search["removed"])])[0]
         assert search["history"][-1]["best_perplexity"] == pytest.approx(best.perplexity, rel=1e-6)
+        path = tmp_path / f"{method}.safetensors"
+        masks.save(path, result.masks, method=method, level="0.5", checkpoint_sha256="f" * 64,
+                   removed_blocks=result.removed_blocks, removed_sublayers=result.removed_sublayers, info=result.info)
+        applied = copy.deepcopy(model)
+        applied.prunemem_checkpoint_sha256 = "f" * 64
+        masks.apply(applied, path)
+        assert _reference_ppl(applied, calibration) == pytest.approx(best.perplexity, rel=2e-6)
+        assert masks.header(path)["info"]["search"]["removed"] == search["removed"]
 
 
 # -- CCDS ---------------------------------------------------------------------------------------
+def _water_filling(sizes: list[int], n: int) -> list[int]:
+    """min(size, t) for the highest level t that fits, then one extra each to the largest groups above t."""
+    t = 0
+    while t < max(sizes, default=0) and sum(min(s, t + 1) for s in sizes) <= n:
+        t += 1
+    quotas = [min(s, t) for s in sizes]
+    for i in sorted((i for i, s in enumerate(sizes) if s > t), key=lambda i: (-sizes[i], i))[: n - sum(quotas)]:
+        quotas[i] += 1
+    return quotas
+
+
 @pytest.mark.parametrize("sizes,n,expected", [([10, 1, 5], 9, [4, 1, 4]), ([3, 3, 3], 7, [3, 2, 2]),
+                                              ([4, 10, 8, 10], 22, [4, 6, 6, 6]),  # was [4, 7, 5, 6]
                                               ([0, 5, 2], 6, [0, 4, 2]), ([4, 4], 0, [0, 0]),
                                               ([2, 9, 9], 20, [2, 9, 9]), ([1, 2, 3, 4], 5, [1, 1, 1, 2])])
 def test_even_quotas_cases(sizes, n, expected):
-    assert ccds.even_quotas(sizes, n) == expected
+    assert ccds.even_quotas(sizes, n) == expected == _water_filling(sizes, n)
 
 
 def test_even_quotas_properties():
@@ -355,10 +392,7 @@ def test_even_quotas_properties():
         assert sum(q) == n and all(0 <= a <= s for a, s in zip(q, sizes))
         # as even as possible: a group that is not full holds at least the largest quota minus one
         assert all(a >= max(q) - 1 for a, s in zip(q, sizes) if a < s)
-        # and it matches water-filling: min(size, t) for a level t, plus at most one extra
-        low = max((a for a, s in zip(q, sizes) if a < s), default=None)
-        if low is not None:
-            assert all(a in (min(s, low - 1), min(s, low)) or a == s for a, s in zip(q, sizes))
+        assert q == _water_filling(sizes, n)
 
 
 def _blobs(seed=0):
@@ -494,8 +528,6 @@ def test_split_search_counts_are_floor_or_ceil_of_the_exact_share():
         assert sum(g - f for g, f in zip(got, floors)) == n - sum(floors)
 
 
-@pytest.mark.xfail(strict=True, reason="split_search ranks remainders in floats: 3.45 - 3 > 0.45, so an exact tie "
-                                       "is not broken by stratum order as documented")
 def test_split_search_exact_remainder_ties_break_by_stratum_order():
     from prunemem.data.samples import split_search
 

@@ -44,7 +44,9 @@ def _artifact_params(plan: Plan, model: str, method: str) -> list[str]:
     """The params keys a mask or transform stage depends on."""
     keys = ["evaluate.threads"] + (["samples.calibration"] if plan.calibrated(method) else [])
     if plan.kind(method) == "mask":
-        return [f"prune.{key}" for key in plan.stage_params("mask", model, method)["prune"]] + keys
+        spec = plan.stage_params("mask", model, method)
+        search = ["samples.k", "samples.suffix_tokens"] if "search" in spec else []  # evop-mem's search split
+        return [f"prune.{key}" for key in spec["prune"]] + keys + search
     return [plan.param_key(method)] + keys
 
 

@@ -104,7 +104,8 @@ def calibration_tokens(plan, model: str, spec: dict) -> torch.Tensor | None:
         return None
     from prunemem.data.samples import load_calibration
 
-    return load_calibration(plan.samples_dir(model), plan.params["samples"]["calibration"], plan.params["samples"]["seed"])
+    samples = plan.params["samples"]
+    return load_calibration(plan.samples_dir(model), samples["calibration"], samples["seed"])
 
 
 def build_transform(plan, model: str, method: str, level: str, progress=None) -> Path:

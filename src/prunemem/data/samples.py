@@ -1,6 +1,6 @@
 """Build the sample sets a model is evaluated on.
 
-    prunemem samples --model tiny       # -> data/samples/tiny/{members,search,nonmembers,perplexity,calibration}.parquet
+    prunemem samples --model tiny   # -> data/samples/tiny/{members,search,nonmembers,perplexity,calibration}.parquet
 
 Every extraction sample is one window of ``max(k) + suffix`` tokens; the suffix is its last
 ``suffix`` tokens and the prompt for each k is the k tokens just before it, so all k test the
@@ -106,9 +106,10 @@ def split_search(members: list[dict], n: int, seed: int) -> tuple[list[dict], li
     for row in members:
         strata.setdefault((row["kind"], row["copies"]), []).append(row)
     keys = sorted(strata, key=lambda key: (key[0], key[1] if key[1] is not None else -1))
-    exact = {key: n * len(strata[key]) / len(members) for key in keys}
-    share = {key: int(exact[key]) for key in keys}
-    for key in sorted(keys, key=lambda key: (-(exact[key] - share[key]), keys.index(key)))[: n - sum(share.values())]:
+    # largest remainders in integers (n * size mod total), so exact ties really break by stratum order
+    share = {key: n * len(strata[key]) // len(members) for key in keys}
+    remainder = {key: n * len(strata[key]) % len(members) for key in keys}
+    for key in sorted(keys, key=lambda key: (-remainder[key], keys.index(key)))[: n - sum(share.values())]:
         share[key] += 1
     rng = random.Random(seed * 7919 + 17)  # its own stream: the member draw above is unchanged
     chosen = {id(row) for key in keys for row in rng.sample(strata[key], share[key])}

@@ -41,7 +41,8 @@ def even_quotas(sizes: list[int], n: int) -> list[int]:
     while left:
         open_ = [i for i, s in enumerate(sizes) if quotas[i] < s]
         share, extra = divmod(left, len(open_))
-        order = sorted(open_, key=lambda i: (-(sizes[i] - quotas[i]), i))
+        # fewest so far first, so a later round's extras do not go to groups that already had one
+        order = sorted(open_, key=lambda i: (quotas[i], -(sizes[i] - quotas[i]), i))
         for rank, i in enumerate(order):
             take = min(share + (rank < extra), sizes[i] - quotas[i])
             quotas[i] += take

@@ -300,6 +300,7 @@ def search_verdicts(results: pl.DataFrame, k: int, tolerance: float = 0.01) -> l
                     verdict = f"extracts as much, at {cost:+.1f}% perplexity"
                 else:
                     verdict = f"extracts more, at {cost:+.1f}% perplexity"
+                ppl = f"{a['perplexity']:.2f} vs {b['perplexity']:.2f}"
                 lines.append(f"{model}, level {level:g}: evop-mem {verdict} than {other} "
-                             f"(extraction at k={k}: {ext}; perplexity {a['perplexity']:.2f} vs {b['perplexity']:.2f}).")
+                             f"(extraction at k={k}: {ext}; perplexity {ppl}).")
     return lines
