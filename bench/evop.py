@@ -124,7 +124,12 @@ def compare(name: str, model, calibration: torch.Tensor, patterns: list[tuple], 
         single_s = min(single_s, took)
     n_blocks = len(model.gpt_neox.layers)
     tokens = calibration.numel()
-    batched_flops = 2 * matmul_params(model.config) * tokens  # every block runs for every candidate
+
+    def computed_blocks(pattern) -> int:  # the batched path skips a block only for rows that remove all of it
+        removed = set(search.removed_sublayers(pattern, granularity))
+        return n_blocks - sum((b, "attention") in removed and (b, "mlp") in removed for b in range(n_blocks))
+
+    batched_flops = sum(2 * matmul_params(model.config, computed_blocks(p)) * tokens for p in patterns) / len(patterns)
     if granularity == "block":
         kept = [n_blocks - len(p) for p in patterns]
         single_flops = sum(2 * matmul_params(model.config, k) * tokens for k in kept) / len(patterns)

@@ -26,7 +26,7 @@ def _layers(model) -> torch.nn.ModuleList:
 
 
 @torch.no_grad()
-def _block0_inputs(model, batches: list[torch.Tensor]) -> list[tuple[tuple, dict]]:
+def block0_inputs(model, batches: list[torch.Tensor]) -> list[tuple[tuple, dict]]:
     """(args, kwargs) that block 0 receives for each micro-batch of token ids."""
     captured: list[tuple[tuple, dict]] = []
 
@@ -73,7 +73,7 @@ def blockwise(model, calibration: torch.Tensor, make_stats: Callable[[torch.nn.L
     device = next(model.parameters()).device
     ids = calibration.long().to(device)
     batches = list(ids.split(batch_size))
-    inputs = _block0_inputs(model, batches)
+    inputs = block0_inputs(model, batches)
     modules = dict(model.named_modules())
     names = [t.name.rsplit(".", 1)[0] for t in prunable([n for n, _ in model.named_parameters()])]
     layers = _layers(model)

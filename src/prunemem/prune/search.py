@@ -10,9 +10,10 @@ its MLP). A pattern removes exactly ``floor(level * units)`` of them.
 disjoint from the members that are finally evaluated: fitness = perplexity + lambda * rate.
 
 Candidates are evaluated in batches: each micro-batch stacks calibration rows of several
-candidates, and forward hooks multiply every sublayer's output by a per-row 0/1 gate, so one
-forward pass scores many patterns through the model's own code. A removed block (both gates 0)
-then passes its residual stream through unchanged, exactly as SLEB's pass-through does.
+candidates and runs the model's own blocks over it, each block only on the rows whose candidate
+keeps some of it (the others pass their residual stream through unchanged, exactly as SLEB's
+pass-through does), while forward hooks multiply every sublayer's output by a per-row 0/1 gate
+for candidates that remove only the attention or only the MLP of a block.
 
     prunemem mask --model tiny --method evop --level 0.5
 """
@@ -115,6 +116,54 @@ def gate_rows(pattern: Pattern, n_blocks: int, granularity: str) -> torch.Tensor
     return gates
 
 
+def _take(value, rows: torch.Tensor, n: int):
+    """``value`` (a block argument) restricted to the stacked rows ``rows`` of ``n``; shared tensors
+    (rotary tables, position ids of batch 1) pass unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value[rows] if value.dim() and value.shape[0] == n and n > 1 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_take(v, rows, n) for v in value)
+    if isinstance(value, dict):
+        return {k: _take(v, rows, n) for k, v in value.items()}
+    return value
+
+
+class GatedForward(torch.nn.Module):
+    """The causal LM's forward over rows of different candidates.
+
+    A block runs only on the rows whose candidate keeps some of it (the rest pass their residual
+    stream through, as a removed block does); inside a block the ``SublayerGates`` zero the
+    sublayers a row's candidate removes. Called like the model (``score_batch`` takes it as one).
+    """
+
+    def __init__(self, model, gates: SublayerGates):
+        super().__init__()
+        self.model, self.gates = model, gates
+        self.row_gates: torch.Tensor | None = None  # [rows, blocks, 2], set before each call
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep: int = 0):
+        from types import SimpleNamespace
+
+        from prunemem.calibrate import block0_inputs
+
+        (args, kwargs), = block0_inputs(self.model, [input_ids])  # embeddings, rotary tables, causal mask
+        hidden, n = args[0], input_ids.shape[0]
+        for index, layer in enumerate(self.model.gpt_neox.layers):
+            active = (self.row_gates[:, index].amax(dim=1) > 0).nonzero().flatten()
+            if active.numel() == 0:
+                continue
+            every = active.numel() == n
+            self.gates.gates = self.row_gates if every else self.row_gates[active]
+            block_in = hidden if every else hidden[active]
+            out = layer(block_in, *_take(args[1:], active, n), **_take(kwargs, active, n))
+            out = out[0] if isinstance(out, tuple) else out
+            hidden = out if every else hidden.index_copy(0, active, out)
+        self.gates.gates = None
+        hidden = self.model.gpt_neox.final_layer_norm(hidden)
+        head = self.model.get_output_embeddings()  # embed_out in the checkpoints, lm_head in the module
+        return SimpleNamespace(logits=head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden))
+
+
 @dataclass
 class Score:
     perplexity: float
@@ -145,8 +194,10 @@ class Evaluator:
         todo = list(dict.fromkeys(p for p in patterns if p not in self.cache))
         if todo:
             with SublayerGates(self.model) as gates:
-                nll = self._rows(gates, todo, self.calibration, self._nll)
-                extracted = self._rows(gates, todo, self.search, self._extracted) if self.search is not None else None
+                forward = GatedForward(self.model, gates)
+                nll = self._rows(forward, todo, self.calibration, self._nll)
+                extracted = (self._rows(forward, todo, self.search, self._extracted)
+                             if self.search is not None else None)
             tokens = self.calibration.shape[0] * (self.calibration.shape[1] - 1)
             for i, pattern in enumerate(todo):
                 ppl = math.exp(float(nll[i]) / tokens)
@@ -156,8 +207,8 @@ class Evaluator:
         return [self.cache[p] for p in patterns]
 
     @torch.no_grad()
-    def _rows(self, gates: SublayerGates, patterns: list[Pattern], data: torch.Tensor,
-              measure: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def _rows(self, forward: GatedForward, patterns: list[Pattern], data: torch.Tensor,
+              measure: Callable[[GatedForward, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Sum of ``measure`` over ``data``'s rows for each pattern, candidates stacked in micro-batches."""
         n = data.shape[0]
         pattern_gates = torch.stack([gate_rows(p, self.n_blocks, self.granularity) for p in patterns])
@@ -166,21 +217,23 @@ class Evaluator:
         totals = torch.zeros(len(patterns), dtype=torch.float64)
         for start in range(0, which.numel(), self.batch_rows):
             cand, row = which[start:start + self.batch_rows], rows[start:start + self.batch_rows]
-            gates.gates = pattern_gates[cand].to(self.device)
-            values = measure(data[row].to(self.device)).double().cpu()
+            forward.row_gates = pattern_gates[cand].to(self.device)
+            values = measure(forward, data[row].to(self.device)).double().cpu()
             totals.index_add_(0, cand, values)
-        gates.gates = None
         return totals
 
-    def _nll(self, ids: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _nll(forward: GatedForward, ids: torch.Tensor) -> torch.Tensor:
         ids = ids.long()
-        logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1].float()
-        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").sum(1)
+        logits = forward(input_ids=ids).logits[:, :-1].float()
+        flat = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                 reduction="none")
+        return flat.view(ids.shape[0], -1).sum(1)
 
-    def _extracted(self, windows: torch.Tensor) -> torch.Tensor:
+    def _extracted(self, forward: GatedForward, windows: torch.Tensor) -> torch.Tensor:
         from prunemem.evaluate.memorization import score_batch
 
-        return score_batch(self.model, windows, self.k, self.suffix)["extracted"].double()
+        return score_batch(forward, windows, self.k, self.suffix)["extracted"].double()
 
 
 @dataclass(frozen=True)
