@@ -594,7 +594,7 @@ def test_check_evop_level():
     check_evop_level(0.25, 4, "block", "prune.levels")  # one block of four
     check_evop_level(0.125, 4, "sublayer", "prune.levels")
     for level, blocks, granularity, words in [(0.2, 4, "block", "removes no block"),
-                                              (0.999, 1, "block", "removes no block"),
+                                              (0.999, 1, "block", "needs at least 2 blocks"),
                                               (0.1, 4, "sublayer", "removes no sublayer"),
                                               (0.9999999999, 4, "block", "would remove all 4 blocks"),
                                               (0.9999999999, 2, "sublayer", "would remove all 4 sublayers")]:
@@ -639,7 +639,7 @@ def test_params_checks_for_evop_and_ccds():
     assert "prune.levels: 0.2 removes no block of 4" in message
     assert "removes no sublayer of 8" in _invalid(lambda p: p["prune"].update(levels=[0.1]))
     message = _invalid(lambda p: (p["embedded"]["architecture"].update(num_layers=1), evop(granularity="block")(p)))
-    assert "removes no block of 1" in message
+    assert "needs at least 2 blocks" in message
     message = _invalid(lambda p: p["models"]["tiny"].update(levels=[0.05]))
     assert "models.tiny.levels: 0.05 removes no sublayer" in message
     assert "samples.search_members" in _invalid(lambda p: p["samples"].update(search_members=0))

@@ -255,7 +255,7 @@ def _validate_prune(params: dict, source: str) -> None:
         if method in ("evop", "evop-mem") and "evop" not in prune:
             raise PrunememError(f"{source}: prune.evop: required by method {method}; allowed keys: granularity, "
                                 "population, generations, mutation, crossover, elite, tournament, lambda, "
-                                "batch_size, threads")
+                                "batch_size, threads, device (optional), dtype (optional)")
         if method == "evop-mem" and not params["samples"].get("search_members", 0):
             raise PrunememError(f"{source}: samples.search_members: evop-mem needs a search split of members kept "
                                 "out of evaluation; allowed: >= 1")

@@ -220,8 +220,11 @@ def check_evop_level(level: float, n_blocks: int, granularity: str, key: str) ->
 
     units = len(unit_names(n_blocks, granularity))
     n_remove = removed_count(level, units)
+    if units < 2:
+        raise PrunememError(f"{key}: evop needs at least 2 {granularity}s (one removed, one kept) and the model has "
+                            f"{units}; allowed: prune.evop.granularity sublayer, or a deeper model")
     if n_remove >= units:
-        raise PrunememError(f"{key}: {level:g} would remove all {units} {granularity}s of the model for evop; "
+        raise PrunememError(f"{key}: {level!r} would remove all {units} {granularity}s of the model for evop; "
                             f"allowed: < 1 (at most {units - 1} of {units})")
     if n_remove == 0:
         raise PrunememError(f"{key}: {level:g} removes no {granularity} of {units} for evop; allowed: "
