@@ -92,9 +92,12 @@ def test_calibration_twins_and_search_verdicts():
     assert twins["method"] == "wanda" and twins["Δ extraction (points)"] == pytest.approx(-2.0)
     assert twins["Δ perplexity (%)"] == pytest.approx(-5.0)
     verdicts = tables.search_verdicts(frame, 50)
-    assert verdicts[0].startswith("m, level 0.5: evop-mem forgets more at equal perplexity than sleb")
+    assert verdicts[0].startswith("m, level 0.5: evop-mem forgets more at lower perplexity than sleb")
     assert "evop-mem forgets more at equal perplexity than evop" in verdicts[1]  # +0.7% is within 1%
     costly = frame.with_columns(pl.when(pl.col("method") == "evop-mem").then(17.0).otherwise(pl.col("perplexity"))
                                 .alias("perplexity"))
-    assert "forgets more, at +13.3% perplexity than evop" in tables.search_verdicts(costly, 50)[1]
+    assert "forgets more, at +13.3% perplexity, than evop" in tables.search_verdicts(costly, 50)[1]
+    cheaper = frame.with_columns(pl.when(pl.col("method") == "evop-mem").then(14.0).otherwise(pl.col("perplexity"))
+                                 .alias("perplexity"))
+    assert "evop-mem forgets more at lower perplexity than evop" in tables.search_verdicts(cheaper, 50)[1]
     assert tables.structured_comparison(frame, 50)["method"].to_list() == ["sleb", "evop", "evop-mem"]

@@ -280,7 +280,8 @@ def search_verdicts(results: pl.DataFrame, k: int, tolerance: float = 0.01) -> l
     """Does the memorization-aware search forget more than SLEB or plain EvoP at equal perplexity?
 
     Per model and level: evop-mem 'forgets more at equal perplexity' than another method when its
-    extraction rate is lower and its perplexity is at most ``tolerance`` above the other's.
+    extraction rate is lower and its perplexity is at most ``tolerance`` above the other's
+    ('at lower perplexity' when below it).
     """
     at_k = results.filter(pl.col("k") == k)
     lines = []
@@ -294,12 +295,13 @@ def search_verdicts(results: pl.DataFrame, k: int, tolerance: float = 0.01) -> l
                 cost = 100 * (a["perplexity"] / b["perplexity"] - 1)
                 ext = f"{percent(a['extraction_rate'])} vs {percent(b['extraction_rate'])}"
                 if a["extraction_rate"] < b["extraction_rate"]:
-                    verdict = ("forgets more at equal perplexity" if cost <= 100 * tolerance
-                               else f"forgets more, at {cost:+.1f}% perplexity")
+                    verdict = ("forgets more at lower perplexity" if cost < 0 else
+                               "forgets more at equal perplexity" if cost <= 100 * tolerance
+                               else f"forgets more, at {cost:+.1f}% perplexity,")
                 elif a["extraction_rate"] == b["extraction_rate"]:
-                    verdict = f"extracts as much, at {cost:+.1f}% perplexity"
+                    verdict = f"extracts as much, at {cost:+.1f}% perplexity,"
                 else:
-                    verdict = f"extracts more, at {cost:+.1f}% perplexity"
+                    verdict = f"extracts more, at {cost:+.1f}% perplexity,"
                 ppl = f"{a['perplexity']:.2f} vs {b['perplexity']:.2f}"
                 lines.append(f"{model}, level {level:g}: evop-mem {verdict} than {other} "
                              f"(extraction at k={k}: {ext}; perplexity {ppl}).")
