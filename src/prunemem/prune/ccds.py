@@ -70,7 +70,10 @@ def select(pool: torch.Tensor, n: int, sampling: str, seed: int, clusters: int =
     if sampling == "random":
         indices = random_indices(pool.shape[0], n, seed)
         return pool[indices], {"sampling": "random", "indices": indices}
-    indices, labels = cluster_indices(embed(load_model(), pool), n, clusters, seed)
+    model = load_model()
+    if torch.cuda.is_available():  # a 12B model embeds a pool of 2,048-token windows in minutes there, days here
+        model = model.to("cuda")
+    indices, labels = cluster_indices(embed(model, pool), n, clusters, seed)
     sizes = [labels.count(c) for c in range(max(labels) + 1)]
     return pool[indices], {"sampling": "cluster", "indices": indices, "cluster_sizes": sizes,
                            "chosen_per_cluster": [sum(labels[i] == c for i in indices) for c in range(len(sizes))]}
