@@ -234,7 +234,7 @@ def preshuffled_step(model: dict) -> int | None:
 
 def _validate_prune(params: dict, source: str) -> None:
     """N:M patterns must be sensible and fit the embedded shapes; OWL needs its settings."""
-    from prunemem.prune import nm_pattern
+    from prunemem.prune import EVOP, base_method, calibration_sampling, nm_pattern
 
     prune = params["prune"]
     for i, method in enumerate(prune["methods"]):
@@ -245,14 +245,14 @@ def _validate_prune(params: dict, source: str) -> None:
         if nm and "embedded" in params and params["embedded"]["architecture"]["hidden_size"] % nm[2]:
             raise PrunememError(f"{source}: prune.methods[{i}]: group {nm[2]} does not divide the input dimension "
                                 f"{params['embedded']['architecture']['hidden_size']}")
-        if method.removesuffix("-ccds") == "owl" and "owl" not in prune:
+        if base_method(method) == "owl" and "owl" not in prune:
             raise PrunememError(f"{source}: prune.owl: required by method owl; allowed keys: score, M, lambda")
         if method == "owl-ccds" and prune["owl"]["score"] != "wanda":
             raise PrunememError(f"{source}: prune.methods[{i}]: 'owl-ccds' reads no calibration set with "
                                 "prune.owl.score magnitude; allowed: prune.owl.score wanda, or plain owl")
-        if (method.endswith("-ccds") or method in ("evop", "evop-mem")) and "ccds" not in prune:
+        if calibration_sampling(method) == "cluster" and "ccds" not in prune:
             raise PrunememError(f"{source}: prune.ccds: required by method {method}; allowed keys: clusters")
-        if method in ("evop", "evop-mem") and "evop" not in prune:
+        if method in EVOP and "evop" not in prune:
             raise PrunememError(f"{source}: prune.evop: required by method {method}; allowed keys: granularity, "
                                 "population, generations, mutation, crossover, elite, tournament, lambda, "
                                 "batch_size, threads, device (optional), dtype (optional)")
@@ -268,7 +268,7 @@ def _validate_prune(params: dict, source: str) -> None:
         if evop["elite"] >= evop["population"]:
             raise PrunememError(f"{source}: prune.evop.elite: {evop['elite']} leaves no room for children in a "
                                 f"population of {evop['population']}; allowed: < {evop['population']}")
-        if "embedded" in params and any(m in ("evop", "evop-mem") for m in prune["methods"]):
+        if "embedded" in params and any(m in EVOP for m in prune["methods"]):
             from prunemem.prune import check_evop_level
 
             blocks = params["embedded"]["architecture"]["num_layers"]

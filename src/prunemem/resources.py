@@ -22,6 +22,7 @@ import math
 import re
 
 from prunemem.plan import Plan
+from prunemem.prune import EVOP
 
 GPU_FROM_PARAMS = 100e6
 ASSUMED_FLOPS = 0.25 * 989e12  # 25% of an H100's dense bf16 peak
@@ -64,7 +65,7 @@ def job_resources(plan: Plan, stage: str, model: str | None = None, method: str 
         gpu = int(big and calibrated)
         mem_gb = 4 + (weights_gb if calibrated else 0.5 * weights_gb)
         minutes = 30 + (6 if calibrated else 1) * n / 1e9
-        if method in ("evop", "evop-mem"):  # every candidate pattern is a forward pass over its data
+        if method in EVOP:  # every candidate pattern is a forward pass over its data
             evop, samples = plan.params["prune"]["evop"], plan.params["samples"]
             tokens = samples["calibration"]["sequences"] * samples["calibration"]["tokens"]
             if method == "evop-mem":

@@ -22,6 +22,19 @@ def deterministic(threads: int) -> None:
     torch.backends.cudnn.benchmark = False  # autotuning may choose a different kernel on each run
 
 
+def resolve_device(device: str, dtype: str, key: str) -> tuple[str, torch.dtype]:
+    """``auto`` resolved: CUDA when visible; bfloat16 there and float32 on the CPU."""
+    from prunemem.errors import PrunememError
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise PrunememError(f"{key}.device: 'cuda' requested but no CUDA device is visible")
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    return device, getattr(torch, dtype)
+
+
 def progress(iterable=None, desc: str = "", **kwargs):
     """A tqdm progress bar on stderr (so into the rule's log) that updates rarely when stderr is a file."""
     from tqdm.auto import tqdm

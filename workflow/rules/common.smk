@@ -11,6 +11,7 @@ from prunemem.dvcgen import code_deps, write_dvc_yaml
 from prunemem.data.samples import FILES as SAMPLE_FILES, PROVENANCE as SAMPLE_PROVENANCE
 from prunemem.errors import PrunememError
 from prunemem.plan import Plan, read_params
+from prunemem.prune import EVOP
 from prunemem.plan import validate as validate_params
 from prunemem.resources import job_resources
 
@@ -74,7 +75,7 @@ def all_summaries(wildcards):
 
 def mask_threads(wildcards):
     """EvoP's search uses prune.evop.threads cores; every other mask job one evaluation thread."""
-    if wildcards.method in ("evop", "evop-mem"):
+    if wildcards.method in EVOP:
         return config["prune"]["evop"]["threads"]
     return config["evaluate"]["threads"]
 

@@ -40,7 +40,7 @@ from prunemem.plan import Plan
 from prunemem.prune import masks as mask_io
 from prunemem.prune.targets import prunable
 from prunemem.provenance import atomic_path, digest_json, read_json, read_parquet, record, sha256_file, write_json, write_parquet
-from prunemem.runtime import deterministic
+from prunemem.runtime import deterministic, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,6 @@ def sparsity(model: torch.nn.Module, mask: dict[str, torch.Tensor] | None) -> di
     targets = [t.name for t in prunable(list(params))]
     achieved = sum(int((params[n] == 0).sum()) for n in targets) / sum(params[n].numel() for n in targets)
     return {"achieved_sparsity": achieved, "target_sparsity": achieved}
-
-
-def resolve_device(cfg: dict) -> tuple[str, torch.dtype]:
-    """``evaluate.device``/``evaluate.dtype`` with ``auto`` resolved: bf16 on CUDA, fp32 on CPU."""
-    from prunemem.prune import resolve_device as resolve
-
-    return resolve(cfg["device"], cfg["dtype"], "evaluate")
 
 
 def check_inputs(plan: Plan, model_name: str) -> None:
@@ -197,7 +190,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     cfg = plan.params
     ev = cfg["evaluate"]
     check_inputs(plan, model_name)
-    device, dtype = resolve_device(ev)
+    device, dtype = resolve_device(ev["device"], ev["dtype"], "evaluate")
     deterministic(ev["threads"])
     ckpt_dir, samples_dir = plan.checkpoint_dir(model_name), plan.samples_dir(model_name)
     model, mask, inputs, compression = load_variant(plan, model_name, method, level, device, dtype)

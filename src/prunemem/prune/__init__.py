@@ -169,6 +169,8 @@ def _evop(memorization: bool):
         spec = ctx.cfg["evop"]
         split = ctx.search_split() if memorization else None  # refuse an overlapping split before any work
         torch.set_num_threads(spec["threads"])  # the search uses the job's cores; fixed, so scores repeat
+        from prunemem.runtime import resolve_device
+
         device, dtype = resolve_device(spec.get("device", "auto"), spec.get("dtype", "auto"), "prune.evop")
         # only the chosen pattern leaves this function, so bf16 fitness on a GPU is fine
         model = ctx.load_model().to(device=device, dtype=dtype)
@@ -198,19 +200,6 @@ def _evop(memorization: bool):
                       "perplexity + lambda * extraction on the search split" if memorization else
                       "blocks/sublayers, fitness = calibration perplexity"))
     return method
-
-
-def resolve_device(device: str, dtype: str, key: str) -> tuple[str, torch.dtype]:
-    """``auto`` resolved: CUDA when visible; bfloat16 there and float32 on the CPU."""
-    from prunemem.errors import PrunememError
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise PrunememError(f"{key}.device: 'cuda' requested but no CUDA device is visible")
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
-    return device, getattr(torch, dtype)
 
 
 def check_evop_level(level: float, n_blocks: int, granularity: str, key: str) -> None:

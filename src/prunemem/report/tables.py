@@ -247,11 +247,13 @@ def search_history(plan: Plan) -> pl.DataFrame:
 def calibration_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
     """Each calibrated method beside its '-ccds' twin (cluster-sampled calibration) at every level."""
     at_k = results.filter(pl.col("k") == k)
-    twins = [m for m in at_k["method"].unique(maintain_order=True) if m.endswith("-ccds")
-             and m.removesuffix("-ccds") in set(at_k["method"])]
+    from prunemem.prune import CCDS, base_method
+
+    twins = [m for m in at_k["method"].unique(maintain_order=True) if m.endswith(CCDS)
+             and base_method(m) in set(at_k["method"])]
     rows = []
     for twin in twins:
-        base = twin.removesuffix("-ccds")
+        base = base_method(twin)
         pair = at_k.filter(pl.col("method") == base).join(
             at_k.filter(pl.col("method") == twin), on=["model", "level"], suffix="_ccds")
         for r in pair.iter_rows(named=True):
