@@ -2,12 +2,7 @@
 # Every rule calls the `prunemem` CLI, exactly as the matching stage in dvc.yaml does.
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/checkpoint.smk"
-include: "workflow/rules/samples.smk"
-include: "workflow/rules/masks.smk"
-include: "workflow/rules/compress.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/stages.smk"
 
 
 rule all:

@@ -110,7 +110,7 @@ CFG = {"block_fraction": 0.25, "seed": 0, "owl": {"score": "wanda", "M": 5, "lam
 
 
 def _ctx(model, calib):
-    from prunemem.prune import MaskContext
+    from prunemem.prune.methods import MaskContext
     from prunemem.prune.targets import DictSource
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -126,7 +126,8 @@ def _ctx(model, calib):
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt", "owl", "sleb", "wanda-2of4", "magnitude-4of8"])
 def test_calibrated_methods_save_apply_and_agree_with_generate(random_model, tmp_path, method):
     from prunemem.evaluate.memorization import greedy_extracted, score_windows
-    from prunemem.prune import compute, masks
+    from prunemem.prune import masks
+    from prunemem.prune.methods import compute
 
     calib = torch.randint(1, 64, (4, 32), generator=torch.Generator().manual_seed(0))
     result = compute(method, _ctx(random_model, calib), 0.5)

@@ -11,7 +11,8 @@ from prunemem.evaluate.memorization import greedy_extracted, score_windows
 from prunemem.evaluate.perplexity import perplexity
 from prunemem.errors import PrunememError
 from prunemem.evaluate.stats import wilson
-from prunemem.prune import MaskContext, compute, masks
+from prunemem.prune import masks
+from prunemem.prune.methods import MaskContext, compute
 from prunemem.prune.targets import DictSource
 
 

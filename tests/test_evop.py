@@ -18,7 +18,8 @@ import yaml
 
 from conftest import REPO, tiny_config
 from prunemem.errors import PrunememError
-from prunemem.prune import ccds, check_evop_level
+from prunemem.prune import ccds
+from prunemem.prune.methods import check_evop_level
 from prunemem.prune import search as S
 from prunemem.prune.calibrated import SkipBlock, calibration_loss, skip_blocks
 
@@ -319,7 +320,8 @@ def test_crossover_and_mutate_invariants():
 def test_evop_method_end_to_end_masks_and_memorization(tmp_path):
     """``compute('evop' | 'evop-mem', ...)``: the masks cover exactly the chosen units, and the saved mask
     applied to the model gives the perplexity the search reported for its best pattern."""
-    from prunemem.prune import MaskContext, compute, masks
+    from prunemem.prune import masks
+from prunemem.prune.methods import MaskContext, compute
     from prunemem.prune.targets import DictSource
 
     model = _model()

@@ -10,7 +10,8 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 from prunemem.errors import PrunememError
-from prunemem.prune import METHODS, MaskContext, compute, magnitude, masks
+from prunemem.prune import magnitude, masks
+from prunemem.prune.methods import MaskContext, compute
 from prunemem.prune.targets import DictSource, blocks_at_edges, prunable
 
 CFG = {"block_fraction": 0.25, "seed": 0}
@@ -149,11 +150,3 @@ def test_corrupt_mask_file_is_one_clear_error(tmp_path):
     bad.write_bytes(b"\x10\x00\x00\x00not a header")
     with pytest.raises(PrunememError, match="bad.safetensors"):
         masks.load(bad)
-
-
-def test_schema_methods_match_registry():
-    from prunemem.plan import schema
-
-    items = schema()["properties"]["prune"]["properties"]["methods"]["items"]["anyOf"]
-    assert items[0]["enum"] == list(METHODS)
-    assert re.fullmatch(items[1]["pattern"], "wanda-2of4") and re.fullmatch(items[1]["pattern"], "magnitude-4of8")

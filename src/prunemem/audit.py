@@ -146,7 +146,7 @@ class Audit:
 
     def metrics(self, model: str, method: str, level: str, checkpoint: str | None, samples: str | None) -> None:
         from prunemem.evaluate import mia
-        from prunemem.evaluate.stats import wilson
+        from prunemem.evaluate.stats import rate_row
 
         directory = self.plan.metrics_dir(model, method, level)
         summary = self._json(directory / "summary.json")
@@ -177,13 +177,8 @@ class Audit:
             per_sample = pl.read_parquet(files["memorization.parquet"])
             recorded = {row["k"]: row for row in summary.get("per_k", [])}
             for k in self.plan.ks:
-                members = per_sample.filter((pl.col("k") == k) & pl.col("member"))
-                n, hits = members.height, int(members["extracted"].sum())
-                lo, hi = wilson(hits, n)
-                actual = {"n_samples": n, "n_extracted": hits, "extraction_rate": hits / n if n else 0.0,
-                          "ci_low": lo, "ci_high": hi}
                 row = recorded.get(k, {})
-                for key, value in actual.items():
+                for key, value in rate_row(per_sample, k).items():
                     if not _close(row.get(key), value):
                         self.fail(where, f"k={k} {key} is {row.get(key)} but memorization.parquet gives {value}")
         if "mia.parquet" in files:
@@ -242,19 +237,53 @@ class Audit:
         for stage, changes in sorted(status.items()):
             self.fail(f"dvc.lock stage {stage}", f"differs from the workspace: {_describe_dvc(changes)}")
 
+    def dvc_yaml(self) -> None:
+        """dvc.yaml must be what the job table generates (``prunemem dvc-yaml``), stage by stage."""
+        path = self.plan.root / "dvc.yaml"
+        if not path.is_file():
+            return
+        import yaml
+
+        from prunemem.dvcgen import stages
+
+        self.checked += 1
+        try:
+            found = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+        except (yaml.YAMLError, AttributeError) as err:
+            self.fail(path, f"unreadable ({err})")
+            return
+        wanted = stages(self.plan)["stages"]
+        for name in wanted.keys() - found.keys():
+            self.fail(f"dvc.yaml stage {name}", "missing; regenerate dvc.yaml (prunemem dvc-yaml)")
+        for name in found.keys() - wanted.keys():
+            self.fail(f"dvc.yaml stage {name}", "is not a job of the plan; regenerate dvc.yaml (prunemem dvc-yaml)")
+        for name in sorted(wanted.keys() & found.keys()):
+            fields = [f for f in sorted(wanted[name].keys() | found[name].keys())
+                      if wanted[name].get(f) != found[name].get(f)]
+            if fields:
+                self.fail(f"dvc.yaml stage {name}", f"{', '.join(fields)} differ from the job table; regenerate "
+                                                    "dvc.yaml (prunemem dvc-yaml)")
+
     def run(self, dvc: bool = True) -> list[str]:
-        plan = self.plan
-        for model in plan.models:
-            ckpt = self.checkpoint(model)
-            samples = self.samples(model, ckpt)
-            for method, level in plan.variants(model):
-                if plan.kind(method) == "mask":
-                    self.mask(model, method, level, ckpt, samples)
-                elif plan.kind(method) == "transform":
-                    self.transform(model, method, level, ckpt, samples)
-                self.metrics(model, method, level, ckpt, samples)
-        self.report()
+        """Every job of the job table, upstream first; then dvc.yaml against the table, then dvc.lock."""
+        hashes: dict[tuple, str | None] = {}
+        for job in self.plan.jobs():
+            upstream = {j.stage: hashes.get(j.id) for j in self.plan.upstream(job) if j.stage in ("checkpoint", "samples")}
+            ckpt, samples = upstream.get("checkpoint"), upstream.get("samples")
+            if job.stage == "checkpoint":
+                hashes[job.id] = self.checkpoint(job.model)
+            elif job.stage == "samples":
+                hashes[job.id] = self.samples(job.model, ckpt)
+            elif job.stage == "mask":
+                self.mask(job.model, job.method, job.level, ckpt, samples)
+            elif job.stage == "transform":
+                self.transform(job.model, job.method, job.level, ckpt, samples)
+            elif job.stage == "evaluate":
+                self.metrics(job.model, job.method, job.level, ckpt, samples)
+            else:
+                self.report()
         if dvc:
+            self.dvc_yaml()
             self.dvc()
         return self.mismatches
 

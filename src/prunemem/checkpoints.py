@@ -134,8 +134,11 @@ class _AtomicDir:
         return False
 
 
-def build_embedded(out_dir: str | Path, params: dict, progress=None) -> Path:
-    """Train the embedded model and write it, its tokenizer and its training stream to ``out_dir``."""
+def build_embedded(out_dir: str | Path, params: dict, progress=None, prov_params: dict | None = None) -> Path:
+    """Train the embedded model and write it, its tokenizer and its training stream to ``out_dir``.
+
+    ``prov_params`` (``Plan.stage_params("checkpoint", model)``) is what the provenance record keeps.
+    """
     import polars as pl
     from safetensors.torch import save_file
 
@@ -170,7 +173,8 @@ def build_embedded(out_dir: str | Path, params: dict, progress=None) -> Path:
             "tokens": [c.tokens for c in canaries],
         }, schema_overrides={"tokens": pl.List(pl.Int32)}).write_parquet(tmp / embedded.CANARIES)
         weights_sha = sha256_file(tmp / WEIGHTS)
-        prov = record("checkpoint", {"corpus": embedded.CORPUS_SHA256}, {"source": "embedded", "embedded": cfg})
+        prov = record("checkpoint", {"corpus": embedded.CORPUS_SHA256},
+                      {"source": "embedded", "embedded": cfg} if prov_params is None else prov_params)
         prov.update(checkpoint_sha256=weights_sha, source="embedded",
                     training_rows_sha256=sha256_file(tmp / embedded.TRAINING_ROWS))
         write_json(tmp / PROVENANCE, prov)

@@ -65,7 +65,8 @@ def cmd_checkpoint(plan: Plan, args) -> None:
     else:
         from prunemem.checkpoints import build_embedded
 
-        out = build_embedded(plan.checkpoint_dir(args.model), plan.params, progress=_progress("train"))
+        out = build_embedded(plan.checkpoint_dir(args.model), plan.params, progress=_progress("train"),
+                             prov_params=plan.stage_params("checkpoint", args.model))
     print(out)
 
 
@@ -73,28 +74,32 @@ def cmd_samples(plan: Plan, args) -> None:
     from prunemem.data import samples
 
     _check_model(plan, args.model)
-    samples.build(plan.checkpoint_dir(args.model), plan.samples_dir(args.model), plan.params, args.model)
+    samples.build(plan.checkpoint_dir(args.model), plan.samples_dir(args.model), plan.params, args.model,
+                  prov_params=plan.stage_params("samples", args.model))
     print(plan.samples_dir(args.model))
+
+
+def _check_artifact(plan: Plan, args, kind: str) -> None:
+    """A mask or transform job: the model, a method of that kind in the plan, one of its levels."""
+    _check_model(plan, args.model)
+    if args.method not in plan.variant_methods or plan.kind(args.method) != kind:
+        allowed = ", ".join(m for m in plan.variant_methods if plan.kind(m) == kind)
+        problem = f"has no {kind}" if args.method in plan.variant_methods else f"is not a {kind} method in params"
+        raise PrunememError(f"--method: {args.method} {problem}; allowed: {allowed}")
+    _check_variant(plan, args.model, args.method, args.level)
 
 
 def cmd_mask(plan: Plan, args) -> None:
     from prunemem.prune.run import build_mask
 
-    _check_model(plan, args.model)
-    if plan.kind(args.method) != "mask":
-        raise PrunememError(f"--method: {args.method} has no mask; allowed: " + ", ".join(plan.methods))
-    _check_variant(plan, args.model, args.method, args.level)
+    _check_artifact(plan, args, "mask")
     print(build_mask(plan, args.model, args.method, args.level))
 
 
 def cmd_transform(plan: Plan, args) -> None:
     from prunemem.compress.run import build_transform
 
-    _check_model(plan, args.model)
-    if plan.kind(args.method) != "transform":
-        allowed = ", ".join(plan.quantizers + (["lowrank"] if plan.lowrank_levels else []))
-        raise PrunememError(f"--method: {args.method!r} is not a compression method in params; allowed: {allowed}")
-    _check_variant(plan, args.model, args.method, args.level)
+    _check_artifact(plan, args, "transform")
     print(build_transform(plan, args.model, args.method, args.level))
 
 

@@ -17,14 +17,18 @@ from typing import Any, Iterable
 
 import yaml
 
+from prunemem.codedeps import closure
 from prunemem.errors import PrunememError
+from prunemem.prune import registry
+from prunemem.prune.registry import DENSE, DENSE_LEVEL, LOWRANK, level_name, uses_calibration  # noqa: F401
+from prunemem.prune.units import check_evop_level
 from prunemem.provenance import digest_json
 
-DENSE = "dense"
-DENSE_LEVEL = "0"
-LOWRANK = "lowrank"
-
-
+# the artifact contract: the files each stage writes (docs/architecture.md, "Artifacts")
+CHECKPOINT_PROVENANCE = "provenance.json"
+SAMPLE_FILES = ("members.parquet", "search.parquet", "nonmembers.parquet", "perplexity.parquet", "calibration.parquet")
+SAMPLE_PROVENANCE = "provenance.json"
+METRICS_FILES = ("memorization.parquet", "mia.parquet", "summary.json")
 # what the report stage writes under reports/ (results.csv ... its own provenance, written last)
 REPORT_FILES = ("results.csv", "layer_sparsity.csv", "search_history.csv", "metrics.json", "report.html",
                 "provenance.json")
@@ -32,11 +36,6 @@ REPORT_FILES = ("results.csv", "layer_sparsity.csv", "search_history.csv", "metr
 
 def schema() -> dict:
     return yaml.safe_load(resources.files("prunemem").joinpath("schemas/params.schema.yaml").read_text())
-
-
-def level_name(level: float) -> str:
-    """The canonical spelling of a level in paths and tables: 0.5 -> '0.5', 0.30 -> '0.3'."""
-    return f"{level:g}"
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -110,6 +109,7 @@ def validate(params: dict, source: str = "params") -> None:
     """Schema check plus the cross-field checks a schema cannot express. Raises PrunememError."""
     import jsonschema
 
+    registry.check_declared_keys(schema())  # a method may only read keys the schema defines
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: (len(list(e.absolute_path)), _key_path(e)))
     if errors:
@@ -233,31 +233,32 @@ def preshuffled_step(model: dict) -> int | None:
 
 
 def _validate_prune(params: dict, source: str) -> None:
-    """N:M patterns must be sensible and fit the embedded shapes; OWL needs its settings."""
-    from prunemem.prune import EVOP, base_method, calibration_sampling, nm_pattern
-
+    """Every method resolves in the registry; N:M patterns fit; each method's settings are present."""
     prune = params["prune"]
-    for i, method in enumerate(prune["methods"]):
-        nm = nm_pattern(method)
-        if nm and not 0 < nm[1] < nm[2]:
-            raise PrunememError(f"{source}: prune.methods[{i}]: {method!r} must keep fewer than all of each group; "
+    for i, name in enumerate(prune["methods"]):
+        try:
+            method = registry.resolve(name, params)
+        except PrunememError as err:
+            raise PrunememError(f"{source}: {str(err).replace('prune.methods:', f'prune.methods[{i}]:', 1)}") from None
+        if method.kind != "mask":
+            raise PrunememError(f"{source}: prune.methods[{i}]: {name!r} is a {method.kind}, not a pruning method")
+        nm = method.nm
+        if nm and not 0 < nm[0] < nm[1]:
+            raise PrunememError(f"{source}: prune.methods[{i}]: {name!r} must keep fewer than all of each group; "
                                 "allowed: N < M, e.g. wanda-2of4")
-        if nm and "embedded" in params and params["embedded"]["architecture"]["hidden_size"] % nm[2]:
-            raise PrunememError(f"{source}: prune.methods[{i}]: group {nm[2]} does not divide the input dimension "
+        if nm and "embedded" in params and params["embedded"]["architecture"]["hidden_size"] % nm[1]:
+            raise PrunememError(f"{source}: prune.methods[{i}]: group {nm[1]} does not divide the input dimension "
                                 f"{params['embedded']['architecture']['hidden_size']}")
-        if base_method(method) == "owl" and "owl" not in prune:
-            raise PrunememError(f"{source}: prune.owl: required by method owl; allowed keys: score, M, lambda")
-        if method == "owl-ccds" and prune["owl"]["score"] != "wanda":
-            raise PrunememError(f"{source}: prune.methods[{i}]: 'owl-ccds' reads no calibration set with "
-                                "prune.owl.score magnitude; allowed: prune.owl.score wanda, or plain owl")
-        if calibration_sampling(method) == "cluster" and "ccds" not in prune:
-            raise PrunememError(f"{source}: prune.ccds: required by method {method}; allowed keys: clusters")
-        if method in EVOP and "evop" not in prune:
-            raise PrunememError(f"{source}: prune.evop: required by method {method}; allowed keys: granularity, "
+        if "prune.owl" in method.params and "owl" not in prune:
+            raise PrunememError(f"{source}: prune.owl: required by method {name}; allowed keys: score, M, lambda")
+        if method.calibration == "cluster" and "ccds" not in prune:
+            raise PrunememError(f"{source}: prune.ccds: required by method {name}; allowed keys: clusters")
+        if method.search and "evop" not in prune:
+            raise PrunememError(f"{source}: prune.evop: required by method {name}; allowed keys: granularity, "
                                 "population, generations, mutation, crossover, elite, tournament, lambda, "
                                 "batch_size, threads, device (optional), dtype (optional)")
-        if method == "evop-mem" and not params["samples"].get("search_members", 0):
-            raise PrunememError(f"{source}: samples.search_members: evop-mem needs a search split of members kept "
+        if method.search_split and not params["samples"].get("search_members", 0):
+            raise PrunememError(f"{source}: samples.search_members: {name} needs a search split of members kept "
                                 "out of evaluation; allowed: >= 1")
     cal = params["samples"]["calibration"]
     if cal.get("pool", cal["sequences"]) < cal["sequences"]:
@@ -268,9 +269,7 @@ def _validate_prune(params: dict, source: str) -> None:
         if evop["elite"] >= evop["population"]:
             raise PrunememError(f"{source}: prune.evop.elite: {evop['elite']} leaves no room for children in a "
                                 f"population of {evop['population']}; allowed: < {evop['population']}")
-        if "embedded" in params and any(m in EVOP for m in prune["methods"]):
-            from prunemem.prune import check_evop_level
-
+        if "embedded" in params and any(registry.resolve(m, params).search for m in prune["methods"]):
             blocks = params["embedded"]["architecture"]["num_layers"]
             for name in params["models"]:
                 own = params["models"][name].get("levels")
@@ -307,14 +306,77 @@ def _validate_compress(params: dict, source: str) -> None:
                                     f"prunable matrix; allowed: >= {1 / smallest:.4g}")
 
 
-def uses_calibration(spec: dict) -> bool:
-    """Whether a transform spec reads the calibration set (GPTQ)."""
-    return spec.get("algorithm", "rtn") == "gptq"
+@dataclass(frozen=True)
+class Job:
+    """One job of the pipeline, as every tool sees it (the job table: ``Plan.jobs``).
+
+    ``outputs`` are the files and directories the job writes (Snakemake's ``output:``); ``out``
+    is what DVC tracks (a directory for the checkpoint, samples and metrics). ``inputs`` names
+    upstream jobs by role; ``files`` are inputs that no job makes (a local corpus). ``param_keys``
+    are the dotted params keys the job reads: its params digest and its DVC ``params:``.
+    ``code`` is the import closure of ``entry`` plus the data files it reads.
+    """
+
+    stage: str
+    model: str | None
+    method: str | None
+    level: str | None
+    outputs: tuple[Path, ...]
+    out: tuple[Path, ...]
+    record: Path  # where its provenance lives (a mask's header, a summary's "provenance")
+    inputs: tuple[tuple[str, tuple[str, ...]], ...]  # (role, (job ids))
+    files: tuple[Path, ...]
+    param_keys: tuple[str, ...]
+    entry: tuple[str, ...]
+    threads_key: str | None = None
+
+    @property
+    def id(self) -> tuple:
+        return (self.stage, self.model, self.method, self.level)
+
+    @property
+    def name(self) -> str:
+        """The DVC stage name: mask-tiny-global-0_5."""
+        return "-".join(p.replace(".", "_") for p in self.id if p is not None)
+
+    @property
+    def args(self) -> str:
+        """The CLI arguments of ``prunemem <stage>`` for this job."""
+        parts = [("--model", self.model), ("--method", self.method), ("--level", self.level)]
+        return " ".join(f"{flag} {value}" for flag, value in parts if value is not None)
+
+    @property
+    def code(self) -> tuple[str, ...]:
+        return closure(*self.entry)
+
+
+# Each stage: its CLI verb's entry module (what the job runs, for its code deps). Adding a stage =
+# one builder in Plan._jobs_of (paths, inputs, keys), one rule file and one CLI verb.
+STAGE_ENTRY = {"checkpoint": ("prunemem.checkpoints",), "samples": ("prunemem.data.samples",),
+               "mask": ("prunemem.prune.run",), "transform": ("prunemem.compress.run",),
+               "evaluate": ("prunemem.evaluate.run",), "report": ("prunemem.report.html",)}
+# the params keys each stage reads besides its method's (registry.Method.params)
+EVALUATE_KEYS = ("samples.k", "samples.suffix_tokens", "perplexity", "evaluate")
+SAMPLES_KEYS = tuple(f"samples.{k}" for k in ("seed", "suffix_tokens", "k", "training_members", "perplexity_tokens",
+                                               "search_members", "nonmembers", "calibration.tokens"))
+
+
+def lookup(params: dict, key: str, default=None):
+    """params['a']['b'] for 'a.b'; ``default`` when a key on the way is absent."""
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+_ABSENT = object()
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The validated experiment: which artifacts exist and where."""
+    """The validated experiment: which artifacts exist, where, and what each one is made from."""
 
     params: dict
     root: Path = Path(".")
@@ -356,14 +418,23 @@ class Plan:
     @cached_property
     def lowrank_levels(self) -> list[str]:
         """Low-rank levels, as for pruning the fraction of parameters removed (1 - keep)."""
-        return [level_name(1 - keep) for keep in self.params.get("compress", {}).get("lowrank", {}).get("keep", [])]
+        return self.method(LOWRANK).levels([], self.params)
+
+    def method(self, name: str) -> registry.Method:
+        """The registry's view of a grid name under these params (cached: the plan is immutable)."""
+        cache = self.__dict__.setdefault("_methods", {})
+        if name not in cache:
+            cache[name] = registry.resolve(name, self.params)
+        return cache[name]
+
+    @property
+    def variant_methods(self) -> list[str]:
+        """Every method name evaluated: dense, the masks, the quantizers, low-rank when it has levels."""
+        return [DENSE, *self.methods, *self.quantizers, *([LOWRANK] if self.lowrank_levels else [])]
 
     def mask_levels(self, method: str, model: str | None = None) -> list[str]:
-        """N:M methods have the single level 1 - N/M; every other method has the model's levels."""
-        from prunemem.prune import nm_pattern
-
-        nm = nm_pattern(method)
-        return [level_name(1 - nm[1] / nm[2])] if nm else self.model_levels(model)
+        """A method's levels by its registry level rule (N:M: the single level 1 - N/M)."""
+        return self.method(method).levels(self.model_levels(model), self.params)
 
     def variants(self, model: str | None = None) -> list[tuple[str, str]]:
         """Every (method, level) evaluated for ``model``: dense first, then masks, then transforms.
@@ -374,36 +445,26 @@ class Plan:
         """
         if model is None:
             return list(dict.fromkeys(v for m in self.models for v in self.variants(m)))
-        return ([(DENSE, DENSE_LEVEL)] + [(m, lv) for m in self.methods for lv in self.mask_levels(m, model)]
-                + [(q, DENSE_LEVEL) for q in self.quantizers] + [(LOWRANK, lv) for lv in self.lowrank_levels])
+        return [(m, lv) for m in self.variant_methods for lv in self.mask_levels(m, model)]
 
     def kind(self, method: str) -> str:
         """'dense', 'mask' or 'transform': which artifact a variant is evaluated through."""
-        if method == DENSE:
-            return "dense"
-        return "transform" if method == LOWRANK or method in self.quantizers else "mask"
+        return self.method(method).kind
 
     def transform_spec(self, method: str, level: str) -> dict[str, Any]:
         """The resolved params of one transform variant."""
-        if method == LOWRANK:
+        if self.method(method).base == LOWRANK:
             return {"kind": "lowrank", "keep": round(1 - float(level), 12)}
         return {"kind": "quantize", **self.params["compress"]["quantize"][method]}
 
     def calibrated(self, method: str) -> bool:
         """Whether a mask or transform reads the calibration set (Wanda, SparseGPT, OWL, SLEB, GPTQ)."""
-        if self.kind(method) == "mask":
-            from prunemem.prune import needs_calibration
-
-            return needs_calibration(method, self.params["prune"])
-        return uses_calibration(self.params.get("compress", {}).get("quantize", {}).get(method, {}))
+        return self.method(method).calibrated
 
     def param_key(self, method: str) -> str:
         """Where a method's settings live in params, for error messages."""
-        if method == LOWRANK:
-            return "compress.lowrank.keep"
-        if method in self.quantizers:
-            return f"compress.quantize.{method}"
-        return "prune"
+        found = self.method(method)
+        return found.params[0] if found.kind == "transform" else "prune"
 
     def source(self, model: str) -> str:
         return self.params["models"][model]["source"]
@@ -414,7 +475,7 @@ class Plan:
         return {role: Path(spec[role]["path"]) for role in ("members", "heldout")
                 if role in spec and spec[role]["kind"] == "local"}
 
-    # -- paths (the artifact contract, DESIGN.md section 4) ------------------------------------
+    # -- paths (the artifact contract, docs/architecture.md "Artifacts") ------------------------
     def checkpoint_dir(self, model: str) -> Path:
         return self.root / "data" / "checkpoints" / model
 
@@ -441,38 +502,100 @@ class Plan:
     def reports_dir(self) -> Path:
         return self.root / "reports"
 
-    # -- the params each stage depends on (for provenance and rerun triggers) -----------------
+    # -- the job table -------------------------------------------------------------------------
+    def _job(self, stage, model=None, method=None, level=None, *, outputs, out=None, record, inputs=(), files=(),
+             keys=(), entry=None, threads=None) -> Job:
+        present = tuple(k for k in dict.fromkeys(keys) if lookup(self.params, k, _ABSENT) is not _ABSENT)
+        return Job(stage, model, method, level, tuple(outputs), tuple(out or outputs), record,
+                   tuple((role, tuple(ids)) for role, ids in inputs if ids), tuple(files), present,
+                   entry or STAGE_ENTRY[stage], threads)
+
+    def _jobs_of(self, model: str):
+        """The jobs of one model, upstream first."""
+        ckpt_dir, samples_dir = self.checkpoint_dir(model), self.samples_dir(model)
+        ckpt, samples = ("checkpoint", model, None, None), ("samples", model, None, None)
+        embedded = self.source(model) == "embedded"
+        ckpt_keys = ([f"models.{model}.source", "embedded"] if embedded else
+                     [f"models.{model}.{k}" for k in ("source", "repo", "revision")])
+        yield self._job("checkpoint", model, outputs=[ckpt_dir], record=ckpt_dir / CHECKPOINT_PROVENANCE,
+                        keys=ckpt_keys, entry=("prunemem.checkpoints",) if embedded else ("prunemem.hub",),
+                        threads="embedded.training.threads" if embedded else None)
+        yield self._job("samples", model, outputs=[samples_dir / f for f in (*SAMPLE_FILES, SAMPLE_PROVENANCE)],
+                        out=[samples_dir], record=samples_dir / SAMPLE_PROVENANCE, inputs=[("checkpoint", [ckpt])],
+                        files=self.local_source_files(model).values(),
+                        keys=[f"models.{model}.source", *SAMPLES_KEYS, self._pool_key,
+                              *(["embedded.split", "embedded.seed"] if embedded else
+                                [f"models.{model}.members", f"models.{model}.heldout"])])
+        for name, level in self.variants(model):
+            method = self.method(name)
+            artifact = None
+            if method.kind != "dense":
+                artifact = (method.kind, model, name, level)
+                path = self.variant_artifact(model, name, level)
+                yield self._job(method.kind, model, name, level, outputs=[path], record=path,
+                                inputs=[("checkpoint", [ckpt]), ("samples", [samples] if method.calibrated else [])],
+                                keys=[*method.params, method.threads], threads=method.threads)
+            metrics = self.metrics_dir(model, name, level)
+            yield self._job("evaluate", model, name, level, outputs=[metrics / f for f in METRICS_FILES],
+                            out=[metrics], record=metrics / "summary.json",
+                            inputs=[("checkpoint", [ckpt]), ("samples", [samples]),
+                                    (method.kind, [artifact] if artifact else [])],
+                            keys=EVALUATE_KEYS, threads="evaluate.threads")
+
+    @property
+    def _pool_key(self) -> str:
+        """The samples stage writes a calibration pool of samples.calibration.pool windows (default: sequences)."""
+        pool = "samples.calibration.pool"
+        return pool if lookup(self.params, pool) is not None else "samples.calibration.sequences"
+
+    @cached_property
+    def _job_table(self) -> dict[tuple, Job]:
+        jobs = [job for model in self.models for job in self._jobs_of(model)]
+        # the report reads every summary and per-sample file, the mask headers (layer sparsity,
+        # search history) and the members with each model's tokenizer (the extracted examples)
+        by_stage = lambda *stages: [j.id for j in jobs if j.stage in stages]  # noqa: E731
+        jobs.append(self._job("report", outputs=[self.reports_dir / n for n in REPORT_FILES],
+                              out=[self.reports_dir / n for n in REPORT_FILES if n != "metrics.json"],
+                              record=self.reports_dir / "provenance.json",
+                              inputs=[("summaries", by_stage("evaluate")), ("masks", by_stage("mask")),
+                                      ("checkpoints", by_stage("checkpoint")), ("samples", by_stage("samples"))],
+                              keys=["report"]))
+        return {job.id: job for job in jobs}
+
+    def jobs(self, stage: str | None = None) -> list[Job]:
+        """Every job once, upstream before downstream (of one stage when ``stage`` is given)."""
+        return [j for j in self._job_table.values() if stage is None or j.stage == stage]
+
+    def job(self, stage: str, model: str | None = None, method: str | None = None, level: str | None = None) -> Job:
+        try:
+            return self._job_table[(stage, model, method, level)]
+        except KeyError:
+            raise PrunememError(f"{stage}: no such job in the plan: {model} {method} {level}") from None
+
+    def upstream(self, job: Job, role: str | None = None) -> list[Job]:
+        """The jobs whose outputs ``job`` reads (those of one role when ``role`` is given)."""
+        return [self._job_table[i] for r, ids in job.inputs if role in (None, r) for i in ids]
+
+    def input_paths(self, job: Job, dvc: bool = False) -> list[Path]:
+        """What a job reads: its upstream jobs' outputs (DVC: what DVC tracks of them) and its own files."""
+        return [p for up in self.upstream(job) for p in (up.out if dvc else up.outputs)] + list(job.files)
+
+    # -- the params each job depends on (for provenance and rerun triggers) -------------------
+    def job_params(self, job: Job) -> dict[str, Any]:
+        """The allow-list: exactly the params keys the job reads, with their values."""
+        spec: dict[str, Any] = {key: lookup(self.params, key) for key in job.param_keys}
+        if job.method is not None and job.stage != "evaluate":
+            spec = {"method": job.method, "level": job.level, **spec}
+        if job.stage == "transform":
+            spec["transform"] = self.transform_spec(job.method, job.level)
+        return spec
+
     def stage_params(self, stage: str, model: str | None = None, method: str | None = None,
                      level: str | None = None) -> dict[str, Any]:
-        p = self.params
-        if stage == "checkpoint":
-            spec = {k: v for k, v in p["models"][model].items() if k in ("source", "repo", "revision")}
-            if spec["source"] == "embedded":
-                spec["embedded"] = p["embedded"]
-            return spec
-        if stage == "samples":  # the checkpoint is an input (by hash), not a param
-            spec = {"samples": p["samples"], "source": p["models"][model]["source"]}
-            spec.update({k: v for k, v in p["models"][model].items() if k in ("members", "heldout")})
-            return spec
-        if stage == "mask":  # the grid lists, and settings of other methods, are not inputs of a single mask
-            from prunemem.prune import EVOP, calibration_sampling
-
-            skip = {"methods", "levels"} | ({"evop"} if method not in EVOP else set()) | \
-                ({"ccds"} if method is None or calibration_sampling(method) != "cluster" else set())
-            spec = {"method": method, "level": level, "prune": {k: v for k, v in p["prune"].items() if k not in skip},
-                    "threads": p["evaluate"]["threads"]}
-            if method is not None and self.calibrated(method):
-                spec["calibration"] = p["samples"]["calibration"]
-            if method == "evop-mem":  # which windows of the search split are scored
-                spec["search"] = {"k": max(p["samples"]["k"]), "suffix_tokens": p["samples"]["suffix_tokens"]}
-            return spec
-        if stage == "transform":
-            return {"method": method, "level": level, **self.transform_spec(method, level)}
-        if stage == "evaluate":
-            return {"samples": p["samples"], "perplexity": p["perplexity"], "evaluate": p["evaluate"]}
-        if stage == "report":
-            return p.get("report", {})
-        raise KeyError(stage)
+        if stage == "evaluate":  # one digest for every evaluation: they read the same keys
+            return {key: lookup(self.params, key) for key in EVALUATE_KEYS if lookup(self.params, key, _ABSENT)
+                    is not _ABSENT}
+        return self.job_params(self.job(stage, model, method, level))
 
     def stage_digest(self, stage: str, model: str | None = None, method: str | None = None,
                      level: str | None = None) -> str:

@@ -21,8 +21,7 @@ from __future__ import annotations
 import math
 import re
 
-from prunemem.plan import Plan
-from prunemem.prune import EVOP
+from prunemem.plan import Job, Plan, lookup
 
 GPU_FROM_PARAMS = 100e6
 ASSUMED_FLOPS = 0.25 * 989e12  # 25% of an H100's dense bf16 peak
@@ -48,27 +47,28 @@ def _evaluation_tokens(plan: Plan) -> int:
     return n * per_sample + samples["perplexity_tokens"] * window // stride
 
 
-def job_resources(plan: Plan, stage: str, model: str | None = None, method: str | None = None) -> dict[str, int]:
-    """{gpu, cpus_per_gpu, mem_mb, runtime} for one job."""
-    if model is None:  # the report
+def job_resources(plan: Plan, job: Job) -> dict[str, int]:
+    """{gpu, cpus_per_gpu, mem_mb, runtime} for one job of the job table."""
+    if job.model is None:  # the report
         return {"gpu": 0, "cpus_per_gpu": 0, "mem_mb": 8000, "runtime": 30}
-    n = parameter_count(plan, model)
+    n = parameter_count(plan, job.model)
     weights_gb = 4 * n / 1e9  # fp32
     big = n >= GPU_FROM_PARAMS
     gpu = 0
-    if stage == "checkpoint":
+    if job.stage == "checkpoint":
         mem_gb, minutes = 4 + 2 * weights_gb, 30 + 2 * n / 50e6 / 60  # a download at 50 MB/s, then a conversion
-    elif stage == "samples":
+    elif job.stage == "samples":
         mem_gb, minutes = 8, 120
-    elif stage in ("mask", "transform"):
-        calibrated = plan.calibrated(method) or method == "lowrank"
-        gpu = int(big and calibrated)
-        mem_gb = 4 + (weights_gb if calibrated else 0.5 * weights_gb)
-        minutes = 30 + (6 if calibrated else 1) * n / 1e9
-        if method in EVOP:  # every candidate pattern is a forward pass over its data
+    elif job.stage in ("mask", "transform"):
+        method = plan.method(job.method)
+        heavy = method.loads_model  # block by block on the whole model (calibrated methods, low-rank SVD)
+        gpu = int(big and heavy)
+        mem_gb = 4 + (weights_gb if heavy else 0.5 * weights_gb)
+        minutes = 30 + (6 if heavy else 1) * n / 1e9
+        if method.search:  # every candidate pattern is a forward pass over its data
             evop, samples = plan.params["prune"]["evop"], plan.params["samples"]
             tokens = samples["calibration"]["sequences"] * samples["calibration"]["tokens"]
-            if method == "evop-mem":
+            if method.search_split:
                 tokens += samples.get("search_members", 0) * (max(plan.ks) + samples["suffix_tokens"])
             minutes += 2 * n * tokens * evop["population"] * evop["generations"] / ASSUMED_FLOPS / 60
     else:  # evaluate
@@ -77,3 +77,8 @@ def job_resources(plan: Plan, stage: str, model: str | None = None, method: str 
         minutes = 20 + 2 * 2 * n * _evaluation_tokens(plan) / ASSUMED_FLOPS / 60
     return {"gpu": gpu, "cpus_per_gpu": 8 if gpu else 0, "mem_mb": int(math.ceil(mem_gb) * 1000),
             "runtime": int(math.ceil(minutes))}
+
+
+def job_threads(plan: Plan, job: Job) -> int:
+    """The job's CPU threads: the params key its registry entry or stage names (1 for I/O-bound jobs)."""
+    return lookup(plan.params, job.threads_key) if job.threads_key else 1

@@ -1,19 +1,18 @@
-# Validation and input functions. The plan (prunemem.plan) is the single source of truth:
-# paths, the grid and the params each stage depends on all come from it.
+# Validation and input functions. The plan's job table (prunemem.plan.Plan.jobs) is the single
+# source of truth: paths, inputs, params keys, code deps, threads and resources all come from it.
+# Nothing here imports torch, so building the DAG costs a parse of params.yaml and the job table.
 import shlex
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from prunemem.freshness import HashCache, settle
-from prunemem.dvcgen import code_deps, write_dvc_yaml
-from prunemem.data.samples import FILES as SAMPLE_FILES, PROVENANCE as SAMPLE_PROVENANCE
+from prunemem.freshness import FRESH, HashCache, judge
+from prunemem.dvcgen import write_dvc_yaml
 from prunemem.errors import PrunememError
-from prunemem.plan import Plan, read_params
-from prunemem.prune import EVOP
+from prunemem.plan import METRICS_FILES, REPORT_FILES, SAMPLE_FILES, SAMPLE_PROVENANCE, Plan, read_params
 from prunemem.plan import validate as validate_params
-from prunemem.resources import job_resources
+from prunemem.resources import job_resources, job_threads
 
 
 # params.yaml unless --configfile names others: a preset such as workflow/configs/pythia.yaml
@@ -34,7 +33,6 @@ except PrunememError as err:
     print(f"prunemem: error: {err}", file=sys.stderr)
     sys.exit(1)
 
-validate(config, "../schemas/params.schema.yaml")
 PLAN = Plan(config)
 
 
@@ -49,97 +47,68 @@ def prunemem(verb):
     return f"prunemem {PARAMS_ARGS} {verb} > {{log}} 2>&1"
 
 
-def evaluate_inputs(wildcards):
-    inputs = {
-        "checkpoint": PLAN.checkpoint_dir(wildcards.model),
-        "samples": PLAN.samples_dir(wildcards.model) / "provenance.json",
-    }
-    artifact = PLAN.variant_artifact(wildcards.model, wildcards.method, wildcards.level)
-    if artifact is not None:
-        inputs[PLAN.kind(wildcards.method)] = artifact
-    return inputs
-
-
-def calibrated_inputs(wildcards):
-    """A mask or transform reads its checkpoint, and the calibration set when it is calibrated."""
-    inputs = {"checkpoint": PLAN.checkpoint_dir(wildcards.model)}
-    if PLAN.calibrated(wildcards.method):
-        inputs["samples"] = PLAN.samples_dir(wildcards.model) / "provenance.json"
-    return inputs
-
-
-def all_summaries(wildcards):
-    return [PLAN.metrics_dir(m, method, level) / "summary.json"
-            for m in PLAN.models for method, level in PLAN.variants(m)]
-
-
-def mask_threads(wildcards):
-    """EvoP's search uses prune.evop.threads cores; every other mask job one evaluation thread."""
-    if wildcards.method in EVOP:
-        return config["prune"]["evop"]["threads"]
-    return config["evaluate"]["threads"]
-
-
-def checkpoint_threads(wildcards):
-    """Training threads for the embedded model; a hub download is I/O bound."""
-    if PLAN.source(wildcards.model) == "embedded":
-        return config["embedded"]["training"]["threads"]
-    return 1
-
-
-def samples_inputs(wildcards):
-    """The checkpoint (its tokenizer), and a local corpus file when a sample source reads one."""
-    inputs = {"checkpoint": PLAN.checkpoint_dir(wildcards.model)}
-    inputs.update({role: path for role, path in PLAN.local_source_files(wildcards.model).items()})
-    return inputs
-
-
-def code(stage, model=None):
-    """The package files a stage's outputs depend on: the same code deps as its DVC stage.
-
-    Snakemake's own code trigger covers only the rule's shell command, so without these an edit
-    to, say, prunemem/evaluate would leave stale metrics that DVC (rightly) calls changed.
-    """
-    files = []
-    for dep in code_deps(PLAN, stage, model):
-        path = Path(workflow.basedir) / dep
-        files += sorted(str(f) for f in path.rglob("*.py")) if path.is_dir() else [str(path)]
-    return files
-
-
-def _code_mtime(stage, model):
-    return max((Path(f).stat().st_mtime for f in code(stage, model)), default=0.0)
+def job_of(stage, wildcards):
+    return PLAN.job(stage, wildcards.get("model"), wildcards.get("method"), wildcards.get("level"))
 
 
 # Judge every existing artifact by its own provenance record before the DAG is built
 # (prunemem.freshness): stale ones are rerun, good ones are not rerun for their mtimes alone.
-# This is what keeps a fresh clone + `dvc pull` + a param change honest.
+# This is what keeps a fresh clone + `dvc pull` + a param change honest. It writes only under
+# .snakemake/ (the hash cache and stale stamps), so a dry run leaves the working tree unchanged.
 FILE_HASHES = HashCache(Path(".snakemake/prunemem/sha256-cache.json"))
-STALE = settle(PLAN, FILE_HASHES, _code_mtime)
+VERDICTS = judge(PLAN, FILE_HASHES)
 FILE_HASHES.save()
 STALE_STAMPS = Path(".snakemake/prunemem/stale")
 
 
-def stale(stage, model=None, method=None, level=None):
-    """A freshly written stamp as an extra input of a job whose output is stale, else nothing."""
-    reason = STALE.get((stage, model, method, level))
-    if reason is None:
+def _stale_stamp(job):
+    """A freshly written stamp (under .snakemake/) as an extra input of a job whose output is stale."""
+    reason = VERDICTS.get(job.id, FRESH)
+    if reason is FRESH:
         return []
-    stamp = STALE_STAMPS / "-".join(str(part) for part in (stage, model, method, level) if part is not None)
+    stamp = STALE_STAMPS / job.name
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(reason + "\n")
     return [str(stamp)]
+
+
+def inputs_of(stage):
+    """The input function of a rule: upstream outputs by role, code deps, and a stale stamp."""
+    def inputs(wildcards):
+        job = job_of(stage, wildcards)
+        # an artifact that follows from its record is not rerun for its inputs' mtimes (dvc pull)
+        settled = job.id in VERDICTS and VERDICTS[job.id] is FRESH
+        wrap = ancient if settled else (lambda path: path)
+        named = {}
+        for role, _ in job.inputs:
+            named[role] = [wrap(str(p)) for up in PLAN.upstream(job, role) for p in up.outputs]
+        if job.files:
+            named["files"] = [wrap(str(p)) for p in job.files]
+        # Snakemake's own code trigger covers only the shell command: these are the real imports
+        named["code"] = [str(Path(workflow.basedir) / f) for f in job.code]
+        named["stale"] = _stale_stamp(job)
+        return named
+
+    return inputs
+
+
+def params_digest(stage):
+    return lambda wildcards: PLAN.stage_digest(*job_of(stage, wildcards).id)
+
+
+def threads_of(stage):
+    return lambda wildcards: job_threads(PLAN, job_of(stage, wildcards))
+
+
+def resources_of(stage):
+    """gpu, cpus_per_gpu, mem_mb and runtime of a rule's jobs, scaled per model (prunemem.resources)."""
+    def one(key):
+        return lambda wildcards: job_resources(PLAN, job_of(stage, wildcards))[key]
+
+    return {key: one(key) for key in ("gpu", "cpus_per_gpu", "mem_mb", "runtime")}
 
 
 # After a successful run of params.yaml in a DVC repository, record what was built in dvc.lock
 # (`dvc commit`): the outputs are exactly those the stages in dvc.yaml would make, so `dvc status`
 # is clean and `dvc push` publishes what ran. Presets (--configfile) are not what dvc.yaml tracks.
 DVC_TRACKED = not workflow.overwrite_configfiles and Path(".dvc").is_dir() and Path("dvc.yaml").is_file()
-
-
-def resources_of(stage):
-    """gpu, cpus_per_gpu, mem_mb and runtime of a rule's jobs, scaled per model (prunemem.resources)."""
-    def one(key):
-        return lambda wildcards: job_resources(PLAN, stage, wildcards.get("model"), wildcards.get("method"))[key]
-
-    return {key: one(key) for key in ("gpu", "cpus_per_gpu", "mem_mb", "runtime")}

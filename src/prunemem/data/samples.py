@@ -30,12 +30,10 @@ import polars as pl
 
 from prunemem import embedded
 from prunemem.errors import PrunememError
+from prunemem.plan import SAMPLE_FILES as FILES, SAMPLE_PROVENANCE as PROVENANCE  # noqa: F401 (the artifact contract)
 from prunemem.provenance import digest_json, read_json, read_parquet, record, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
-
-FILES = ("members.parquet", "search.parquet", "nonmembers.parquet", "perplexity.parquet", "calibration.parquet")
-PROVENANCE = "provenance.json"
 SAMPLE_SCHEMA = {"sample_id": pl.String, "kind": pl.String, "copies": pl.Int32, "member": pl.Boolean,
                  "source": pl.String, "position": pl.Int64, "tokens": pl.List(pl.Int32)}
 
@@ -153,7 +151,9 @@ def _calibration_windows(docs: list[tuple[str, list[int]]], eos: int, cfg: dict)
     return windows
 
 
-def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_name: str) -> dict:
+def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_name: str,
+          prov_params: dict | None = None) -> dict:
+    """Write the sample sets; ``prov_params`` (``Plan.stage_params("samples", model)``) is what the record keeps."""
     from prunemem.checkpoints import checkpoint_hash, tokenizer_hash
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
@@ -172,9 +172,10 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
         write_parquet(frame, out_dir / name)
         log.info("%s: %d rows", name, frame.height)
     hashes = {name: sha256_file(out_dir / name) for name in sets}
-    prov_params = {"samples": params["samples"], "source": source}  # = Plan.stage_params("samples", model)
-    if sources:
-        prov_params.update({role: params["models"][model_name][role] for role in ("members", "heldout")})
+    if prov_params is None:
+        prov_params = {"samples": params["samples"], "source": source}
+        if sources:
+            prov_params.update({role: params["models"][model_name][role] for role in ("members", "heldout")})
     prov = record("samples", {"checkpoint": checkpoint_hash(checkpoint_dir)}, prov_params)
     prov.update(files=hashes, samples_sha256=digest_json(hashes), tokenizer_sha256=tokenizer_hash(checkpoint_dir),
                 **({"sources": sources} if sources else {}))

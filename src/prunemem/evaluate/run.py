@@ -35,7 +35,7 @@ from prunemem.errors import PrunememError
 from prunemem.evaluate import mia
 from prunemem.evaluate.memorization import FIELDS, greedy_extracted, score_batch
 from prunemem.evaluate.perplexity import combine, span_nll, spans
-from prunemem.evaluate.stats import wilson
+from prunemem.evaluate.stats import rate_row
 from prunemem.plan import Plan
 from prunemem.prune import masks as mask_io
 from prunemem.prune.targets import prunable
@@ -255,16 +255,9 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     mia_rows = mia.summarize({s: mia_frame[s].to_numpy() for s in mia.SCORES}, member,
                              ev["mia"]["bootstrap"], ev["seed"])
 
-    rates = []
-    for k in plan.ks:
-        members = per_sample.filter((pl.col("k") == k) & pl.col("member"))
-        n, hits = members.height, int(members["extracted"].sum())
-        lo, hi = wilson(hits, n)
-        rates.append({"k": k, "n_samples": n, "n_extracted": hits, "extraction_rate": hits / n if n else 0.0,
-                      "ci_low": lo, "ci_high": hi,
-                      "token_match_rate": float(members["token_match_rate"].mean()) if n else 0.0,
-                      "n_rechecked": int(checks[k]["rechecked"].sum()), "n_flipped": int(checks[k]["flipped"].sum()),
-                      "n_cross_checked": checks[k]["cross_checked"]})
+    rates = [{**rate_row(per_sample, k), "n_rechecked": int(checks[k]["rechecked"].sum()),
+              "n_flipped": int(checks[k]["flipped"].sum()), "n_cross_checked": checks[k]["cross_checked"]}
+             for k in plan.ks]
 
     write_parquet(per_sample, out_dir / "memorization.parquet")
     write_parquet(mia_frame, out_dir / "mia.parquet")

@@ -17,3 +17,18 @@ def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float,
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == n else min(1.0, centre + half)
     return low, high
+
+
+def rate_row(per_sample, k: int) -> dict:
+    """The extraction rate at ``k`` over the members of a per-sample frame (memorization.parquet).
+
+    One definition for the summary the evaluation writes and the figures the audit recomputes.
+    """
+    import polars as pl
+
+    members = per_sample.filter((pl.col("k") == k) & pl.col("member"))
+    n, hits = members.height, int(members["extracted"].sum())
+    lo, hi = wilson(hits, n)
+    return {"k": k, "n_samples": n, "n_extracted": hits, "extraction_rate": hits / n if n else 0.0,
+            "ci_low": lo, "ci_high": hi,
+            "token_match_rate": float(members["token_match_rate"].mean()) if n else 0.0}

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from prunemem.checkpoints import WEIGHTS, checkpoint_hash, load_model
 from prunemem.data.samples import load_calibration_pool, load_search_split, samples_hash
-from prunemem.plan import Plan
+from prunemem.plan import Plan, lookup
 from prunemem.provenance import record
-from prunemem.prune import MaskContext, calibration_sampling, ccds, compute, masks, needs_calibration
+from prunemem.prune import ccds, masks
+from prunemem.prune.methods import MaskContext, compute
 from prunemem.prune.targets import WeightSource
 from prunemem.runtime import deterministic
 
@@ -23,19 +24,20 @@ log = logging.getLogger(__name__)
 
 def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
     cfg, samples = plan.params["prune"], plan.params["samples"]
-    deterministic(plan.params["evaluate"]["threads"])
+    resolved = plan.method(method)
+    deterministic(lookup(plan.params, resolved.threads))  # the one thread knob of this job (registry trait)
     ckpt = plan.checkpoint_dir(model)
     ckpt_sha = checkpoint_hash(ckpt)
     inputs = {"checkpoint": ckpt_sha}
-    calibrated = needs_calibration(method, cfg)
+    calibrated = resolved.calibrated
     if calibrated:
         inputs["samples"] = samples_hash(plan.samples_dir(model))
     chosen: dict = {}
 
     def calibration():
         pool = load_calibration_pool(plan.samples_dir(model))
-        sequences, how = ccds.select(pool, samples["calibration"]["sequences"], calibration_sampling(method),
-                                     samples["seed"], cfg.get("ccds", {}).get("clusters", 8),
+        sequences, how = ccds.select(pool, samples["calibration"]["sequences"], resolved.calibration,
+                                     samples["seed"], lookup(plan.params, "prune.ccds.clusters"),
                                      load_model=lambda: load_model(ckpt))
         chosen.update(how)
         log.info("%s @ %s: %s calibration, pool windows %s", method, level, how["sampling"], how["indices"])
@@ -46,7 +48,7 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
                       search_split=lambda: load_search_split(plan.samples_dir(model), samples["suffix_tokens"]),
                       samples=samples)
     log.info("%s @ %s: computing from checkpoint %s", method, level, ckpt_sha[:12])
-    result = compute(method, ctx, float(level))
+    result = compute(resolved, ctx, float(level))
     info = {**result.info, **({"calibration": chosen} if chosen else {})}
     pruned = sum(int((~m).sum()) for m in result.masks.values())
     total = sum(m.numel() for m in result.masks.values())

@@ -28,21 +28,11 @@ from typing import Callable
 
 import torch
 
+from prunemem.prune.units import SUBLAYERS, removed_count, unit_names  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
-SUBLAYERS = ("attention", "mlp")
 Pattern = tuple[int, ...]  # sorted indices of the removed units
-
-
-def unit_names(n_blocks: int, granularity: str) -> list[str]:
-    """Human names of the searchable units: '2' (block 2) or '2.attention' / '2.mlp'."""
-    if granularity == "block":
-        return [str(b) for b in range(n_blocks)]
-    return [f"{b}.{s}" for b in range(n_blocks) for s in SUBLAYERS]
-
-
-def removed_count(level: float, n_units: int) -> int:
-    return math.floor(level * n_units + 1e-9)
 
 
 def removed_sublayers(pattern: Pattern, granularity: str) -> list[tuple[int, str]]:

@@ -8,6 +8,7 @@ import altair as alt
 import polars as pl
 
 from prunemem.plan import DENSE
+from prunemem.prune.registry import describe
 
 
 def to_svg(chart: alt.TopLevelMixin) -> str:
@@ -19,7 +20,8 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
 def _with_dense_origin(results: pl.DataFrame) -> pl.DataFrame:
     """Repeat the dense row under every pruning method so each curve starts at the unpruned baseline."""
     dense = results.filter(pl.col("method") == DENSE)
-    pruned = results.filter(pl.col("method").map_elements(family, return_dtype=pl.String) == "pruning")
+    pruned = results.filter(pl.col("method").map_elements(lambda m: describe(m).kind, return_dtype=pl.String)
+                            == "mask")
     starts = [dense.with_columns(pl.lit(m).alias("method")) for m in pruned["method"].unique(maintain_order=True)]
     return pl.concat([*starts, pruned])
 
@@ -69,11 +71,8 @@ def mia_vs_sparsity(results: pl.DataFrame) -> alt.Chart:
 
 
 def family(method: str) -> str:
-    if method == DENSE:
-        return "dense"
-    if method == "lowrank":
-        return "low-rank"
-    return "quantization" if method.startswith("int") else "pruning"
+    """The method's family in the registry: dense, pruning, control, quantization, low-rank."""
+    return describe(method).family
 
 
 def memorization_vs_perplexity(results: pl.DataFrame, k: int, front: pl.DataFrame) -> alt.Chart:

@@ -72,8 +72,9 @@ def build(plan: Plan) -> tuple[str, str]:
     layers = tables.layer_sparsity(plan)
     history = tables.search_history(plan)
     k = plan.ks[-1]
+    reference = [m for m in plan.methods if plan.method(m).reference]  # the paper's method (global magnitude)
     dup = pl.concat([tables.by_duplication(plan, model, [(DENSE, "0")] + [
-        ("global", lv) for lv in plan.model_levels(model) if "global" in plan.methods], k) for model in plan.models])
+        (m, lv) for m in reference for lv in plan.model_levels(model)], k) for model in plan.models])
     env = environment()
     context = {"suffix": plan.params["samples"]["suffix_tokens"], "k": k, "ks": plan.ks,
                "checkpoint_ids": tables.checkpoint_ids(plan), "examples": redaction.extracted_examples(plan),

@@ -6,8 +6,9 @@ import polars as pl
 
 from prunemem.errors import PrunememError
 from prunemem.evaluate.mia import SCORES
-from prunemem.plan import Plan
+from prunemem.plan import DENSE, Plan
 from prunemem.provenance import read_json, read_parquet
+from prunemem.prune.registry import describe, order
 
 # per membership score: AUC, its bootstrap 95% CI, and the TPR at 1% FPR
 MIA_COLUMNS = [f"mia_{score}_{stat}" for score in SCORES for stat in ("auc", "auc_low", "auc_high", "tpr_1pct")]
@@ -158,7 +159,7 @@ def matched_perplexity(results: pl.DataFrame, k: int, budgets=(0.01, 0.05, 0.10,
     """For each model, method and perplexity budget: the lowest extraction any of its levels reaches
     within that increase over the dense model (at ``k``), as 'rate (level)'; '-' when none fits."""
     at_k = results.filter(pl.col("k") == k)
-    dense_ppl = at_k.filter(pl.col("method") == "dense").select("model", pl.col("perplexity").alias("dense_ppl"))
+    dense_ppl = at_k.filter(pl.col("method") == DENSE).select("model", pl.col("perplexity").alias("dense_ppl"))
     joined = at_k.join(dense_ppl, on="model").with_columns(
         (pl.col("perplexity") / pl.col("dense_ppl") - 1).alias("increase"))
     rows = []
@@ -222,14 +223,13 @@ HISTORY_SCHEMA = {"model": pl.String, "method": pl.String, "level": pl.Float64, 
 def search_history(plan: Plan) -> pl.DataFrame:
     """EvoP's fitness per generation for every searched mask, read from the mask headers
     (``reports/search_history.csv``; the pattern names removed units: '2' a block, '2.mlp' a sublayer)."""
-    from prunemem.prune import EVOP
     from prunemem.prune.masks import header
-    from prunemem.prune.search import unit_names
+    from prunemem.prune.units import unit_names
 
     rows = []
     for model in plan.models:
         for method, level in plan.variants(model):
-            if method not in EVOP:
+            if not plan.method(method).search:
                 continue
             found = header(plan.mask_path(model, method, level))["info"].get("search")
             if found is None:
@@ -247,13 +247,10 @@ def search_history(plan: Plan) -> pl.DataFrame:
 def calibration_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
     """Each calibrated method beside its '-ccds' twin (cluster-sampled calibration) at every level."""
     at_k = results.filter(pl.col("k") == k)
-    from prunemem.prune import CCDS, base_method
-
-    twins = [m for m in at_k["method"].unique(maintain_order=True) if m.endswith(CCDS)
-             and base_method(m) in set(at_k["method"])]
+    twins = [m for m in at_k["method"].unique(maintain_order=True) if describe(m).twin_of in set(at_k["method"])]
     rows = []
     for twin in twins:
-        base = base_method(twin)
+        base = describe(twin).twin_of
         pair = at_k.filter(pl.col("method") == base).join(
             at_k.filter(pl.col("method") == twin), on=["model", "level"], suffix="_ccds")
         for r in pair.iter_rows(named=True):
@@ -268,14 +265,13 @@ def calibration_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
                                       "Δ extraction (points)": pl.Float64, "Δ perplexity (%)": pl.Float64})
 
 
-STRUCTURED = ("sleb", "sleb-ccds", "evop", "evop-mem")
-
-
 def structured_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
-    """Structured removal methods side by side at each level: what they remove and what that costs."""
-    return results.filter((pl.col("k") == k) & pl.col("method").is_in(STRUCTURED)).select(
+    """Methods that remove whole units (blocks, sublayers) side by side at each level: what they remove
+    and what that costs."""
+    structured = sorted((m for m in results["method"].unique() if describe(m).removes_units), key=order)
+    return results.filter((pl.col("k") == k) & pl.col("method").is_in(structured)).select(
         "model", "level", "method", "achieved_sparsity", "perplexity", "extraction_rate", "ci_low", "ci_high"
-    ).sort("model", "level", pl.col("method").replace_strict({m: i for i, m in enumerate(STRUCTURED)}))
+    ).sort("model", "level", pl.col("method").replace_strict({m: i for i, m in enumerate(structured)}))
 
 
 def search_verdicts(results: pl.DataFrame, k: int, tolerance: float = 0.01) -> list[str]:
@@ -286,11 +282,15 @@ def search_verdicts(results: pl.DataFrame, k: int, tolerance: float = 0.01) -> l
     ('at lower perplexity' when below it).
     """
     at_k = results.filter(pl.col("k") == k)
+    methods = sorted(at_k["method"].unique(), key=order)
+    aware = [m for m in methods if describe(m).search_split]  # the search that also scores extraction
+    others = [m for m in methods if describe(m).removes_units and not describe(m).search_split
+              and describe(m).twin_of is None]
     lines = []
-    for model in at_k["model"].unique(maintain_order=True):
+    for model, name in ((model, name) for model in at_k["model"].unique(maintain_order=True) for name in aware):
         rows = at_k.filter(pl.col("model") == model)
-        mem = {r["level"]: r for r in rows.filter(pl.col("method") == "evop-mem").iter_rows(named=True)}
-        for other in ("sleb", "evop"):
+        mem = {r["level"]: r for r in rows.filter(pl.col("method") == name).iter_rows(named=True)}
+        for other in others:
             theirs = {r["level"]: r for r in rows.filter(pl.col("method") == other).iter_rows(named=True)}
             for level in sorted(set(mem) & set(theirs)):
                 a, b = mem[level], theirs[level]
@@ -305,6 +305,6 @@ def search_verdicts(results: pl.DataFrame, k: int, tolerance: float = 0.01) -> l
                 else:
                     verdict = f"extracts more, at {cost:+.1f}% perplexity,"
                 ppl = f"{a['perplexity']:.2f} vs {b['perplexity']:.2f}"
-                lines.append(f"{model}, level {level:g}: evop-mem {verdict} than {other} "
+                lines.append(f"{model}, level {level:g}: {name} {verdict} than {other} "
                              f"(extraction at k={k}: {ext}; perplexity {ppl}).")
     return lines

@@ -1,0 +1,104 @@
+# One rule per stage. Each reads its job from the plan's job table (common.smk): inputs, code
+# deps, params digest, threads and resources; the output patterns come from the plan's paths.
+W = {"model": "{model}", "method": "{method}", "level": "{level}"}
+
+
+rule checkpoint:
+    input:
+        unpack(inputs_of("checkpoint")),
+    output:
+        directory(str(PLAN.checkpoint_dir(W["model"]))),
+    params:
+        digest=params_digest("checkpoint"),
+    threads: threads_of("checkpoint")
+    resources:
+        **resources_of("checkpoint"),
+    log:
+        "logs/checkpoint/{model}.log",
+    shell:
+        prunemem("checkpoint --model {wildcards.model}")
+
+
+rule samples:
+    input:
+        unpack(inputs_of("samples")),
+    output:
+        [str(PLAN.samples_dir(W["model"]) / name) for name in (*SAMPLE_FILES, SAMPLE_PROVENANCE)],
+    params:
+        digest=params_digest("samples"),
+    threads: threads_of("samples")
+    resources:
+        **resources_of("samples"),
+    log:
+        "logs/samples/{model}.log",
+    shell:
+        prunemem("samples --model {wildcards.model}")
+
+
+rule mask:
+    input:
+        unpack(inputs_of("mask")),
+    output:
+        str(PLAN.mask_path(W["model"], W["method"], W["level"])),
+    params:
+        digest=params_digest("mask"),
+    threads: threads_of("mask")
+    resources:
+        **resources_of("mask"),
+    log:
+        "logs/mask/{model}/{method}/{level}.log",
+    shell:
+        prunemem("mask --model {wildcards.model} --method {wildcards.method} --level {wildcards.level}")
+
+
+rule transform:
+    input:
+        unpack(inputs_of("transform")),
+    output:
+        str(PLAN.transform_path(W["model"], W["method"], W["level"])),
+    params:
+        digest=params_digest("transform"),
+    threads: threads_of("transform")
+    resources:
+        **resources_of("transform"),
+    log:
+        "logs/transform/{model}/{method}/{level}.log",
+    shell:
+        prunemem("transform --model {wildcards.model} --method {wildcards.method} --level {wildcards.level}")
+
+
+rule evaluate:
+    input:
+        unpack(inputs_of("evaluate")),
+    output:
+        [str(PLAN.metrics_dir(W["model"], W["method"], W["level"]) / name) for name in METRICS_FILES],
+    params:
+        digest=params_digest("evaluate"),
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    log:
+        "logs/evaluate/{model}/{method}/{level}.log",
+    shell:
+        prunemem("evaluate --model {wildcards.model} --method {wildcards.method} --level {wildcards.level}")
+
+
+CAPTIONS = {"report.html": "report", "results.csv": "results", "layer_sparsity.csv": "layer_sparsity",
+            "search_history.csv": "search_history"}
+
+
+rule report:
+    input:
+        unpack(inputs_of("report")),
+    output:
+        [report(str(PLAN.reports_dir / name), caption=f"../report/{CAPTIONS[name]}.rst", category="Report")
+         if name in CAPTIONS else str(PLAN.reports_dir / name) for name in REPORT_FILES],
+    params:
+        digest=params_digest("report"),
+    threads: 1
+    resources:
+        **resources_of("report"),
+    log:
+        "logs/report.log",
+    shell:
+        prunemem("report")
