@@ -98,8 +98,10 @@ def test_evop_overlay_adds_the_search_methods_with_gpu_time_for_the_search():
     evop = REPO / "workflow" / "configs" / "pythia-evop.yaml"
     plan = Plan.load([PYTHIA, evop])
     assert ("evop-mem", "0.45") in plan.variants("pythia-12b") and plan.calibrated("evop")
-    assert plan.stage_params("mask", "pythia-12b", "evop-mem", "0.45")["search"] == {"k": 500, "suffix_tokens": 50}
-    assert "evop" not in plan.stage_params("mask", "pythia-12b", "global", "0.45")["prune"]  # not its input
-    sleb, search, memo = (job_resources(plan, "mask", "pythia-12b", m) for m in ("sleb", "evop", "evop-mem"))
+    memo_params = plan.stage_params("mask", "pythia-12b", "evop-mem", "0.45")
+    assert (memo_params["samples.k"], memo_params["samples.suffix_tokens"]) == ([50, 100, 200, 500], 50)
+    assert not any(key.startswith("prune.evop") for key in plan.stage_params("mask", "pythia-12b", "global", "0.45"))
+    sleb, search, memo = (job_resources(plan, plan.job("mask", "pythia-12b", m, "0.45"))
+                          for m in ("sleb", "evop", "evop-mem"))
     assert sleb["gpu"] == search["gpu"] == memo["gpu"] == 1
     assert sleb["runtime"] < search["runtime"] < memo["runtime"]

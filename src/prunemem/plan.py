@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import yaml
 
 from prunemem.codedeps import closure
+from prunemem.data.layout import PRESHUFFLED_ROW, local_format, preshuffled_step  # noqa: F401 (re-exported)
 from prunemem.errors import PrunememError
 from prunemem.prune import registry
 from prunemem.prune.registry import DENSE, DENSE_LEVEL, LOWRANK, level_name, uses_calibration  # noqa: F401
@@ -176,20 +177,6 @@ SOURCE_KEYS = {
     "hf": ({"dataset", "revision", "split", "text_field"}, {"config", "max_documents"}),
     "pythia-preshuffled": ({"path"}, set()),
 }
-PRESHUFFLED_ROW = 2049  # tokens per row of Pythia's preshuffled memmap (2048 context + 1 label)
-
-
-def local_format(spec: dict) -> str:
-    """A local file's format: explicit, else from its extension."""
-    if "format" in spec:
-        return spec["format"]
-    for fmt in ("jsonl.zst", "jsonl", "parquet", "txt"):
-        if spec["path"].endswith("." + fmt):
-            return fmt
-    raise PrunememError(f"{spec['path']}: unknown file type; allowed: .jsonl, .jsonl.zst, .parquet, .txt, "
-                        "or set format")
-
-
 def _validate_model_sources(name: str, model: dict, window: int, source: str) -> None:
     """Hub models need both sample sources; each source has exactly the keys of its kind."""
     hub_only = [k for k in ("repo", "revision", "members", "heldout") if k in model]
@@ -224,12 +211,6 @@ def _validate_model_sources(name: str, model: dict, window: int, source: str) ->
             if window > PRESHUFFLED_ROW:
                 raise PrunememError(f"{source}: samples.k: max k + suffix = {window} exceeds a preshuffled row; "
                                     f"allowed: <= {PRESHUFFLED_ROW}")
-
-
-def preshuffled_step(model: dict) -> int | None:
-    """The training step of a hub revision named stepN: rows before step * 1024 were trained on."""
-    revision = model.get("revision", "")
-    return int(revision[4:]) if revision.startswith("step") and revision[4:].isdigit() else None
 
 
 def _validate_prune(params: dict, source: str) -> None:

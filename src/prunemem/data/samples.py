@@ -30,12 +30,12 @@ import polars as pl
 
 from prunemem import embedded
 from prunemem.errors import PrunememError
+from prunemem.data.windows import SAMPLE_SCHEMA, _calibration_windows, _perplexity_docs  # noqa: F401 (shared with sampling)
+from prunemem.data.windows import calibration_pool_size  # noqa: F401
 from prunemem.plan import SAMPLE_FILES as FILES, SAMPLE_PROVENANCE as PROVENANCE  # noqa: F401 (the artifact contract)
 from prunemem.provenance import digest_json, read_json, read_parquet, record, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
-SAMPLE_SCHEMA = {"sample_id": pl.String, "kind": pl.String, "copies": pl.Int32, "member": pl.Boolean,
-                 "source": pl.String, "position": pl.Int64, "tokens": pl.List(pl.Int32)}
 
 
 def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]:
@@ -112,43 +112,6 @@ def split_search(members: list[dict], n: int, seed: int) -> tuple[list[dict], li
     rng = random.Random(seed * 7919 + 17)  # its own stream: the member draw above is unchanged
     chosen = {id(row) for key in keys for row in rng.sample(strata[key], share[key])}
     return [r for r in members if id(r) not in chosen], [r for r in members if id(r) in chosen]
-
-
-def _perplexity_docs(docs: list[tuple[str, list[int]]], eos: int, budget: int) -> tuple[list[dict], int]:
-    """Whole held-out documents (EOS-terminated) up to ``budget`` tokens; returns them and how many docs were used."""
-    wanted, rows = budget, []
-    for used, (doc_id, ids) in enumerate(docs, start=1):
-        ids = (ids + [eos])[:budget]
-        rows.append({"doc_id": doc_id, "tokens": ids})
-        budget -= len(ids)
-        if budget == 0:
-            return rows, used
-    raise PrunememError(f"samples.perplexity_tokens: asks for {wanted} but the held-out split has only {wanted - budget}")
-
-
-def calibration_pool_size(cfg: dict) -> int:
-    """How many calibration windows the samples stage writes (``pool``, default ``sequences``)."""
-    return cfg.get("pool", cfg["sequences"])
-
-
-def _calibration_windows(docs: list[tuple[str, list[int]]], eos: int, cfg: dict) -> list[dict]:
-    """The calibration pool: consecutive windows over the held-out documents the perplexity set did not use."""
-    n, length = calibration_pool_size(cfg), cfg["tokens"]
-    stream: list[int] = []
-    spans: list[tuple[str, int, int]] = []  # (doc id, first token, end) in the stream
-    for doc_id, ids in docs:
-        spans.append((doc_id, len(stream), len(stream) + len(ids) + 1))
-        stream.extend(ids + [eos])
-        if len(stream) >= n * length:
-            break
-    if len(stream) < n * length:
-        raise PrunememError(f"samples.calibration: {n} x {length} tokens exceed the {len(stream)} held-out tokens "
-                            "left after the perplexity set")
-    windows = []
-    for i in range(n):
-        lo, hi = i * length, (i + 1) * length
-        windows.append({"doc_ids": ",".join(d for d, a, b in spans if a < hi and b > lo), "tokens": stream[lo:hi]})
-    return windows
 
 
 def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_name: str,

@@ -224,7 +224,7 @@ def scan(source, seed: int, selectors: list[_Selector], tokenizer, where: str) -
 def hub_sets(checkpoint_dir: Path, params: dict, model_name: str) -> tuple[dict[str, pl.DataFrame], dict]:
     """The four sample sets of a hub model, its manifest, and what provenance records about the sources."""
     from prunemem.checkpoints import load_tokenizer
-    from prunemem.data.samples import (
+    from prunemem.data.windows import (
         SAMPLE_SCHEMA,
         _calibration_windows,
         _perplexity_docs,

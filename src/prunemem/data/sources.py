@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from prunemem.errors import PrunememError
-from prunemem.plan import PRESHUFFLED_ROW, local_format
+from prunemem.data.layout import PRESHUFFLED_ROW, local_format
 from prunemem.provenance import sha256_file
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ class PreshuffledSource(Source):
 
 def open_source(spec: dict, where: str, params: dict, model: dict, role: str) -> Source:
     """The source a ``members`` / ``heldout`` spec describes; ``where`` names it in errors."""
-    from prunemem.plan import preshuffled_step
+    from prunemem.data.layout import preshuffled_step
 
     kind = spec["kind"]
     if kind == "local":
