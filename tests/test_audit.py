@@ -34,7 +34,7 @@ def test_a_clean_study_passes(study):
 
 def test_stale_outputs_after_a_param_change(study):
     params = yaml.safe_load((study / "params.yaml").read_text())
-    params["prune"]["seed"] = 1  # every mask's params change; nothing was rebuilt
+    params["prune"]["seed"] = 1  # the random control reads it; nothing was rebuilt
     params["evaluate"]["near_tie_margin"] = 0.2
     (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     code, lines, _ = audit(study)
@@ -85,21 +85,21 @@ def test_tampered_per_sample_results_and_a_missing_artifact(study):
 def test_freshness_judges_each_artifact_by_its_own_record(study, monkeypatch):
     import os
 
-    from prunemem.freshness import jobs, settle
+    from prunemem.freshness import FRESH, judge
     from prunemem.plan import Plan
 
     monkeypatch.chdir(study)
     plan = Plan.load(["params.yaml"])
-    assert settle(plan) == {}
+    verdicts = judge(plan)
+    assert set(verdicts) == {job.id for job in plan.jobs()} and set(verdicts.values()) == {FRESH}
     summary = study / "data/metrics/tiny/global/0.5/summary.json"
     os.utime(summary, (1, 1))  # older than its inputs, as after an unlucky `dvc pull`
-    assert settle(plan) == {} and summary.stat().st_mtime > 1  # ...raised again, not rebuilt
+    assert judge(plan)[("evaluate", "tiny", "global", "0.5")] is FRESH and summary.stat().st_mtime == 1  # no write
     shutil.copy(study / "data/masks/tiny/global/0.9.safetensors", study / "data/masks/tiny/global/0.5.safetensors")
     params = yaml.safe_load((study / "params.yaml").read_text())
     params["perplexity"]["stride"] = 32
     (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stale = settle(Plan.load(["params.yaml"]))
+    stale = judge(Plan.load(["params.yaml"]))
     assert stale[("evaluate", "tiny", "global", "0.5")] == "built with other params"
     assert stale[("mask", "tiny", "global", "0.5")] == "built with other params"  # its header says 0.9
-    evaluations = [job for job in jobs(plan) if job[0] == "evaluate"]
-    assert all(job in stale for job in evaluations) and ("mask", "tiny", "global", "0.9") not in stale
+    assert all(stale[job.id] for job in plan.jobs("evaluate")) and stale[("mask", "tiny", "global", "0.9")] is FRESH

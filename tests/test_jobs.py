@@ -1,0 +1,175 @@
+"""One job table, read by both tools: code deps are the real import closure, and dry runs write nothing.
+
+On a copy of the SMALL study (``pipeline``) inside a copy of this repository, tracked by DVC:
+- for every module of src/prunemem, the jobs Snakemake declares it an input of, and the DVC
+  stages it is a dep of, are exactly the jobs whose import closure contains it; editing one
+  module of each distinct closure makes exactly those jobs stale in ``snakemake --summary`` and
+  in ``dvc status``, and no others;
+- ``snakemake -n``, ``dvc status`` and ``prunemem audit`` leave every file of the tree unchanged
+  (bytes and mtimes), Snakemake's .snakemake/ and DVC's .dvc/tmp/ state aside;
+- a hand-edited dvc.yaml fails the audit, naming the stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, venv_env
+from prunemem.plan import Plan
+
+STATE = (".snakemake", ".dvc/tmp", ".dvc/cache")  # the tools' own state, not the working tree
+
+
+def run(cwd, *cmd, check=True):
+    done = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=venv_env(), timeout=600)
+    if check:
+        assert done.returncode == 0, f"{cmd}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def tracked(pipeline, tmp_path_factory):
+    """This repository's files plus the built SMALL study, with dvc.yaml generated and dvc.lock committed."""
+    root = tmp_path_factory.mktemp("tracked") / "repo"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout
+    for name in filter(None, files.split("\0")):
+        if (REPO / name).is_file() or (REPO / name).is_symlink():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name, follow_symlinks=False)
+    for part in ("data", "reports"):
+        shutil.copytree(pipeline / part, root / part, copy_function=shutil.copy2)
+    shutil.copy2(pipeline / "params.yaml", root / "params.yaml")
+    run(root, "prunemem", "dvc-yaml")
+    run(root, "dvc", "init", "--no-scm", "-q")
+    run(root, "dvc", "commit", "--force", "-q")
+    return root
+
+
+def _summary(root: Path) -> list[dict]:
+    """``snakemake --detailed-summary``: per output file, its input files and Snakemake's plan for it."""
+    out = run(root, sys.executable, "-m", "snakemake", "--detailed-summary", "--cores", "1").stdout
+    lines = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    head = lines[0]
+    return [dict(zip(head, row)) for row in lines[1:]]
+
+
+def _job_of_output(plan: Plan, root: Path) -> dict[str, str]:
+    return {str(p): job.name for job in plan.jobs() for p in job.outputs}
+
+
+def _planned(rows: list[dict], jobs: dict[str, str]) -> set[str]:
+    return {jobs[r["output_file"]] for r in rows if r.get("plan") != "no update" and r["output_file"] in jobs}
+
+
+def _modules(root: Path) -> list[Path]:
+    return sorted((root / "src" / "prunemem").rglob("*.py"))
+
+
+def _closure_jobs(plan: Plan, root: Path) -> dict[str, set[str]]:
+    """Module (repo-relative) -> the jobs whose import closure contains it."""
+    out = {p.relative_to(root).as_posix(): set() for p in _modules(root)}
+    for job in plan.jobs():
+        for f in job.code:
+            out.setdefault(f, set()).add(job.name)
+    return out
+
+
+def test_every_module_is_a_dep_of_exactly_the_jobs_that_import_it(tracked, monkeypatch):
+    monkeypatch.chdir(tracked)
+    plan = Plan.load(["params.yaml"])
+    expected = _closure_jobs(plan, tracked)
+    assert any(len(jobs) == 0 for jobs in expected.values())  # the CLI, the audit ... shape no artifact
+    assert "mask-tiny-wanda-0_5" in expected["src/prunemem/calibrate.py"]  # crosses the package folder
+    assert "evaluate-tiny-global-0_5" in expected["src/prunemem/prune/masks.py"]
+    # Snakemake: each output's declared inputs
+    rows = _summary(tracked)
+    jobs = _job_of_output(plan, tracked)
+    assert rows and _planned(rows, jobs) == set()  # the study is up to date
+    declared: dict[str, set[str]] = {}
+    for row in rows:
+        for f in row["input-file(s)"].split(","):
+            if f.startswith(str(tracked)):
+                declared.setdefault(Path(f).relative_to(tracked).as_posix(), set()).add(jobs[row["output_file"]])
+    # DVC: each stage's deps
+    stages = yaml.safe_load((tracked / "dvc.yaml").read_text())["stages"]
+    dvc_deps: dict[str, set[str]] = {}
+    for name, stage in stages.items():
+        for dep in stage["deps"]:
+            dvc_deps.setdefault(dep, set()).add(name)
+    for module, names in expected.items():
+        assert declared.get(module, set()) == names, module
+        assert dvc_deps.get(module, set()) == names, module
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """(size, mtime, sha256) of every file in the tree, the tools' own state aside."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not rel.startswith(STATE):
+            stat = path.stat()
+            out[rel] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def test_editing_a_module_makes_exactly_its_importers_stale_in_both_tools(tracked, monkeypatch):
+    from dvc.repo import Repo
+
+    monkeypatch.chdir(tracked)
+    plan = Plan.load(["params.yaml"])
+    expected = _closure_jobs(plan, tracked)
+    jobs = _job_of_output(plan, tracked)
+    groups: dict[frozenset, list[str]] = {}
+    for module, names in expected.items():
+        if module.endswith(".py"):
+            groups.setdefault(frozenset(names), []).append(module)
+    assert len(groups) >= 6  # checkpoint, samples, masks, transforms, evaluations, report ... differ
+    with Repo(str(tracked)) as repo:
+        for module in [expected_modules[0] for expected_modules in groups.values()]:
+            path = tracked / module
+            original, stat = path.read_bytes(), path.stat()
+            try:
+                path.write_bytes(original + b"\n# edited\n")  # DVC compares bytes, Snakemake mtimes
+                future = stat.st_mtime + 3600
+                os.utime(path, (future, future))
+                assert set(repo.status()) == expected[module], module
+                assert _planned(_summary(tracked), jobs) == expected[module], module
+            finally:
+                path.write_bytes(original)
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert repo.status() == {}
+
+
+def test_dry_runs_and_the_audit_write_nothing(tracked, monkeypatch):
+    monkeypatch.chdir(tracked)
+    summary = tracked / "data/metrics/tiny/global/0.5/summary.json"
+    os.utime(summary, (1, 1))  # older than its inputs, as after an unlucky `dvc pull`
+    before = _tree(tracked)
+    dry = run(tracked, sys.executable, "-m", "snakemake", "-n", "--cores", "1")
+    assert "Nothing to be done" in dry.stdout + dry.stderr  # judged by its record, not rerun for its mtime
+    assert run(tracked, "dvc", "status").stdout.strip() in ("", "Data and pipelines are up to date.")
+    audit = run(tracked, "prunemem", "audit", check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert _tree(tracked) == before
+    assert summary.stat().st_mtime == 1
+
+
+def test_a_hand_edited_dvc_yaml_fails_the_audit_naming_the_stage(tracked, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(tracked, copy, symlinks=True, ignore=shutil.ignore_patterns(".snakemake", "cache"))
+    stages = yaml.safe_load((copy / "dvc.yaml").read_text())
+    stages["stages"]["mask-tiny-wanda-0_5"]["deps"].remove("src/prunemem/calibrate.py")
+    (copy / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    audit = run(copy, "prunemem", "audit", check=False)
+    assert audit.returncode == 1
+    assert "dvc.yaml stage mask-tiny-wanda-0_5: deps differ from the job table; regenerate dvc.yaml " \
+           "(prunemem dvc-yaml)" in audit.stdout.splitlines(), audit.stdout
