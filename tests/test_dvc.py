@@ -1,6 +1,6 @@
 """DVC and Snakemake on one repository: both entry points, a fresh clone, the provenance trap.
 
-The scenario of DESIGN.md section 5, run for real on a tiny grid:
+The scenario of docs/architecture.md ("Two tools, one job table"), run for real on a tiny grid:
 1. a repository built by `snakemake` (which then `dvc commit`s) and pushed to a local remote;
 2. a fresh clone pulls it, a param changes, and `snakemake` runs without any .snakemake metadata:
    it must rebuild what the param shaped, and dvc.lock must then match the bytes;

@@ -321,7 +321,7 @@ def test_evop_method_end_to_end_masks_and_memorization(tmp_path):
     """``compute('evop' | 'evop-mem', ...)``: the masks cover exactly the chosen units, and the saved mask
     applied to the model gives the perplexity the search reported for its best pattern."""
     from prunemem.prune import masks
-from prunemem.prune.methods import MaskContext, compute
+    from prunemem.prune.methods import MaskContext, compute
     from prunemem.prune.targets import DictSource
 
     model = _model()

@@ -22,17 +22,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, venv_env
+from conftest import REPO
 from prunemem.plan import Plan
+from test_dvc import run
 
 STATE = (".snakemake", ".dvc/tmp", ".dvc/cache")  # the tools' own state, not the working tree
-
-
-def run(cwd, *cmd, check=True):
-    done = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=venv_env(), timeout=600)
-    if check:
-        assert done.returncode == 0, f"{cmd}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
-    return done
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +167,42 @@ def test_a_hand_edited_dvc_yaml_fails_the_audit_naming_the_stage(tracked, tmp_pa
     assert audit.returncode == 1
     assert "dvc.yaml stage mask-tiny-wanda-0_5: deps differ from the job table; regenerate dvc.yaml " \
            "(prunemem dvc-yaml)" in audit.stdout.splitlines(), audit.stdout
+
+
+def rowwise(ctx, level):
+    """The worked example of docs/architecture.md: each output row pruned to exactly ``level`` by |W|."""
+    from prunemem.prune.calibrated import row_mask
+    from prunemem.prune.methods import MaskResult
+
+    return MaskResult({n: row_mask(ctx.source[n].abs().double(), level) for n in ctx.source.names})
+
+
+def test_a_new_method_is_one_function_and_one_registry_entry(pipeline, tmp_path, monkeypatch):
+    from prunemem.audit import Audit
+    from prunemem.dvcgen import stages
+    from prunemem.evaluate.run import evaluate
+    from prunemem.prune.registry import REGISTRY, Entry
+    from prunemem.prune.run import build_mask
+    from prunemem.report import charts, html
+
+    study = tmp_path / "study"
+    shutil.copytree(pipeline, study, ignore=shutil.ignore_patterns(".snakemake"))
+    monkeypatch.setitem(REGISTRY, "rowwise", Entry("rowwise", f"{__name__}:rowwise"))  # the one entry
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["prune"]["methods"].append("rowwise")
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(study)
+    plan = Plan.load(["params.yaml"])
+    levels = plan.mask_levels("rowwise", "tiny")
+    assert levels == plan.levels and all(("rowwise", lv) in plan.variants("tiny") for lv in levels)  # the grid
+    stage = stages(plan)["stages"]["mask-tiny-rowwise-0_5"]  # dvc.yaml
+    assert stage["params"] == ["evaluate.threads"] and "src/prunemem/prune/methods.py" in stage["deps"]
+    assert "data/samples/tiny" not in stage["deps"]  # not calibrated
+    for level in levels:
+        build_mask(plan, "tiny", "rowwise", level)
+        evaluate(plan, "tiny", "rowwise", level)
+    html.build(plan)  # the report
+    rows = (study / "reports/results.csv").read_text().splitlines()
+    assert sum(row.split(",")[1] == "rowwise" for row in rows) == len(levels) * len(plan.ks)
+    assert charts.family("rowwise") == "pruning"
+    assert Audit(plan).run(dvc=False) == []  # the audit walks it like any other method

@@ -4,7 +4,8 @@ Per output channel (``group_size == 0``) or per group of ``group_size`` consecut
 weights; symmetric (zero point 0, integers in [-(2^(b-1)-1), 2^(b-1)-1]) or asymmetric
 (integers in [0, 2^b - 1] with a rounded zero point). Hand-written because the portable,
 deterministic quantize->dequantize round trip is a few lines, while torchao's int4 kernels do
-not run on CPU (see TOOLCHAIN.md) and would make CPU and GPU results differ.
+not run on CPU (torchao's ``Int4WeightOnlyConfig`` fails there in every packing format) and
+would make CPU and GPU results differ.
 """
 
 from __future__ import annotations

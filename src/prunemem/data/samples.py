@@ -4,7 +4,7 @@
 
 Every extraction sample is one window of ``max(k) + suffix`` tokens; the suffix is its last
 ``suffix`` tokens and the prompt for each k is the k tokens just before it, so all k test the
-same suffixes (DESIGN.md section 3).
+same suffixes (docs/architecture.md, "Semantics the numbers depend on").
 
 Hub models draw from their ``members`` / ``heldout`` sources (``prunemem.data.sampling``) and
 also write ``manifest.parquet``. For the embedded source:

@@ -1,4 +1,4 @@
-"""Draw member, non-member, perplexity and calibration sets from sample sources (DESIGN.md section 3).
+"""Draw member, non-member, perplexity and calibration sets from sample sources (docs/architecture.md, "Semantics").
 
     prunemem samples --model pythia-1_4b     # a hub model: members / heldout sources from params
 

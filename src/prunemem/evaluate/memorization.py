@@ -1,4 +1,4 @@
-"""Exact extraction by one teacher-forced forward pass (DESIGN.md section 3).
+"""Exact extraction by one teacher-forced forward pass (docs/architecture.md, "Semantics the numbers depend on").
 
 Greedy decoding reproduces a suffix s_1..s_S from prompt p exactly iff, at every suffix
 position i, argmax P(. | p, s_<i) = s_i: if every argmax matches, each greedy step feeds back

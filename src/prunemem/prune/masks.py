@@ -1,4 +1,4 @@
-"""The mask artifact: ``data/masks/{model}/{method}/{level}.safetensors`` (DESIGN.md section 4).
+"""The mask artifact: ``data/masks/{model}/{method}/{level}.safetensors`` (docs/architecture.md, "Artifacts"; README, "Outputs").
 
 Keys are ``model.state_dict()`` parameter names; values are uint8 tensors holding the keep-mask
 bit-packed 8 weights per byte, most significant bit first, row-major, zero-padded at the end

@@ -1,6 +1,6 @@
 """Which weights are prunable, and the subsets the paper's strategies restrict themselves to.
 
-Prunable (DESIGN.md section 3): the ``nn.Linear`` weights inside transformer blocks, i.e. in
+Prunable (docs/architecture.md, "Semantics the numbers depend on"): the ``nn.Linear`` weights inside transformer blocks, i.e. in
 GPT-NeoX ``query_key_value``, ``attention.dense``, ``dense_h_to_4h`` and ``dense_4h_to_h``.
 Embeddings, ``embed_out``, LayerNorms and biases are never pruned.
 """
