@@ -18,8 +18,9 @@ import torch
 
 from prunemem import embedded
 from prunemem.errors import PrunememError
+from prunemem.identity import CHECKPOINT_PROVENANCE as PROVENANCE, WEIGHTS  # noqa: F401 (torch-free identity)
+from prunemem.identity import checkpoint_hash, weights_file as _weights_file  # noqa: F401
 from prunemem.provenance import (
-    read_json,
     record,
     remove_stale_temps,
     sha256_file,
@@ -31,28 +32,6 @@ from prunemem.provenance import (
 from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
-
-WEIGHTS = "model.safetensors"
-PROVENANCE = "provenance.json"
-
-
-def checkpoint_hash(directory: str | Path) -> str:
-    """The checkpoint's identity: the sha256 recorded in its provenance, else of its weights."""
-    directory = Path(directory)
-    prov = directory / PROVENANCE
-    if prov.is_file():
-        record_ = read_json(prov, "checkpoint provenance")
-        if "checkpoint_sha256" not in record_:
-            raise PrunememError(f"{prov}: corrupt checkpoint provenance (no checkpoint_sha256)")
-        return record_["checkpoint_sha256"]
-    return sha256_file(_weights_file(directory))
-
-
-def _weights_file(directory: Path) -> Path:
-    path = directory / WEIGHTS
-    if not path.is_file():
-        raise PrunememError(f"{path}: no safetensors weights (prunemem loads safetensors only)")
-    return path
 
 
 def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from prunemem.errors import PrunememError
+from prunemem.identity import checkpoint_hash, mask_provenance, samples_hash
 from prunemem.plan import Job, Plan
 from prunemem.provenance import sha256_file
 
@@ -34,9 +35,7 @@ def _record(plan: Plan, job: Job) -> dict | str | None:
         return None
     try:
         if job.stage == "mask":
-            from prunemem.prune.masks import header
-
-            return header(path)["provenance"]
+            return mask_provenance(path)
         record = json.loads(path.read_text())
         return record["provenance"] if job.stage in ("transform", "evaluate") else record
     except (OSError, ValueError, KeyError, TypeError, PrunememError):
@@ -49,9 +48,6 @@ def _current_inputs(plan: Plan, job: Job, file_hash) -> dict[str, str]:
         return {}  # its inputs (corpus or hub files) are pinned by its params
     if job.stage == "report":
         return {f"{e.model}/{e.method}/{e.level}": file_hash(e.record) for e in plan.upstream(job, "summaries")}
-    from prunemem.checkpoints import checkpoint_hash
-    from prunemem.data.samples import samples_hash
-
     inputs = {}
     for role, ids in job.inputs:
         for up in plan.upstream(job, role):

@@ -32,8 +32,9 @@ from prunemem import embedded
 from prunemem.errors import PrunememError
 from prunemem.data.windows import SAMPLE_SCHEMA, _calibration_windows, _perplexity_docs  # noqa: F401 (shared with sampling)
 from prunemem.data.windows import calibration_pool_size  # noqa: F401
+from prunemem.identity import samples_hash  # noqa: F401 (torch-free, for freshness)
 from prunemem.plan import SAMPLE_FILES as FILES, SAMPLE_PROVENANCE as PROVENANCE  # noqa: F401 (the artifact contract)
-from prunemem.provenance import digest_json, read_json, read_parquet, record, sha256_file, write_json, write_parquet
+from prunemem.provenance import digest_json, read_parquet, record, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +186,3 @@ def load_search_split(samples_dir: str | Path, suffix: int):
                             "splits (rebuild with prunemem samples)")
     return torch.tensor(search["tokens"].to_list(), dtype=torch.long)
 
-
-def samples_hash(samples_dir: str | Path) -> str:
-    """The identity of a sample set: the digest of its files' hashes, as recorded when built."""
-    record_ = read_json(Path(samples_dir) / PROVENANCE, "samples provenance")
-    if "samples_sha256" not in record_:
-        raise PrunememError(f"{Path(samples_dir) / PROVENANCE}: corrupt samples provenance (no samples_sha256)")
-    return record_["samples_sha256"]
