@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,9 @@ def snakemake(workdir, *extra):
 def pipeline(tmp_path_factory):
     """The real Snakemake pipeline run once on SMALL; tests that change it must work on a copy."""
     workdir = tmp_path_factory.mktemp("study")
+    if os.environ.get("PRUNEMEM_TEST_STUDY"):  # a SMALL study built earlier: Snakemake then tops it up
+        shutil.copytree(os.environ["PRUNEMEM_TEST_STUDY"], workdir, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".snakemake"))
     write_params(workdir / "params.yaml", SMALL)
     run = snakemake(workdir)
     assert run.returncode == 0, run.stderr[-3000:]

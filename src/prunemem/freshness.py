@@ -10,9 +10,10 @@ each job of the job table from that record, and writes nothing:
 - an artifact that no longer follows from its params or inputs gets a reason; the rule then
   takes a stamp file under ``.snakemake/`` as an extra input, so Snakemake reruns it (and,
   through its outputs, everything downstream);
-- an artifact that does follow has its artifact inputs marked ``ancient`` for Snakemake, so
-  their mtimes alone do not rerun it. Code inputs are never ancient: code edited after an
-  output was built still reruns it, and a job upstream that reruns still reruns it.
+- an artifact that does follow, whose code is older than it and none of whose upstream jobs
+  will rerun, has its artifact inputs marked ``ancient`` for Snakemake (``settled``), so their
+  mtimes alone do not rerun it. Code inputs are never ancient, and a job downstream of one that
+  reruns keeps plain inputs (Snakemake does not carry a rerun through an ``ancient`` input).
 """
 
 from __future__ import annotations
@@ -86,6 +87,31 @@ def judge(plan: Plan, file_hash=sha256_file) -> dict[tuple, str | None]:
             continue
         verdicts[job.id] = staleness(plan, job, file_hash)
     return verdicts
+
+
+def _mtime(path: Path) -> float:
+    """A file's mtime; a directory's is its newest file's (what a directory output's bytes date from)."""
+    if path.is_dir():
+        return max((p.stat().st_mtime for p in path.rglob("*") if p.is_file()), default=path.stat().st_mtime)
+    return path.stat().st_mtime
+
+
+def settled(plan: Plan, verdicts: dict[tuple, str | None], code_root: Path) -> set[tuple]:
+    """Jobs whose artifact inputs Snakemake may take as ``ancient``: fresh by their record, built after
+    their code, and downstream of no job that will rerun. Reads mtimes; writes nothing."""
+    rerun, out, code = set(), set(), {}
+    for job in plan.jobs():
+        fresh = job.id in verdicts and verdicts[job.id] is FRESH
+        if fresh and not any(up.id in rerun for up in plan.upstream(job)):
+            built = min(_mtime(p) for p in job.outputs)
+            for f in job.code:
+                if f not in code:
+                    code[f] = _mtime(code_root / f)
+            if max((code[f] for f in job.code), default=0.0) <= built:
+                out.add(job.id)
+                continue
+        rerun.add(job.id)
+    return out
 
 
 class HashCache:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from prunemem.freshness import FRESH, HashCache, judge
+from prunemem.freshness import FRESH, HashCache, judge, settled
 from prunemem.dvcgen import write_dvc_yaml
 from prunemem.errors import PrunememError
 from prunemem.plan import METRICS_FILES, REPORT_FILES, SAMPLE_FILES, SAMPLE_PROVENANCE, Plan, read_params
@@ -58,6 +58,7 @@ def job_of(stage, wildcards):
 FILE_HASHES = HashCache(Path(".snakemake/prunemem/sha256-cache.json"))
 VERDICTS = judge(PLAN, FILE_HASHES)
 FILE_HASHES.save()
+SETTLED = settled(PLAN, VERDICTS, Path(workflow.basedir))
 STALE_STAMPS = Path(".snakemake/prunemem/stale")
 
 
@@ -77,8 +78,7 @@ def inputs_of(stage):
     def inputs(wildcards):
         job = job_of(stage, wildcards)
         # an artifact that follows from its record is not rerun for its inputs' mtimes (dvc pull)
-        settled = job.id in VERDICTS and VERDICTS[job.id] is FRESH
-        wrap = ancient if settled else (lambda path: path)
+        wrap = ancient if job.id in SETTLED else (lambda path: path)
         named = {}
         for role, _ in job.inputs:
             named[role] = [wrap(str(p)) for up in PLAN.upstream(job, role) for p in up.outputs]
