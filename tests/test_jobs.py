@@ -5,7 +5,7 @@ On a copy of the SMALL study (``pipeline``) inside a copy of this repository, tr
   stages it is a dep of, are exactly the jobs whose import closure contains it; editing one
   module of each distinct closure makes exactly those stages stale in ``dvc status`` (DVC
   compares each stage with its own deps), and exactly those jobs and everything downstream of
-  them planned by ``snakemake --summary`` (Snakemake reruns what consumes a rerun's outputs);
+  them in ``snakemake -n`` (Snakemake reruns what consumes a rerun's outputs);
 - ``snakemake -n``, ``dvc status`` and ``prunemem audit`` leave every file of the tree unchanged
   (bytes and mtimes), Snakemake's .snakemake/ and DVC's .dvc/tmp/ state aside;
 - a hand-edited dvc.yaml fails the audit, naming the stage.
@@ -49,20 +49,26 @@ def tracked(pipeline, tmp_path_factory):
     return root
 
 
-def _summary(root: Path) -> list[dict]:
-    """``snakemake --detailed-summary``: per output file, its input files and Snakemake's plan for it."""
-    out = run(root, sys.executable, "-m", "snakemake", "--detailed-summary", "--cores", "1").stdout
-    lines = [line.split("\t") for line in out.splitlines() if "\t" in line]
-    head = lines[0]
-    return [dict(zip(head, row)) for row in lines[1:]]
+def _dry_run(root: Path, *extra: str) -> list[dict[str, list[str]]]:
+    """The jobs ``snakemake -n`` would run, each as {"input": [...], "output": [...]} as Snakemake prints them."""
+    out = run(root, sys.executable, "-m", "snakemake", "-n", "--cores", "1", *extra).stdout
+    jobs, current = [], None
+    for line in out.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            current = {"input": [], "output": []}
+            jobs.append(current)
+        elif current is not None and line.strip().startswith(("input:", "output:")):
+            key, _, files = line.strip().partition(": ")
+            current[key.rstrip(":")] = [f.strip() for f in files.split(",") if f.strip()]
+    return [job for job in jobs if job["output"]]
 
 
 def _job_of_output(plan: Plan, root: Path) -> dict[str, str]:
     return {str(p): job.name for job in plan.jobs() for p in job.outputs}
 
 
-def _planned(rows: list[dict], jobs: dict[str, str]) -> set[str]:
-    return {jobs[r["output_file"]] for r in rows if r.get("plan") != "no update" and r["output_file"] in jobs}
+def _planned(dry: list[dict], jobs: dict[str, str]) -> set[str]:
+    return {jobs[job["output"][0]] for job in dry if job["output"][0] in jobs}
 
 
 def _modules(root: Path) -> list[Path]:
@@ -85,15 +91,16 @@ def test_every_module_is_a_dep_of_exactly_the_jobs_that_import_it(tracked, monke
     assert any(len(jobs) == 0 for jobs in expected.values())  # the CLI, the audit ... shape no artifact
     assert "mask-tiny-wanda-0_5" in expected["src/prunemem/calibrate.py"]  # crosses the package folder
     assert "evaluate-tiny-global-0_5" in expected["src/prunemem/prune/masks.py"]
-    # Snakemake: each output's declared inputs
-    rows = _summary(tracked)
+    # Snakemake: each job's declared inputs, as the dry run of every job prints them
     jobs = _job_of_output(plan, tracked)
-    assert rows and _planned(rows, jobs) == set()  # the study is up to date
+    assert _planned(_dry_run(tracked), jobs) == set()  # the study is up to date
+    everything = _dry_run(tracked, "--forceall")
+    assert len(everything) == len(plan.jobs())
     declared: dict[str, set[str]] = {}
-    for row in rows:
-        for f in row["input-file(s)"].split(","):
+    for job in everything:
+        for f in job["input"]:
             if f.startswith(str(tracked)):
-                declared.setdefault(Path(f).relative_to(tracked).as_posix(), set()).add(jobs[row["output_file"]])
+                declared.setdefault(Path(f).relative_to(tracked).as_posix(), set()).add(jobs[job["output"][0]])
     # DVC: each stage's deps
     stages = yaml.safe_load((tracked / "dvc.yaml").read_text())["stages"]
     dvc_deps: dict[str, set[str]] = {}
@@ -147,7 +154,7 @@ def test_editing_a_module_makes_exactly_its_importers_stale_in_both_tools(tracke
                 future = stat.st_mtime + 3600
                 os.utime(path, (future, future))
                 assert set(repo.status()) == expected[module], module
-                assert _planned(_summary(tracked), jobs) == downstream(expected[module]), module
+                assert _planned(_dry_run(tracked), jobs) == downstream(expected[module]), module
             finally:
                 path.write_bytes(original)
                 os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
