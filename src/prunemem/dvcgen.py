@@ -32,13 +32,13 @@ def _params(params_file: str, keys: list[str]) -> list:
 def stage(plan: Plan, job: Job, params_file: str = "params.yaml") -> dict:
     """The DVC stage of one job of the job table: the same command, files, params keys and code."""
     flag = "" if params_file == "params.yaml" else f" --params {params_file}"
-    outs = [p.as_posix() for p in job.out]
     spec = {"cmd": f"prunemem{flag} {job.stage} {job.args}".rstrip(),
             "deps": [p.as_posix() for p in plan.input_paths(job, dvc=True)] + list(job.code)}
     if job.param_keys:
         spec["params"] = _params(params_file, list(job.param_keys))
-    metrics = [o for o in outs if o.endswith("metrics.json")]
-    spec["outs"] = [o for o in outs if o not in metrics]
+    spec["outs"] = [p.as_posix() for p in job.out]
+    # a job's metrics file (reports/metrics.json) is an output DVC reads as metrics, not an `outs` entry
+    metrics = [p.as_posix() for p in job.outputs if p.name == "metrics.json" and p not in job.out]
     if metrics:
         spec["metrics"] = metrics
     return spec
