@@ -252,7 +252,7 @@ class Audit:
         except (yaml.YAMLError, AttributeError) as err:
             self.fail(path, f"unreadable ({err})")
             return
-        wanted = stages(self.plan)["stages"]
+        wanted = stages(Plan(self.plan.params))["stages"]  # dvc.yaml spells paths from the repository root
         for name in wanted.keys() - found.keys():
             self.fail(f"dvc.yaml stage {name}", "missing; regenerate dvc.yaml (prunemem dvc-yaml)")
         for name in found.keys() - wanted.keys():
