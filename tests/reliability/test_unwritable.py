@@ -62,7 +62,7 @@ def test_output_directory_is_a_file(study, capsys):
 
 @pytest.mark.parametrize("argv,culprit", [
     (GLOBAL, "data/masks/tiny/global/0.5.safetensors"),  # our own safetensors writer: an OSError
-    (DENSE, "data/metrics/tiny/dense/0/"),  # its first write is the resume record under .partial/
+    (DENSE, "data/metrics/tiny/dense/0/"),  # a batch under .partial/, after its small resume record
 ], ids=["mask", "evaluate"])
 def test_disk_full(study, argv, culprit):
     before = md5s(study)
@@ -70,5 +70,6 @@ def test_disk_full(study, argv, culprit):
     assert run.returncode == 1
     line = error_line(run.stderr)
     assert culprit in line and ": cannot write output" in line and "File too large" in line, line
-    assert md5s(study) == before
+    # no artifact changes; a resume record under .partial/ (outside every artifact, .dvcignore'd) may stay
+    assert {k: v for k, v in md5s(study).items() if "/.partial/" not in k} == before
     assert not list(Path(study, "data").rglob("*.tmp"))

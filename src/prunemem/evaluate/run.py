@@ -156,7 +156,10 @@ class PartialResults:
                 path.unlink()
         result = {key: value.contiguous() for key, value in compute().items()}
         with atomic_path(path) as tmp:
-            save_file(result, tmp)
+            try:
+                save_file(result, tmp)
+            except SafetensorError as err:  # safetensors reports a full disk or quota as its own error
+                raise PrunememError(f"{path}: cannot write output ({err})") from None
         return result
 
     def clear(self) -> None:
@@ -167,22 +170,24 @@ def batched(store: PartialResults, phase: str, n: int, batch: int, compute, prog
     """``compute(lo, hi)`` over ``range(n)`` in resumable batches; halves the batch on CUDA out-of-memory."""
     parts, lo = [], 0
     bar = progress(total=n) if progress else None
-    while lo < n:
-        hi = min(n, lo + batch)
-        try:
-            parts.append(store.run(f"{phase}-{lo:08d}-{hi:08d}", lambda: compute(lo, hi)))
-        except torch.OutOfMemoryError:
-            if batch == 1:
-                raise PrunememError(f"evaluate: a single sample of {phase} does not fit in device memory") from None
-            batch //= 2
-            torch.cuda.empty_cache()
-            log.warning("%s: out of memory, batch size lowered to %d", phase, batch)
-            continue
+    try:
+        while lo < n:
+            hi = min(n, lo + batch)
+            try:
+                parts.append(store.run(f"{phase}-{lo:08d}-{hi:08d}", lambda: compute(lo, hi)))
+            except torch.OutOfMemoryError:
+                if batch == 1:
+                    raise PrunememError(f"evaluate: a single sample of {phase} does not fit in device memory") from None
+                batch //= 2
+                torch.cuda.empty_cache()
+                log.warning("%s: out of memory, batch size lowered to %d", phase, batch)
+                continue
+            if bar is not None:
+                bar.update(hi - lo)
+            lo = hi
+    finally:  # also on an error, so its one line does not share the bar's
         if bar is not None:
-            bar.update(hi - lo)
-        lo = hi
-    if bar is not None:
-        bar.close()
+            bar.close()
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 

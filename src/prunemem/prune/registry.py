@@ -73,6 +73,7 @@ class Entry:
     nm_score: bool = False  # '<name>-NofM' is an N:M variant scored like this method
     standalone: bool = True  # False: valid only inside the grammar ('magnitude' only as magnitude-NofM)
     reference: bool = False  # the paper's own method: drawn against the dense model by duplication count
+    calibrated_by: str | None = None  # the params key that decides whether it reads calibration (OWL's score)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ register(Entry("random", f"{_M}:random_control", family="control", params=("prun
 register(Entry("magnitude", f"{_M}:magnitude_nm", nm_score=True, standalone=False))  # only as magnitude-NofM
 register(Entry("wanda", f"{_M}:wanda", calibrated=True, ccds_variant=True, nm_score=True))
 register(Entry("sparsegpt", f"{_M}:sparsegpt", params=("prune.damp",), calibrated=True, ccds_variant=True))
-register(Entry("owl", f"{_M}:owl", params=("prune.owl",), ccds_variant=True,
+register(Entry("owl", f"{_M}:owl", params=("prune.owl",), ccds_variant=True, calibrated_by="prune.owl.score",
                calibrated=lambda params: params["prune"].get("owl", {}).get("score") == "wanda"))
 register(Entry("sleb", f"{_M}:sleb", calibrated=True, ccds_variant=True, removes_units=True))
 register(Entry("evop", f"{_M}:evop", params=(*EVOP_KEYS, "prune.seed"), calibrated=True, cluster_sampling=True,
@@ -162,6 +163,13 @@ def _from_entry(name: str, entry: Entry, params: dict, **changes) -> Method:
                     entry.removes_units, entry.search, entry.search_split, threads=entry.threads,
                     loads_model=calibrated, reference=entry.reference)
     return replace(method, **changes)
+
+
+def _lookup(params: dict, key: str):
+    node = params
+    for part in key.split("."):
+        node = node.get(part, {}) if isinstance(node, dict) else None
+    return node
 
 
 def uses_calibration(spec: dict) -> bool:
@@ -188,6 +196,10 @@ def resolve(name: str, params: dict) -> Method:
     if name.endswith(CCDS):
         base = resolve(name[: -len(CCDS)], params)
         entry = REGISTRY.get(base.base)
+        if entry is not None and entry.ccds_variant and base.calibration is None and entry.calibrated_by:
+            key = entry.calibrated_by
+            raise PrunememError(f"prune.methods: {name!r} reads no calibration set with {key} "
+                                f"{_lookup(params, key)!r}; allowed: a {key} that reads calibration, or plain {base.name}")
         if base.kind != "mask" or entry is None or not entry.ccds_variant or base.calibration != "random":
             raise PrunememError(f"prune.methods: {name!r}: -ccds needs a method that reads a randomly sampled "
                                 f"calibration set; allowed: {_allowed()}")
