@@ -455,10 +455,13 @@ class Plan:
             spec.update({k: v for k, v in p["models"][model].items() if k in ("members", "heldout")})
             return spec
         if stage == "mask":  # the grid lists, and settings of other methods, are not inputs of a single mask
-            from prunemem.prune import EVOP, calibration_sampling
+            from prunemem.prune import EVOP, base_method, calibration_sampling
 
             skip = {"methods", "levels"} | ({"evop"} if method not in EVOP else set()) | \
-                ({"ccds"} if method is None or calibration_sampling(method) != "cluster" else set())
+                ({"ccds"} if method is None or calibration_sampling(method) != "cluster" else set()) | \
+                ({"sleb"} if method is None or base_method(method) != "sleb" else set()) | \
+                (set() if method is not None and self.calibrated(method) else {"device", "dtype", "offload",
+                                                                                "batch_size"})
             spec = {"method": method, "level": level, "prune": {k: v for k, v in p["prune"].items() if k not in skip},
                     "threads": p["evaluate"]["threads"]}
             if method is not None and self.calibrated(method):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from prunemem.calibrate import Placement, place, resolve_placement
 from prunemem.compress.lowrank import rank_for, truncated_svd
 from prunemem.compress.quantize import bits_per_weight, check, quantize_dequantize
 from prunemem.errors import PrunememError
@@ -49,7 +50,8 @@ def _quantized_units(weight: torch.Tensor, spec: dict) -> float:
 
 
 @torch.no_grad()
-def transform_model(model, spec: dict, key: str, calibration: torch.Tensor | None = None, progress=None) -> float:
+def transform_model(model, spec: dict, key: str, calibration: torch.Tensor | None = None, progress=None,
+                    batch_size: int = 8) -> float:
     """Transform the model's prunable weights in place; return the compression (kept / total units).
 
     Units are parameters for low-rank and 16-bit weights for quantization.
@@ -75,7 +77,8 @@ def transform_model(model, spec: dict, key: str, calibration: torch.Tensor | Non
                 module.weight.copy_(gptq(module.weight, stats[module_name].hessian, spec["bits"], spec["group_size"],
                                          spec["symmetric"], damp=spec.get("damp", 0.01)))
 
-        blockwise(model, calibration, lambda m: HessianStats(m.in_features, m.weight.device), edit, progress=progress)
+        blockwise(model, calibration, lambda m: HessianStats(m.in_features, m.weight.device), edit,
+                  batch_size=batch_size, progress=progress)
         return sum(_quantized_units(params[n], spec) for n in names) / total
     kept = 0.0
     for name in names:
@@ -114,8 +117,14 @@ def build_transform(plan, model: str, method: str, level: str, progress=None) ->
     ckpt = plan.checkpoint_dir(model)
     spec = plan.transform_spec(method, level)
     deterministic(plan.params["evaluate"]["threads"])  # the thread count evaluation recomputes it with
-    net = load_model(ckpt)
-    compression = transform_model(net, spec, plan.param_key(method), calibration_tokens(plan, model, spec), progress)
+    placement = Placement()
+    if uses_calibration(spec):  # GPTQ computes where prune.device says, checked before any weights load
+        calib = plan.params["samples"]["calibration"]
+        placement = resolve_placement(plan.params["prune"], "prune", ckpt, "gptq", calib["sequences"],
+                                      calib["tokens"])
+    net = place(load_model(ckpt, dtype=placement.dtype), placement)
+    compression = transform_model(net, spec, plan.param_key(method), calibration_tokens(plan, model, spec), progress,
+                                  batch_size=plan.params["prune"].get("batch_size", 8))
     digest = weights_digest(net)
     out = plan.transform_path(model, method, level)
     ckpt_sha = checkpoint_hash(ckpt)

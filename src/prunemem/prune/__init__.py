@@ -5,9 +5,11 @@
 ``level`` is the fraction of the method's own target set that is removed. Methods that
 restrict themselves to a subset (attention, mlp, first25, last25) leave the other prunable
 tensors whole, so their ``achieved_sparsity`` over all prunable weights is lower than ``level``.
-Activation-aware methods (wanda, sparsegpt, owl over wanda, sleb, wanda-NofM) read the
+Activation-aware methods (wanda, sparsegpt, owl over wanda, sleb, wanda-NofM, sparsegpt-NofM) read the
 calibration set through ``MaskContext.calibration``; N:M methods (``magnitude-2of4``,
-``wanda-4of8``, ...) have the single level 1 - N/M. A calibrated method named with the suffix
+``wanda-4of8``, ``sparsegpt-2of4``, ...) have the single level 1 - N/M. Calibrated methods get
+a model already placed where it computes (``prune.device`` / ``prune.dtype``, see
+``prunemem.calibrate.Placement``) and return their masks and carried weights on the host. A calibrated method named with the suffix
 ``-ccds`` (``wanda-ccds``, ``sleb-ccds``, ...) reads a cluster-sampled calibration set instead of a
 random one (``prunemem.prune.ccds``). ``evop`` and ``evop-mem`` search which blocks or sublayers
 to remove (``prunemem.prune.search``); ``evop-mem`` also reads the search split of members.
@@ -26,7 +28,8 @@ import torch
 from prunemem.prune import magnitude
 from prunemem.prune.targets import subset
 
-NM_METHOD = re.compile(r"^(magnitude|wanda)-([0-9]+)of([0-9]+)$")
+NM_METHOD = re.compile(r"^(magnitude|wanda|sparsegpt)-([0-9]+)of([0-9]+)$")
+CALIBRATED_NM = ("wanda", "sparsegpt")  # N:M scores that read the calibration set
 CCDS = "-ccds"  # method-name suffix: the same method on a cluster-sampled calibration set
 EVOP = ("evop", "evop-mem")  # EvoP reads cluster-sampled calibration by definition
 
@@ -84,12 +87,16 @@ def random(ctx: MaskContext, level: float) -> MaskResult:
 
 
 def _blockwise_rows(ctx: MaskContext, block_level: Callable[[int], float], nm: tuple[int, int] | None = None,
-                    updated: dict | None = None, sparse_gpt: bool = False) -> dict[str, torch.Tensor]:
-    """Prune block by block on the calibration pass (pruned outputs feed the next block)."""
+                    updated: dict | None = None, sparse_gpt: bool = False, model=None) -> dict[str, torch.Tensor]:
+    """Prune block by block on the calibration pass (pruned outputs feed the next block).
+
+    Masks and SparseGPT's updated weights go to the host as each linear is done, so the device
+    holds one block's working set, never the whole model's masks.
+    """
     from prunemem.calibrate import HessianStats, blockwise
     from prunemem.prune import calibrated as cal
 
-    model, masks = ctx.load_model(), {}
+    model, masks = model if model is not None else ctx.load_model(), {}
     damp = ctx.cfg.get("damp", 0.01)
 
     def edit(index, linears, stats):
@@ -98,16 +105,16 @@ def _blockwise_rows(ctx: MaskContext, block_level: Callable[[int], float], nm: t
             if sparse_gpt:
                 new, keep = cal.sparsegpt(module.weight, stats[name].hessian, level, nm=nm, damp=damp)
                 module.weight.copy_(new)
-                updated[f"{name}.weight"] = new.detach().clone()
+                updated[f"{name}.weight"] = new.detach().to("cpu", copy=True)
             else:
                 score = cal.wanda_score(module.weight, stats[name])
                 keep = cal.nm_mask(score, *nm) if nm else cal.row_mask(score, level)
                 module.weight.mul_(keep)
-            masks[f"{name}.weight"] = keep
+            masks[f"{name}.weight"] = keep.cpu()
 
     stats = (lambda m: HessianStats(m.in_features, m.weight.device)) if sparse_gpt else \
         (lambda m: cal.NormStats(m.in_features, m.weight.device))
-    blockwise(model, ctx.calibration(), stats, edit)
+    blockwise(model, ctx.calibration(), stats, edit, batch_size=ctx.cfg.get("batch_size", 8))
     return masks
 
 
@@ -131,34 +138,55 @@ def owl(ctx: MaskContext, level: float) -> MaskResult:
     spec, source = ctx.cfg["owl"], ctx.source
     n_blocks = max(t.layer for t in source.targets) + 1
     ratios = [0.0] * n_blocks
+    model = None
     if spec["score"] == "wanda":
         def measure(index, linears, stats):
             ratios[index] = cal.outlier_ratio([cal.wanda_score(m.weight, stats[n]) for n, m in linears.items()],
                                               spec["M"])
 
-        blockwise(ctx.load_model(), ctx.calibration(), lambda m: cal.NormStats(m.in_features, m.weight.device),
-                  measure)
+        model = ctx.load_model()  # the measuring pass edits nothing, so the pruning pass reuses the model
+        blockwise(model, ctx.calibration(), lambda m: cal.NormStats(m.in_features, m.weight.device),
+                  measure, batch_size=ctx.cfg.get("batch_size", 8))
     else:
         for index in range(n_blocks):
             names = [t.name for t in source.targets if t.layer == index]
             ratios[index] = cal.outlier_ratio([source[n].abs().double() for n in names], spec["M"])
     levels = cal.owl_levels(ratios, level, spec["lambda"])
     if spec["score"] == "wanda":
-        masks = _blockwise_rows(ctx, lambda i: levels[i])
+        masks = _blockwise_rows(ctx, lambda i: levels[i], model=model)
     else:
         masks = {t.name: cal.row_mask(source[t.name].abs().double(), levels[t.layer]) for t in source.targets}
     return MaskResult(masks, block_levels=levels)
 
 
 def sleb(ctx: MaskContext, level: float) -> MaskResult:
-    """SLEB: remove floor(level * blocks) whole blocks, greedily by calibration loss."""
+    """SLEB: remove floor(level * blocks) whole blocks, greedily by calibration loss.
+
+    ``prune.sleb.protect_ends`` (default true, the reference's ``early_barrier`` / ``latter_barrier``
+    of 1) keeps the first and the last block out of the search.
+    """
     from prunemem.prune import calibrated as cal
 
     n_blocks = max(t.layer for t in ctx.source.targets) + 1
-    removed = cal.sleb(ctx.load_model(), ctx.calibration(), math.floor(level * n_blocks + 1e-9))
+    protect = ctx.cfg.get("sleb", {}).get("protect_ends", True)
+    n_remove = math.floor(level * n_blocks + 1e-9)
+    check_sleb_level(level, n_blocks, protect, "prune.levels")
+    removed = cal.sleb(ctx.load_model(), ctx.calibration(), n_remove, protect_ends=protect,
+                       batch_size=ctx.cfg.get("batch_size", 8))
     masks = {t.name: torch.full(ctx.source[t.name].shape, t.layer not in removed, dtype=torch.bool)
              for t in ctx.source.targets}
     return MaskResult(masks, removed_blocks=removed)
+
+
+def check_sleb_level(level: float, n_blocks: int, protect_ends: bool, key: str) -> None:
+    """One line when SLEB's level asks for more blocks than it may remove."""
+    from prunemem.errors import PrunememError
+
+    n_remove, allowed = math.floor(level * n_blocks + 1e-9), n_blocks - (2 if protect_ends else 0)
+    if n_remove > allowed:
+        raise PrunememError(f"{key}: sleb at {level:g} removes {n_remove} of {n_blocks} blocks and only {allowed} "
+                            "may go" + (" (prune.sleb.protect_ends keeps the first and the last)" if protect_ends
+                                        else "") + f"; allowed: level < {(allowed + 1) / n_blocks:.4g}")
 
 
 def _evop(memorization: bool):
@@ -224,6 +252,10 @@ def _nm(ctx: MaskContext, method: str) -> MaskResult:
     from prunemem.prune import calibrated as cal
 
     score, n, m = nm_pattern(method)
+    if score == "sparsegpt":
+        updated: dict[str, torch.Tensor] = {}
+        masks = _blockwise_rows(ctx, lambda i: 1 - n / m, nm=(n, m), updated=updated, sparse_gpt=True)
+        return MaskResult(masks, updated=updated)
     if score == "wanda":
         return MaskResult(_blockwise_rows(ctx, lambda i: 1 - n / m, nm=(n, m)))
     return MaskResult({name: cal.nm_mask(ctx.source[name].abs(), n, m) for name in ctx.source.names})
@@ -258,7 +290,7 @@ def calibration_sampling(method: str) -> str:
 
 
 def nm_pattern(method: str) -> tuple[str, int, int] | None:
-    """('magnitude' | 'wanda', N, M) for an N:M method name like 'wanda-2of4', else None."""
+    """('magnitude' | 'wanda' | 'sparsegpt', N, M) for an N:M method name like 'wanda-2of4', else None."""
     m = NM_METHOD.match(method)
     return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
 
@@ -268,7 +300,7 @@ def needs_calibration(method: str, cfg: dict) -> bool:
     if method == "owl":
         return cfg["owl"]["score"] == "wanda"
     nm = nm_pattern(method)
-    return method in CALIBRATED or bool(nm and nm[0] == "wanda")
+    return method in CALIBRATED or bool(nm and nm[0] in CALIBRATED_NM)
 
 
 def compute(method: str, ctx: MaskContext, level: float) -> MaskResult:
@@ -279,5 +311,5 @@ def compute(method: str, ctx: MaskContext, level: float) -> MaskResult:
         from prunemem.errors import PrunememError
 
         raise PrunememError(f"prune.methods: unknown method {method!r}; allowed: {', '.join(METHODS)}, "
-                            "magnitude-NofM, wanda-NofM, and <calibrated method>-ccds")
+                            "magnitude-NofM, wanda-NofM, sparsegpt-NofM, and <calibrated method>-ccds")
     return METHODS[method](ctx, level)
