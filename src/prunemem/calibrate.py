@@ -222,3 +222,61 @@ def resolve_placement(section: dict, key: str, checkpoint, method: str, sequence
         return memplan.plan(method, shapes, sequences, seq_len, section.get("batch_size", 8), name, off)
 
     return Placement(device, dtype, choose_offload(figures, free, offload, key))
+
+
+class LiveBytes:
+    """Peak bytes of the tensors allocated while active (a TorchDispatchMode), device-agnostic.
+
+    Counts each new storage an op outputs until the last tensor on it is freed, so on the CPU it
+    measures what ``torch.cuda.max_memory_allocated`` measures on a GPU (less the allocator's
+    rounding). Tensors that existed before entering (the model's weights), and in-place results on
+    them, are not counted.
+    """
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                for t in torch.utils._pytree.tree_leaves((args, kwargs)):  # in-place outputs of older tensors
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in tracker._refs:
+                        tracker._known.add(t.untyped_storage().data_ptr())
+                out = func(*args, **(kwargs or {}))
+                for t in torch.utils._pytree.tree_leaves(out):
+                    if isinstance(t, torch.Tensor):
+                        tracker._track(t)
+                return out
+
+        self.mode, self.live, self.peak, self._refs, self._known = _Mode(), 0, 0, {}, set()
+
+    def _track(self, t: torch.Tensor) -> None:
+        import weakref
+
+        storage = t.untyped_storage()
+        ptr, size = storage.data_ptr(), storage.nbytes()
+        if ptr in self._known or not size:
+            return
+        if ptr not in self._refs:
+            self._refs[ptr] = [0, size]
+            self.live += size
+            self.peak = max(self.peak, self.live)
+        self._refs[ptr][0] += 1
+        weakref.finalize(t, self._release, ptr)
+
+    def _release(self, ptr: int) -> None:
+        ref = self._refs.get(ptr)
+        if ref is None:
+            return
+        ref[0] -= 1
+        if ref[0] == 0:
+            self.live -= ref[1]
+            del self._refs[ptr]
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)

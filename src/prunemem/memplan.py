@@ -13,8 +13,8 @@ Arithmetic only (no torch), so the scheduler and the docs can read it. What is c
   squared-norm vector per linear (Wanda, OWL); none for SLEB and the CCDS embedding;
 - ``transient``: the largest short-lived working set: a micro-batch through the block (MLP
   activations, eager attention scores, the statistics hook's float64 copy of its input), or the
-  edit kernel on the widest linear (SparseGPT/GPTQ: the float64 weight plus three in x in
-  factorisation buffers; Wanda: float64 scores, sort values and int64 indices), or, for methods
+  edit kernel on the widest linear (SparseGPT/GPTQ: the float64 weight plus four in x in
+  factorisation buffers, measured; Wanda: float64 scores, sort values and int64 indices), or, for methods
   that run the whole model (SLEB's loss, CCDS's embedding), a micro-batch's float32 logits.
 
 Host: the checkpoint loaded in the weight dtype (the whole model stays there when offloaded),
@@ -44,8 +44,10 @@ class Shapes:
     @classmethod
     def from_config(cls, config) -> "Shapes":
         head = config.hidden_size // config.num_attention_heads
+        rope = getattr(config, "rope_parameters", None) or {}  # transformers 5; older configs: rotary_pct
+        share = rope.get("partial_rotary_factor", getattr(config, "rotary_pct", 1.0))
         return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size,
-                   config.num_attention_heads, int(head * config.rotary_pct))
+                   config.num_attention_heads, int(head * share))
 
     @classmethod
     def pythia(cls, size: str) -> "Shapes":
@@ -115,7 +117,7 @@ def plan(method: str, shapes: Shapes, sequences: int, seq_len: int, batch_size: 
     hook = {"hessian": tokens * widest * f64 + widest * widest * f64, "gptq": tokens * widest * f64 + widest**2 * f64,
             "scores": 2 * tokens * widest * f64}.get(work, 0)
     if work in ("hessian", "gptq"):
-        kernel = max(o * n * f64 * (2 if work == "gptq" else 1) + o * n + 3 * n * n * f64 for o, n in shapes.linears)
+        kernel = max(o * n * f64 * (2 if work == "gptq" else 1) + o * n + 4 * n * n * f64 for o, n in shapes.linears)
     elif work == "scores":
         kernel = max(o * n * (3 * f64 + 1) for o, n in shapes.linears)
     else:

@@ -21,11 +21,12 @@ from prunemem.compress.quantize import check, fake_quantize, grid
 
 def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(upper Cholesky factor of H^-1, mask of dead inputs) after dampening; float64 for stability."""
-    h = hessian.double().clone()
+    h = hessian.to(torch.float64, copy=True)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    h.diagonal().add_(damp * torch.mean(torch.diag(h)))  # on the diagonal only: no n x n identity at 12B
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    del h  # so at most four n x n float64 buffers are alive (LAPACK's workspace included; memplan counts four)
     return torch.linalg.cholesky(inverse, upper=True), dead
 
 
@@ -34,7 +35,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
          damp: float = 0.01, block: int = 128) -> torch.Tensor:
     """The dequantized GPTQ weight (same shape and dtype as ``weight``)."""
     group = check(bits, group_size, weight.shape[1])
-    w = weight.detach().double().clone()
+    w = weight.detach().to(torch.float64, copy=True)
     hinv, dead = inverse_hessian_cholesky(hessian, damp)
     w[:, dead] = 0.0
     cols = w.shape[1]

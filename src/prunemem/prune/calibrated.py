@@ -68,7 +68,7 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, level: float, nm: tuple[int, int] | None = None,
               damp: float = 0.01, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """(updated weight with pruned entries zero, keep-mask)."""
-    w = weight.detach().double().clone()
+    w = weight.detach().to(torch.float64, copy=True)
     hinv, dead = inverse_hessian_cholesky(hessian, damp)
     w[:, dead] = 0.0
     rows, cols = w.shape
