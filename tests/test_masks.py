@@ -17,7 +17,7 @@ CFG = {"block_fraction": 0.25, "seed": 0}
 
 
 def _compute(method, source, level, cfg=CFG):
-    return compute(method, MaskContext(source, cfg), level).masks
+    return compute(method, MaskContext(source, cfg), level).bool_masks()
 
 
 def _linears(model):
@@ -60,7 +60,7 @@ def test_global_exact_count_and_tie_rule():
     # every magnitude equal: the quota must be filled by (tensor order, flat index), first pruned first
     sd = {"gpt_neox.layers.0.mlp.dense_h_to_4h.weight": torch.full((3, 5), -2.0),
           "gpt_neox.layers.1.mlp.dense_h_to_4h.weight": torch.full((4, 5), 2.0)}
-    keep = magnitude.global_masks(list(sd), lambda n: sd[n].abs(), 0.5)
+    keep = {n: m.bool() for n, m in magnitude.global_masks(list(sd), lambda n: sd[n].abs(), 0.5).items()}
     first, second = keep["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"], keep["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"]
     assert int((~first).sum()) + int((~second).sum()) == 17  # floor(0.5 * 35)
     assert not first.any() and int((~second).sum()) == 2

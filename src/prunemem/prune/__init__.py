@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from prunemem.prune import magnitude
+from prunemem.prune.masks import BitMask
 from prunemem.prune.targets import subset
 
 NM_METHOD = re.compile(r"^(magnitude|wanda|sparsegpt)-([0-9]+)of([0-9]+)$")
@@ -48,12 +49,16 @@ class MaskContext:
 
 @dataclass
 class MaskResult:
-    masks: dict[str, torch.Tensor]
+    masks: dict[str, BitMask]  # packed per tensor as soon as computed
     updated: dict[str, torch.Tensor] | None = None  # SparseGPT: the compensated weights
     removed_blocks: list[int] = field(default_factory=list)  # SLEB
     block_levels: list[float] | None = None  # OWL: the sparsity given to each block
     removed_sublayers: list[str] = field(default_factory=list)  # EvoP at sublayer granularity: "2.mlp"
     info: dict = field(default_factory=dict)  # how the mask was found (calibration choice, search history)
+
+    def bool_masks(self) -> dict[str, torch.Tensor]:
+        """The masks unpacked to bool tensors (small models and tests)."""
+        return {name: mask.bool() for name, mask in self.masks.items()}
 
 
 def _magnitude_subset(which: str):
@@ -74,7 +79,7 @@ def _magnitude_subset(which: str):
 
 def layerwise(ctx: MaskContext, level: float) -> MaskResult:
     """Every prunable matrix pruned to exactly ``level`` by L1 magnitude."""
-    return MaskResult({n: magnitude.tensor_mask(ctx.source[n].abs(), level) for n in ctx.source.names})
+    return MaskResult({n: BitMask.of(magnitude.tensor_mask(ctx.source[n].abs(), level)) for n in ctx.source.names})
 
 
 def random(ctx: MaskContext, level: float) -> MaskResult:
@@ -82,7 +87,7 @@ def random(ctx: MaskContext, level: float) -> MaskResult:
     out = {}
     for name in ctx.source.names:
         gen = torch.Generator().manual_seed(ctx.cfg["seed"] * 1_000_003 + zlib.crc32(name.encode()))
-        out[name] = magnitude.random_mask(ctx.source[name].shape, level, gen)
+        out[name] = BitMask.of(magnitude.random_mask(ctx.source[name].shape, level, gen))
     return MaskResult(out)
 
 
@@ -110,7 +115,7 @@ def _blockwise_rows(ctx: MaskContext, block_level: Callable[[int], float], nm: t
                 score = cal.wanda_score(module.weight, stats[name])
                 keep = cal.nm_mask(score, *nm) if nm else cal.row_mask(score, level)
                 module.weight.mul_(keep)
-            masks[f"{name}.weight"] = keep.cpu()
+            masks[f"{name}.weight"] = BitMask.of(keep)  # packed where computed, kept on the host
 
     stats = (lambda m: HessianStats(m.in_features, m.weight.device)) if sparse_gpt else \
         (lambda m: cal.NormStats(m.in_features, m.weight.device))
@@ -155,7 +160,8 @@ def owl(ctx: MaskContext, level: float) -> MaskResult:
     if spec["score"] == "wanda":
         masks = _blockwise_rows(ctx, lambda i: levels[i], model=model)
     else:
-        masks = {t.name: cal.row_mask(source[t.name].abs().double(), levels[t.layer]) for t in source.targets}
+        masks = {t.name: BitMask.of(cal.row_mask(source[t.name].abs().double(), levels[t.layer]))
+                 for t in source.targets}
     return MaskResult(masks, block_levels=levels)
 
 
@@ -173,7 +179,7 @@ def sleb(ctx: MaskContext, level: float) -> MaskResult:
     check_sleb_level(level, n_blocks, protect, "prune.levels")
     removed = cal.sleb(ctx.load_model(), ctx.calibration(), n_remove, protect_ends=protect,
                        batch_size=ctx.cfg.get("batch_size", 8))
-    masks = {t.name: torch.full(ctx.source[t.name].shape, t.layer not in removed, dtype=torch.bool)
+    masks = {t.name: BitMask.of(torch.full(ctx.source[t.name].shape, t.layer not in removed, dtype=torch.bool))
              for t in ctx.source.targets}
     return MaskResult(masks, removed_blocks=removed)
 
@@ -216,8 +222,8 @@ def _evop(memorization: bool):
         best, history = search.search(evaluator, len(names), n_remove, cfg,
                                       progress=lambda it: progress(it, desc=f"evop @ {level}", unit="generation"))
         removed = set(search.removed_sublayers(best, granularity))
-        masks = {t.name: torch.full(ctx.source[t.name].shape, (t.layer, t.part) not in removed, dtype=torch.bool)
-                 for t in ctx.source.targets}
+        masks = {t.name: BitMask.of(torch.full(ctx.source[t.name].shape, (t.layer, t.part) not in removed,
+                                               dtype=torch.bool)) for t in ctx.source.targets}
         info = {"search": {"granularity": granularity, "units": len(names), "removed": [names[u] for u in best],
                            "lambda": evaluator.lam, "k": evaluator.k or None, "history": history}}
         if granularity == "block":
@@ -258,7 +264,7 @@ def _nm(ctx: MaskContext, method: str) -> MaskResult:
         return MaskResult(masks, updated=updated)
     if score == "wanda":
         return MaskResult(_blockwise_rows(ctx, lambda i: 1 - n / m, nm=(n, m)))
-    return MaskResult({name: cal.nm_mask(ctx.source[name].abs(), n, m) for name in ctx.source.names})
+    return MaskResult({name: BitMask.of(cal.nm_mask(ctx.source[name].abs(), n, m)) for name in ctx.source.names})
 
 
 METHODS: dict[str, Callable[[MaskContext, float], MaskResult]] = {

@@ -68,14 +68,17 @@ def _kth_bits(names: list[str], score: ScoreFn, level: float) -> tuple[int, int,
     return k, (bucket << 16) | offset, below + (int(cum_low[offset - 1]) if offset else 0)
 
 
-def global_masks(names: list[str], score: ScoreFn, level: float) -> dict[str, torch.Tensor]:
+def global_masks(names: list[str], score: ScoreFn, level: float, pack: bool = True) -> dict:
     """One threshold over all ``names`` removing exactly floor(level * N) weights.
 
     Hand-written because ``torch.nn.utils.prune.global_unstructured`` concatenates every
     score (over 100 GB at 12B): here the k-th smallest score is found with two histogram
     passes over the float bit patterns (``_kth_bits``), each holding one tensor's scores at a
-    time, and a third pass writes the masks.
+    time, and a third pass writes the masks, each packed to bits (``masks.BitMask``, 1/8 byte
+    per weight) as soon as it is made; ``pack=False`` returns bool tensors.
     """
+    from prunemem.prune.masks import BitMask
+
     k, threshold, below = _kth_bits(names, score, level)
     ties_left = k - below
     masks = {}
@@ -85,7 +88,8 @@ def global_masks(names: list[str], score: ScoreFn, level: float) -> dict[str, to
         tied = (bits == threshold).flatten().nonzero().flatten()
         mask.view(-1)[tied[ties_left:]] = True  # ties beyond the quota are kept, first-come pruned first
         ties_left = max(0, ties_left - tied.numel())
-        masks[n] = mask
+        masks[n] = BitMask.of(mask) if pack else mask
+        del bits, mask, tied
     return masks
 
 
@@ -97,5 +101,7 @@ def random_mask(shape: torch.Size, level: float, generator: torch.Generator) -> 
     return mask.view(shape)
 
 
-def all_kept(names: Iterable[str], score: ScoreFn) -> dict[str, torch.Tensor]:
-    return {n: torch.ones(score(n).shape, dtype=torch.bool) for n in names}
+def all_kept(names: Iterable[str], score: ScoreFn) -> dict:
+    from prunemem.prune.masks import BitMask
+
+    return {n: BitMask.of(torch.ones(score(n).shape, dtype=torch.bool)) for n in names}

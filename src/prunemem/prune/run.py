@@ -73,7 +73,7 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
     result = compute(method, ctx, float(level))
     chosen.pop("sequences", None)
     info = {**result.info, **({"calibration": chosen} if chosen else {})}
-    pruned = sum(int((~m).sum()) for m in result.masks.values())
+    pruned = sum(m.numel() - m.kept for m in result.masks.values())
     total = sum(m.numel() for m in result.masks.values())
     log.info("%s @ %s: pruned %d of %d prunable weights (%.4f)%s", method, level, pruned, total, pruned / total,
              f", removed {result.removed_blocks or result.removed_sublayers}"
