@@ -86,7 +86,8 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
                     "deps": [ckpt, *([samples] if plan.calibrated(method) else []),
                              *code_deps(plan, kind)],
                     "params": _params(params_file, _artifact_params(plan, model, method)),
-                    "outs": [artifact],
+                    "outs": [artifact, *([plan.transform_weights_path(model, method, level).as_posix()]
+                                         if kind == "transform" else [])],
                 }
                 deps.insert(2, artifact)
             out[stage_name("evaluate", model, method, level)] = {

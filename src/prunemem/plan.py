@@ -427,6 +427,10 @@ class Plan:
     def transform_path(self, model: str, method: str, level: str) -> Path:
         return self.root / "data" / "transforms" / model / method / f"{level}.json"
 
+    def transform_weights_path(self, model: str, method: str, level: str) -> Path:
+        """The stored weights beside a transform record (``prunemem.compress.run.weights_path``)."""
+        return self.transform_path(model, method, level).with_suffix(".safetensors")
+
     def variant_artifact(self, model: str, method: str, level: str) -> Path | None:
         """The mask or transform a variant is evaluated through (None for dense)."""
         kind = self.kind(method)

@@ -5,6 +5,7 @@ rule transform:
         stale=lambda w: stale("transform", w.model, w.method, w.level),
     output:
         "data/transforms/{model}/{method}/{level}.json",
+        "data/transforms/{model}/{method}/{level}.safetensors",  # the stored weights (prunemem.compress.run)
     params:
         digest=lambda w: PLAN.stage_digest("transform", w.model, w.method, w.level),
     resources:

@@ -26,7 +26,7 @@ from prunemem.provenance import atomic_path
 
 FORMAT = "prunemem-mask/1"
 UPDATED = "updated:"  # key prefix of SparseGPT's compensated weights stored beside the masks
-_DTYPES = {torch.uint8: "U8", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+_DTYPES = {torch.uint8: "U8", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -76,7 +76,7 @@ def kept_count(mask) -> int:
     return mask.kept if isinstance(mask, BitMask) else int(mask.sum())
 
 
-def _write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write tensors in the safetensors format with a canonical (sorted) header.
 
     Hand-written because safetensors' own writer emits ``__metadata__`` in hash-map order,
@@ -121,7 +121,7 @@ def save(path: str | Path, masks: dict[str, torch.Tensor], *, method: str, level
     }
     tensors = {n: m.bits if isinstance(m, BitMask) else pack(m) for n, m in masks.items()}
     tensors.update({UPDATED + n: w for n, w in (updated or {}).items()})
-    _write_safetensors(path, tensors, meta)
+    write_safetensors(path, tensors, meta)
 
 
 def header(path: str | Path) -> dict[str, Any]:
