@@ -157,3 +157,15 @@ def test_schema_methods_match_registry():
     items = schema()["properties"]["prune"]["properties"]["methods"]["items"]["anyOf"]
     assert items[0]["enum"] == list(METHODS)
     assert re.fullmatch(items[1]["pattern"], "wanda-2of4") and re.fullmatch(items[1]["pattern"], "magnitude-4of8")
+
+
+def test_global_masks_chunked_equal_whole_and_pack_per_tensor(random_model, monkeypatch):
+    # ties across chunk boundaries: magnitudes rounded to a few values
+    sd = {t.name: (random_model.state_dict()[t.name] * 4).round() / 4
+          for t in prunable(list(random_model.state_dict()))}
+    whole = magnitude.global_masks(list(sd), lambda n: sd[n].abs(), 0.6, pack=False)
+    monkeypatch.setattr(magnitude, "CHUNK", 40)  # a multiple of 8 smaller than every tensor
+    chunked = magnitude.global_masks(list(sd), lambda n: sd[n].abs(), 0.6)
+    assert all(torch.equal(chunked[n].bool(), whole[n]) and chunked[n].kept == int(whole[n].sum()) for n in sd)
+    assert all(torch.equal(chunked[n].bits, masks.pack(whole[n])) for n in sd)  # the artifact's bytes
+    assert torch.equal(masks.pack(whole[next(iter(sd))], chunk=16), masks.pack(whole[next(iter(sd))]))

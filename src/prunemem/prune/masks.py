@@ -30,11 +30,17 @@ _DTYPES = {torch.uint8: "U8", torch.float32: "F32", torch.float16: "F16", torch.
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
-def pack(mask: torch.Tensor) -> torch.Tensor:
-    """Bits of a bool mask, computed where the mask is (a GPU packs its own), returned on the host."""
-    flat = mask.detach().flatten().to(torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
+def pack_bits(flat: torch.Tensor) -> torch.Tensor:
+    """Bits of a flat bool tensor, computed where it is (a GPU packs its own), returned on the host."""
+    flat = torch.nn.functional.pad(flat.to(torch.uint8), (0, (-flat.numel()) % 8))
     return (flat.view(-1, 8) * _BITS.to(flat.device)).sum(dim=1, dtype=torch.uint8).cpu()
+
+
+def pack(mask: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+    """Bits of a bool mask, ``chunk`` weights at a time (a multiple of 8), so the transient stays small."""
+    flat = mask.detach().flatten()
+    return torch.cat([pack_bits(flat[i : i + chunk]) for i in range(0, flat.numel(), chunk)] or
+                     [torch.zeros(0, dtype=torch.uint8)])
 
 
 def unpack(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
