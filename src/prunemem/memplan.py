@@ -15,7 +15,8 @@ Arithmetic only (no torch), so the scheduler and the docs can read it. What is c
   activations, eager attention scores, the statistics hook's float64 copy of its input), or the
   edit kernel on the widest linear (SparseGPT/GPTQ: the float64 weight plus four in x in
   factorisation buffers, measured; Wanda: float64 scores, sort values and int64 indices), or, for methods
-  that run the whole model (SLEB's loss, CCDS's embedding), a micro-batch's float32 logits.
+  that run the whole model, SLEB's loss: a micro-batch's logits and their float32 copy (the CCDS
+  embedding stops at the last hidden state).
 
 Host: the checkpoint loaded in the weight dtype (the whole model stays there when offloaded),
 the bit-packed masks (1 bit per prunable weight) and what the artifact carries (SparseGPT's
@@ -24,6 +25,7 @@ updated weights in the weight dtype; GPTQ's codes and scales).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 GIB = 1024**3
@@ -122,7 +124,7 @@ def plan(method: str, shapes: Shapes, sequences: int, seq_len: int, batch_size: 
         kernel = max(o * n * (3 * f64 + 1) for o, n in shapes.linears)
     else:
         kernel = 0
-    logits = tokens * shapes.vocab * (w + 4) if work in ("forward", "embed") else 0
+    logits = tokens * shapes.vocab * (w + 4) if work == "forward" else 0  # the embedding stops before embed_out
     transient = max(forward + hook, kernel, logits) + rotary
     device = weights + activations + stats + transient
     masks = shapes.prunable // 8
@@ -131,6 +133,36 @@ def plan(method: str, shapes: Shapes, sequences: int, seq_len: int, batch_size: 
     host = shapes.params * w + (masks if work in ("scores", "hessian", "forward") else 0) + carried
     return {"device": device, "host": host, "weights": weights, "activations": activations, "stats": stats,
             "transient": transient}
+
+
+def calibration_flops(method: str, shapes: Shapes, sequences: int, seq_len: int, level: float = 0.5,
+                      protect_ends: bool = True, pool: int | None = None) -> float:
+    """FLOPs of one calibrated job (the cost that scales its cluster resources and predicts GPU time).
+
+    A block's forward over T tokens is 2 * (its matmul weights) * T plus 4 * seq_len * hidden * T
+    for attention. Wanda: two passes per block (statistics, then the pruned block's outputs); OWL:
+    Wanda twice (measuring, then pruning). SparseGPT / GPTQ: the two passes, plus per linear the
+    Hessian (2 T in^2), its factorisation (~5/3 in^3: Cholesky, inverse, Cholesky) and the OBS
+    updates (out in^2 + 128 out in, the lazy block updates and the in-block sweeps): d^3 per layer
+    dominates. SLEB: every round scores every remaining candidate by a whole-model forward.
+    The CCDS embedding: one forward of the pool (``pool`` windows, default ``sequences``).
+    """
+    tokens = sequences * seq_len
+    matmul = sum(o * n for o, n in shapes.linears)
+    block = 2 * matmul * tokens + 4 * seq_len * shapes.hidden * tokens
+    work = kind(method)
+    if work in ("hessian", "gptq"):
+        per_linear = sum(2 * tokens * n * n + 5 / 3 * n**3 + o * n * n + 128 * o * n for o, n in shapes.linears)
+        return shapes.layers * (2 * block + per_linear)
+    if work == "forward":
+        model = shapes.layers * block + 2 * shapes.vocab * shapes.hidden * tokens
+        candidates = shapes.layers - (2 if protect_ends else 0)
+        rounds = math.floor(level * shapes.layers + 1e-9)
+        return model * sum(candidates - r for r in range(rounds))
+    if work == "embed":
+        return shapes.layers * block * (pool or sequences) / sequences
+    passes = 4 if method.removesuffix("-ccds") == "owl" else 2
+    return shapes.layers * passes * block
 
 
 def fit_error(figures: dict[str, int], free: int, key: str) -> str | None:
