@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from prunemem import memplan
 from prunemem.calibrate import HessianStats, LiveBytes, blockwise, choose_offload, resolve_placement
 from prunemem.errors import PrunememError
@@ -79,3 +79,17 @@ def test_twelve_b_plans_fit_one_80gb_gpu():
     shapes = memplan.Shapes.pythia("12b")
     for method in ("wanda", "sparsegpt", "gptq", "sleb", "ccds", "owl", "sparsegpt-2of4"):
         assert memplan.plan(method, shapes, 128, 2048)["device"] < 80e9 * 0.9, method
+
+
+def test_flops_and_cluster_resources_scale_with_the_method():
+    from prunemem.plan import Plan
+    from prunemem.resources import job_resources
+
+    shapes = memplan.Shapes.pythia("12b")
+    flops = {m: memplan.calibration_flops(m, shapes, 128, 2048) for m in ("wanda", "owl", "sparsegpt", "sleb")}
+    assert flops["wanda"] < flops["sparsegpt"] < flops["sleb"] and flops["owl"] == 2 * flops["wanda"]
+    forward = 2 * shapes.layers * sum(o * n for o, n in shapes.linears) * 128 * 2048
+    assert flops["wanda"] == pytest.approx(2 * forward, rel=0.05)  # two passes per block, attention aside
+    plan = Plan.load([REPO / "workflow/configs/pythia.yaml", REPO / "workflow/configs/pythia-evop.yaml"])
+    small, big = (job_resources(plan, "mask", m, "sleb") for m in ("pythia-160m", "pythia-12b"))
+    assert big["runtime"] > 4 * small["runtime"] and big["mem_mb"] > small["mem_mb"] and big["gpu"] == 1
