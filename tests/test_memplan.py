@@ -93,3 +93,23 @@ def test_flops_and_cluster_resources_scale_with_the_method():
     plan = Plan.load([REPO / "workflow/configs/pythia.yaml", REPO / "workflow/configs/pythia-evop.yaml"])
     small, big = (job_resources(plan, "mask", m, "sleb") for m in ("pythia-160m", "pythia-12b"))
     assert big["runtime"] > 4 * small["runtime"] and big["mem_mb"] > small["mem_mb"] and big["gpu"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+@pytest.mark.parametrize("verb", [("mask", "--method", "wanda", "--level", "0.5"),
+                                  ("transform", "--method", "int4-gptq", "--level", "0")])
+def test_cli_cuda_without_cuda_is_one_line_naming_the_key_before_reading_anything(tmp_path, monkeypatch, capsys,
+                                                                                    verb):
+    import yaml
+
+    from prunemem.cli import main
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prune"]["device"] = "cuda"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)  # no checkpoint, no samples: the device check must come first
+    assert main(["--params", "params.yaml", verb[0], "--model", "tiny", *verb[1:]]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("prunemem: error:")]
+    assert lines == ["prunemem: error: prune.device: 'cuda' requested but no CUDA device is visible"], err[-2000:]
+    assert "Traceback" not in err

@@ -30,15 +30,15 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
     cfg, samples = plan.params["prune"], plan.params["samples"]
     deterministic(plan.params["evaluate"]["threads"])
     ckpt = plan.checkpoint_dir(model)
+    calibrated = needs_calibration(method, cfg)
+    # before any file is read: prune.device: cuda without CUDA, or a model the plan does not fit, is one line
+    placement = resolve_placement(cfg, "prune", ckpt, method, samples["calibration"]["sequences"],
+                                  samples["calibration"]["tokens"]) if calibrated else Placement()
     ckpt_sha = checkpoint_hash(ckpt)
     inputs = {"checkpoint": ckpt_sha}
-    calibrated = needs_calibration(method, cfg)
     if calibrated:
         inputs["samples"] = samples_hash(plan.samples_dir(model))
     chosen: dict = {}
-    # before any weights load: prune.device: cuda without CUDA, or a model the plan does not fit, is one line
-    placement = resolve_placement(cfg, "prune", ckpt, method, samples["calibration"]["sequences"],
-                                  samples["calibration"]["tokens"]) if calibrated else Placement()
     models: dict = {}
 
     def dense_model():
