@@ -71,10 +71,16 @@ def streamed(model):
     if all(p.device == device for p in _layers(model).parameters()):
         yield model
         return
+    def arrive(module, args):
+        module.to(device)
+
+    def leave(module, args, output):
+        module.to(HOST)
+
     handles = []
     for layer in _layers(model):
-        handles.append(layer.register_forward_pre_hook(lambda m, a: m.to(device) and None))
-        handles.append(layer.register_forward_hook(lambda m, a, o: m.to(HOST) and None))
+        handles.append(layer.register_forward_pre_hook(arrive))
+        handles.append(layer.register_forward_hook(leave))
     try:
         yield model
     finally:
