@@ -33,7 +33,7 @@ What it does and measures:
      anonymous and file-backed (e.g. pages of the memory-mapped safetensors file);
    * the peak of RssAnon and RssFile above their starting values, sampled every 10 ms by a
      background thread (approximate: a sampler can miss short peaks);
-   * the number of pruned weights.
+   * the number of pruned weights, and (ours) the bytes of the bit-packed masks it returns.
 3. Each subprocess saves its keep-masks (uint8, 1 = kept) with ``safetensors.torch.save_file``;
    the parent compares them element by element and prints whether they are identical.  When
    they differ it reports where, and whether every differing weight has the same magnitude
@@ -150,9 +150,10 @@ def child_ours(model_dir: Path, level: float, out: Path) -> dict:
     source = WeightSource(model_dir / "model.safetensors")
     names = source.names
     masks, seconds, mem = measure(lambda: global_masks(names, lambda n: source[n].abs(), level))
-    pruned = sum(int((~m).sum()) for m in masks.values())
+    pruned = sum(m.numel() - m.kept for m in masks.values())  # bit-packed per tensor as each is made
     total = sum(m.numel() for m in masks.values())
-    save_file({n: masks[n].to(torch.uint8).contiguous() for n in names}, str(out))
+    mem["result_bytes"] = sum(m.bits.numel() for m in masks.values())
+    save_file({n: masks[n].bool().to(torch.uint8).contiguous() for n in names}, str(out))
     return dict(method="ours", seconds=seconds, pruned=pruned, total=total, tensors=len(names), k=None,
                 threads=torch.get_num_threads(), **mem)
 
@@ -297,6 +298,11 @@ def main(argv=None) -> None:
           f"peak extra memory {t['peak_extra'] / o['peak_extra']:.2f}x "
           f"(anon, sampled: {t['peak_extra_anon_sampled'] / max(o['peak_extra_anon_sampled'], 1):.2f}x)")
     print("peak extra MB = VmHWM after (reset via /proc/self/clear_refs just before) - VmRSS before")
+    weight_bytes = o["total"] * 4  # the prunable weights in fp32
+    print(f"ours against the {weight_bytes / MB:,.0f} MB of prunable fp32 weights: peak extra anonymous memory "
+          f"{o['peak_extra_anon_sampled'] / MB:.0f} MB ({o['peak_extra_anon_sampled'] / weight_bytes:.1%}; target <= 10%), "
+          f"the packed masks themselves {o['result_bytes'] / MB:.0f} MB ({o['result_bytes'] / weight_bytes:.1%}); "
+          f"VmHWM also counts the memory-mapped weights' file pages")
     print(f"RSS before: ours {o['rss_before'] / MB:.0f} MB, torch {t['rss_before'] / MB:.0f} MB")
     if cmp["identical"]:
         print(f"masks identical: yes (pruned: ours {o['pruned']:,}, torch {t['pruned']:,}); "

@@ -37,6 +37,7 @@ SMALL = {
     "prune": {"methods": ["global", "attention", "random", "wanda", "sparsegpt", "sleb", "wanda-2of4", "wanda-ccds",
                           "evop-mem"],
               "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0, "ccds": {"clusters": 2},
+              "sleb": {"protect_ends": False},  # 2 blocks: the reference's barriers would leave no candidate
               "evop": {"granularity": "sublayer", "population": 4, "generations": 3, "mutation": 0.3, "crossover": 0.8,
                        "elite": 1, "tournament": 2, "lambda": 50.0, "batch_size": 32, "threads": 1, "device": "cpu"}},
     "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True},

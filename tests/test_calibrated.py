@@ -123,7 +123,8 @@ def _ctx(model, calib):
     return MaskContext(DictSource(state), CFG, load_model=fresh, calibration=lambda: calib)
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "owl", "sleb", "wanda-2of4", "magnitude-4of8"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "owl", "sleb", "wanda-2of4", "magnitude-4of8",
+                                    "sparsegpt-2of4"])
 def test_calibrated_methods_save_apply_and_agree_with_generate(random_model, tmp_path, method):
     from prunemem.evaluate.memorization import greedy_extracted, score_windows
     from prunemem.prune import masks
@@ -131,12 +132,17 @@ def test_calibrated_methods_save_apply_and_agree_with_generate(random_model, tmp
 
     calib = torch.randint(1, 64, (4, 32), generator=torch.Generator().manual_seed(0))
     result = compute(method, _ctx(random_model, calib), 0.5)
-    total = sum(m.numel() for m in result.masks.values())
-    pruned = sum(int((~m).sum()) for m in result.masks.values())
+    keeps = result.bool_masks()
+    total = sum(m.numel() for m in keeps.values())
+    pruned = sum(int((~m).sum()) for m in keeps.values())
     # OWL spreads the level over blocks, and each row rounds its share down
     assert pruned == total // 2 if method != "owl" else 0.45 < pruned / total <= 0.5
-    if method == "sleb":
-        assert len(result.removed_blocks) == 2
+    if method == "sleb":  # protect_ends (the default): the two inner blocks of four are the only candidates
+        assert sorted(result.removed_blocks) == [1, 2]
+    if method == "sparsegpt-2of4":  # 2 of every 4 consecutive inputs kept, weights compensated
+        for name, keep in keeps.items():
+            assert (keep.reshape(keep.shape[0], -1, 4).sum(-1) == 2).all()
+        assert set(result.updated) == set(result.masks)
     path = tmp_path / "m.safetensors"
     masks.save(path, result.masks, method=method, level="0.5", checkpoint_sha256="c" * 64, updated=result.updated,
                removed_blocks=result.removed_blocks, block_levels=result.block_levels)
@@ -144,7 +150,7 @@ def test_calibrated_methods_save_apply_and_agree_with_generate(random_model, tmp
     model.prunemem_checkpoint_sha256 = "c" * 64
     masks.apply(model, path)
     params = dict(model.named_parameters())
-    for name, keep in result.masks.items():
+    for name, keep in keeps.items():
         if name in params:  # SLEB's removed blocks are gone from the model
             assert (params[name][~keep] == 0).all()
     if result.updated:
@@ -152,3 +158,17 @@ def test_calibrated_methods_save_apply_and_agree_with_generate(random_model, tmp
     windows = torch.randint(1, 64, (6, 24), generator=torch.Generator().manual_seed(1))
     assert torch.equal(score_windows(model, windows, 12, 8, 4)["extracted"],
                        greedy_extracted(model, windows, 12, 8, pad_id=0))
+
+
+def test_sleb_protect_ends_and_levels_it_cannot_reach(random_model):
+    from prunemem.errors import PrunememError
+    from prunemem.prune.methods import compute
+
+    calib = torch.randint(1, 64, (4, 24), generator=torch.Generator().manual_seed(0))
+    assert set(sleb(copy.deepcopy(random_model), calib, 2, protect_ends=True)) == {1, 2}
+    with pytest.raises(PrunememError, match=r"^prune.levels: sleb at 0.75 removes 3 of 4 blocks and only 2 may go"):
+        compute("sleb", _ctx(random_model, calib), 0.75)
+    unprotected = {**CFG, "sleb": {"protect_ends": False}}
+    ctx = _ctx(random_model, calib)
+    ctx.cfg = unprotected
+    assert len(compute("sleb", ctx, 0.75).removed_blocks) == 3

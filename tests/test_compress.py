@@ -99,10 +99,27 @@ def test_transform_record_round_trip_and_refusals(plan_with_checkpoint, method, 
     assert changed and all(n.endswith(("query_key_value.weight", "dense.weight", "4h.weight", "4h_to_h.weight"))
                            for n in changed)
 
+    # the stored weights are what the transform computed, compactly: recomputing gives the same bits
+    from prunemem.compress.run import transform_model, weights_digest, weights_path
+
+    fresh = load_model(plan.checkpoint_dir("tiny"))
+    transform_model(fresh, record["spec"], "k")
+    assert weights_digest(fresh) == record["weights_sha256"]
+    stored, dense = weights_path(path).stat().st_size, sum(before[n].numel() * 4 for n in changed)
+    # int4, groups of 16: 4-bit codes + a float32 scale and a uint8 zero per group = 0.203 of fp32; rank-r factors
+    assert stored < (0.25 if method == "int4" else 0.55) * dense  # (+ the header, large beside a tiny model)
+
+    original = weights_path(path).read_bytes()
     record["weights_sha256"] = "0" * 64
     path.write_text(json.dumps(record))
-    with pytest.raises(PrunememError, match="differs from the recorded"):
+    with pytest.raises(PrunememError, match="differs from the recorded 000000000000...; refusing the stored"):
         apply_transform(load_model(plan.checkpoint_dir("tiny")), path)
+    tampered = bytearray(original)
+    tampered[-1] ^= 1
+    weights_path(path).write_bytes(bytes(tampered))
+    with pytest.raises(PrunememError, match=r"stored transform weights differ from the record's sha256"):
+        apply_transform(load_model(plan.checkpoint_dir("tiny")), path)
+    weights_path(path).write_bytes(original)
     record["checkpoint_sha256"] = "f" * 64
     path.write_text(json.dumps(record))
     with pytest.raises(PrunememError, match="transform was made for checkpoint"):

@@ -345,7 +345,7 @@ def test_evop_method_end_to_end_masks_and_memorization(tmp_path):
             assert result.removed_sublayers == search["removed"] and not result.removed_blocks
             removed = {(int(b), s) for b, s in (n.split(".") for n in search["removed"])}
         for target in DictSource(state).targets:
-            keep = result.masks[target.name]
+            keep = result.masks[target.name].bool()
             assert bool(keep.all()) == ((target.layer, target.part) not in removed), target.name
             assert keep.all() or not keep.any()
         if method == "evop-mem":

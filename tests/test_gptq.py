@@ -101,3 +101,20 @@ def test_first_block_hessian_matches_direct_computation(random_model):
 
     blockwise(random_model, ids, lambda m: HessianStats(m.in_features, "cpu"), edit, batch_size=3)
     assert torch.allclose(hessians["gpt_neox.layers.0.mlp.dense_4h_to_h"], 2 * x.T @ x / x.shape[0], atol=1e-8)
+
+
+@pytest.mark.parametrize("bits,group,symmetric", [(4, 8, True), (3, 16, False), (8, 0, True)])
+def test_gptq_stored_codes_give_its_weights_back_bit_for_bit(bits, group, symmetric):
+    from prunemem.compress.quantize import dequantize
+    from prunemem.compress.run import _pack_codes, _qmin, _unpack_codes
+
+    w, h, _ = _problem(seed=3)
+    store: dict = {}
+    ours = gptq(w, h, bits, group, symmetric, damp=0.01, block=8, store=store)
+    assert torch.equal(ours, gptq(w, h, bits, group, symmetric, damp=0.01, block=8))  # storing changes nothing
+    spec = {"bits": bits, "symmetric": symmetric}
+    packed = _pack_codes(store["codes"], _qmin(spec), bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == (w.numel() + 1) // 2 if bits <= 4 else w.numel()
+    scale, zero = store["scale"], store["zero"].to(torch.uint8).to(torch.float64)
+    codes = _unpack_codes(packed, _qmin(spec), bits, w.numel(), scale.dtype).reshape(scale.shape[0], scale.shape[1], -1)
+    assert torch.equal(dequantize(codes, scale, zero).reshape(w.shape).to(w.dtype), ours)

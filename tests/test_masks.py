@@ -17,7 +17,7 @@ CFG = {"block_fraction": 0.25, "seed": 0}
 
 
 def _compute(method, source, level, cfg=CFG):
-    return compute(method, MaskContext(source, cfg), level).masks
+    return compute(method, MaskContext(source, cfg), level).bool_masks()
 
 
 def _linears(model):
@@ -60,7 +60,7 @@ def test_global_exact_count_and_tie_rule():
     # every magnitude equal: the quota must be filled by (tensor order, flat index), first pruned first
     sd = {"gpt_neox.layers.0.mlp.dense_h_to_4h.weight": torch.full((3, 5), -2.0),
           "gpt_neox.layers.1.mlp.dense_h_to_4h.weight": torch.full((4, 5), 2.0)}
-    keep = magnitude.global_masks(list(sd), lambda n: sd[n].abs(), 0.5)
+    keep = {n: m.bool() for n, m in magnitude.global_masks(list(sd), lambda n: sd[n].abs(), 0.5).items()}
     first, second = keep["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"], keep["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"]
     assert int((~first).sum()) + int((~second).sum()) == 17  # floor(0.5 * 35)
     assert not first.any() and int((~second).sum()) == 2
@@ -149,3 +149,15 @@ def test_corrupt_mask_file_is_one_clear_error(tmp_path):
     bad.write_bytes(b"\x10\x00\x00\x00not a header")
     with pytest.raises(PrunememError, match="bad.safetensors"):
         masks.load(bad)
+
+
+def test_global_masks_chunked_equal_whole_and_pack_per_tensor(random_model, monkeypatch):
+    # ties across chunk boundaries: magnitudes rounded to a few values
+    sd = {t.name: (random_model.state_dict()[t.name] * 4).round() / 4
+          for t in prunable(list(random_model.state_dict()))}
+    whole = magnitude.global_masks(list(sd), lambda n: sd[n].abs(), 0.6, pack=False)
+    monkeypatch.setattr(magnitude, "CHUNK", 40)  # a multiple of 8 smaller than every tensor
+    chunked = magnitude.global_masks(list(sd), lambda n: sd[n].abs(), 0.6)
+    assert all(torch.equal(chunked[n].bool(), whole[n]) and chunked[n].kept == int(whole[n].sum()) for n in sd)
+    assert all(torch.equal(chunked[n].bits, masks.pack(whole[n])) for n in sd)  # the artifact's bytes
+    assert torch.equal(masks.pack(whole[next(iter(sd))], chunk=16), masks.pack(whole[next(iter(sd))]))

@@ -104,4 +104,25 @@ def test_evop_overlay_adds_the_search_methods_with_gpu_time_for_the_search():
     sleb, search, memo = (job_resources(plan, plan.job("mask", "pythia-12b", m, "0.45"))
                           for m in ("sleb", "evop", "evop-mem"))
     assert sleb["gpu"] == search["gpu"] == memo["gpu"] == 1
-    assert sleb["runtime"] < search["runtime"] < memo["runtime"]
+    assert search["runtime"] < memo["runtime"]
+    # SLEB at 12B, level 0.45: 16 greedy rounds over ~26 candidates = ~400 whole-model forwards, more than
+    # EvoP's 320 candidates (memplan.calibration_flops)
+    assert sleb["runtime"] > search["runtime"]
+
+
+def test_sota_overlay_every_method_on_every_size_with_resources_from_its_cost():
+    from prunemem.resources import job_resources
+
+    plan = Plan.load([PYTHIA, REPO / "workflow" / "configs" / "pythia-sota.yaml"])
+    assert plan.params["samples"]["calibration"] == {"sequences": 128, "tokens": 2048, "pool": 128}
+    wanted = {"wanda", "sparsegpt", "owl", "wanda-2of4", "sparsegpt-2of4", "int4-gptq", "int8"}
+    for model in plan.models:
+        assert wanted <= {method for method, _ in plan.variants(model)}, model
+    def job(model, method):
+        return next(j for j in plan.jobs() if j.stage in ("mask", "transform") and (j.model, j.method) == (model, method))
+
+    cost = {m: job_resources(plan, job("pythia-12b", m)) for m in wanted}
+    assert all(cost[m]["gpu"] == 1 for m in wanted - {"int8"}) and cost["int8"]["gpu"] == 0
+    assert cost["wanda"]["runtime"] < cost["owl"]["runtime"] < cost["sparsegpt"]["runtime"]
+    assert cost["sparsegpt"]["mem_mb"] > cost["wanda"]["mem_mb"]  # it carries its updated weights
+    assert job_resources(plan, job("pythia-160m", "sparsegpt"))["runtime"] < cost["sparsegpt"]["runtime"]

@@ -469,6 +469,10 @@ class Plan:
     def transform_path(self, model: str, method: str, level: str) -> Path:
         return self.root / "data" / "transforms" / model / method / f"{level}.json"
 
+    def transform_weights_path(self, model: str, method: str, level: str) -> Path:
+        """The stored weights beside a transform record (``prunemem.compress.run.weights_path``)."""
+        return self.transform_path(model, method, level).with_suffix(".safetensors")
+
     def variant_artifact(self, model: str, method: str, level: str) -> Path | None:
         """The mask or transform a variant is evaluated through (None for dense)."""
         kind = self.kind(method)
@@ -513,7 +517,8 @@ class Plan:
             if method.kind != "dense":
                 artifact = (method.kind, model, name, level)
                 path = self.variant_artifact(model, name, level)
-                yield self._job(method.kind, model, name, level, outputs=[path], record=path,
+                stored = [self.transform_weights_path(model, name, level)] if method.kind == "transform" else []
+                yield self._job(method.kind, model, name, level, outputs=[path, *stored], record=path,
                                 inputs=[("checkpoint", [ckpt]), ("samples", [samples] if method.calibrated else [])],
                                 keys=[*method.params, method.threads], threads=method.threads)
             metrics = self.metrics_dir(model, name, level)

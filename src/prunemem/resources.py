@@ -11,7 +11,10 @@ a job killed at its time limit costs more than a few idle minutes.
   H100's bf16 peak, doubled for the fp32 near-tie re-checks and the cross-check, plus 20 minutes
   of loading; host memory holds the fp32 copy a transform is recomputed in.
 - Calibrated masks and transforms (Wanda, SparseGPT, OWL, SLEB, GPTQ, low-rank) run on one GPU
-  block by block; magnitude masks are a CPU pass over the memory-mapped weights. An EvoP search
+  block by block; magnitude masks are a CPU pass over the memory-mapped weights. Calibrated
+  methods' runtime scales with their FLOP count (``memplan.calibration_flops``: d^3 per layer
+  for SparseGPT and GPTQ, whole-model forwards for SLEB) and their host memory with the memory
+  plan (``memplan.plan``). An EvoP search
   adds one forward pass over the calibration set (and, for evop-mem, the search split) per
   candidate, population x generations candidates at most, at the same assumed rate.
 """
@@ -22,6 +25,7 @@ import math
 import re
 
 from prunemem.plan import Job, Plan, lookup
+from prunemem.prune.registry import Method
 
 GPU_FROM_PARAMS = 100e6
 ASSUMED_FLOPS = 0.25 * 989e12  # 25% of an H100's dense bf16 peak
@@ -47,6 +51,42 @@ def _evaluation_tokens(plan: Plan) -> int:
     return n * per_sample + samples["perplexity_tokens"] * window // stride
 
 
+def _calibrated_cost(plan: Plan, model: str, method: Method, n: float, minutes: float,
+                     mem_gb: float) -> tuple[float, float]:
+    """Runtime from the method's FLOP count (``memplan.calibration_flops``: SparseGPT's and GPTQ's
+    d^3 per layer, SLEB's forward passes) at a tenth of the assumed rate (float64 Hessians, the
+    sequential OBS sweeps; half the rate for forward passes) plus loading, and host memory from
+    the memory plan."""
+    from prunemem import memplan
+
+    shapes = _shapes(plan, model, n)
+    calib = plan.params["samples"]["calibration"]
+    name = "gptq" if method.kind == "transform" else method.base
+    level = float(max(plan.mask_levels(method.name, model), key=float)) if method.kind == "mask" else 0.5
+    flops = memplan.calibration_flops(name, shapes, calib["sequences"], calib["tokens"], level,
+                                      plan.params["prune"].get("sleb", {}).get("protect_ends", True))
+    if method.kind == "mask" and method.calibration == "cluster":  # CCDS embeds the pool first
+        flops += memplan.calibration_flops("ccds", shapes, calib["sequences"], calib["tokens"],
+                                           pool=calib.get("pool", calib["sequences"]))
+    host = memplan.plan(name, shapes, calib["sequences"], calib["tokens"], dtype="float32")["host"] / 1e9
+    slowdown = 10 if memplan.kind(name) in ("hessian", "gptq") else 2  # float64 and sequential sweeps, or bf16
+    return 30 + 2 * n / 1e9 + slowdown * flops / ASSUMED_FLOPS / 60, max(mem_gb, 4 + host)
+
+
+def _shapes(plan: Plan, model: str, n: float):
+    """The model's shapes: the embedded architecture, the Pythia size in a hub repo's name, or 12B."""
+    from prunemem import memplan
+
+    spec = plan.params["models"][model]
+    if spec["source"] == "embedded":
+        arch, vocab = plan.params["embedded"]["architecture"], plan.params["embedded"]["tokenizer"]["vocab_size"]
+        h = arch["hidden_size"]
+        heads = arch.get("num_heads", arch.get("num_attention_heads", 4))
+        return memplan.Shapes(h, 4 * h, arch["num_layers"], vocab, heads, h // heads // 4)
+    match = re.search(r"pythia-(\d+(?:\.\d+)?[mb])", spec["repo"].lower())
+    return memplan.Shapes.pythia(match.group(1) if match and match.group(1) in memplan.PYTHIA else "12b")
+
+
 def job_resources(plan: Plan, job: Job) -> dict[str, int]:
     """{gpu, cpus_per_gpu, mem_mb, runtime} for one job of the job table."""
     if job.model is None:  # the report
@@ -65,6 +105,8 @@ def job_resources(plan: Plan, job: Job) -> dict[str, int]:
         gpu = int(big and heavy)
         mem_gb = 4 + (weights_gb if heavy else 0.5 * weights_gb)
         minutes = 30 + (6 if heavy else 1) * n / 1e9
+        if method.calibrated and not method.search:  # the method's own cost: d^3 per layer, or forwards
+            minutes, mem_gb = _calibrated_cost(plan, job.model, method, n, minutes, mem_gb)
         if method.search:  # every candidate pattern is a forward pass over its data
             evop, samples = plan.params["prune"]["evop"], plan.params["samples"]
             tokens = samples["calibration"]["sequences"] * samples["calibration"]["tokens"]

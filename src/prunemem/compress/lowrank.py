@@ -18,9 +18,16 @@ def rank_for(keep: float, rows: int, cols: int) -> int:
     return min(min(rows, cols), math.floor(keep * rows * cols / (rows + cols) + 1e-9))
 
 
-def truncated_svd(weight: torch.Tensor, rank: int) -> torch.Tensor:
-    """The best rank-``rank`` approximation of ``weight`` (SVD in float64 for a stable, exact truncation)."""
+def factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A [m, r], B [r, n]) in the weight's dtype, A @ B the best rank-``rank`` approximation
+    (SVD in float64 for a stable, exact truncation; singular values folded into A)."""
     if rank < 1:
         raise ValueError(f"rank: {rank} must be at least 1")
     u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
-    return ((u[:, :rank] * s[:rank]) @ vh[:rank]).to(weight.dtype)
+    return (u[:, :rank] * s[:rank]).to(weight.dtype), vh[:rank].to(weight.dtype).contiguous()
+
+
+def truncated_svd(weight: torch.Tensor, rank: int) -> torch.Tensor:
+    """The rank-``rank`` weight as a compressed model holds it: the product of its stored factors."""
+    a, b = factors(weight, rank)
+    return a @ b

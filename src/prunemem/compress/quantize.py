@@ -45,13 +45,29 @@ def check(bits: int, group_size: int, in_features: int) -> int:
     return group
 
 
-def quantize_dequantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> torch.Tensor:
-    """The weight after quantizing to ``bits`` and back, in the weight's dtype (computed in fp32)."""
+def codes_of(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """The integers of ``fake_quantize`` (as floats): clamp(round(x / scale) + zero)."""
+    return torch.clamp(torch.round(x / scale) + zero, qmin, qmax)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """(codes - zero) * scale: the same arithmetic as ``fake_quantize``, so stored codes give its bits back."""
+    return (codes - zero) * scale
+
+
+def quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool):
+    """(codes [out, groups, group], scale [out, groups, 1], zero, qmin) of round-to-nearest, in fp32."""
     out_features, in_features = weight.shape
     group = check(bits, group_size, in_features)
     x = weight.detach().float().reshape(out_features, in_features // group, group)
-    out = fake_quantize(x, *grid(x, bits, symmetric))
-    return out.reshape(out_features, in_features).to(weight.dtype)
+    scale, zero, qmin, qmax = grid(x, bits, symmetric)
+    return codes_of(x, scale, zero, qmin, qmax), scale, zero, qmin
+
+
+def quantize_dequantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> torch.Tensor:
+    """The weight after quantizing to ``bits`` and back, in the weight's dtype (computed in fp32)."""
+    codes, scale, zero, _ = quantize(weight, bits, group_size, symmetric)
+    return dequantize(codes, scale, zero).reshape(weight.shape).to(weight.dtype)
 
 
 def bits_per_weight(bits: int, group_size: int, in_features: int, symmetric: bool) -> float:

@@ -29,7 +29,7 @@ import polars as pl
 import torch
 
 from prunemem.checkpoints import checkpoint_hash, load_model, load_tokenizer, tokenizer_hash
-from prunemem.compress.run import apply_transform, calibration_tokens
+from prunemem.compress.run import apply_transform
 from prunemem.data.samples import samples_hash
 from prunemem.errors import PrunememError
 from prunemem.evaluate import mia
@@ -88,8 +88,9 @@ def check_inputs(plan: Plan, model_name: str) -> None:
 def load_variant(plan: Plan, model_name: str, method: str, level: str, device: str, dtype: torch.dtype):
     """The model as evaluated: checkpoint, then mask or transform, then cast to ``dtype`` on ``device``.
 
-    Transforms are recomputed in fp32 on the CPU, where their records were made, because their
-    weights hash is only reproducible there; masks zero weights, which commutes with casting.
+    Transforms are read from their stored weights (codes and scales, or factors) onto the
+    checkpoint loaded on the host, verified against the record's hashes, then cast; masks zero
+    weights, which commutes with casting.
     """
     ckpt_dir = plan.checkpoint_dir(model_name)
     artifact = plan.variant_artifact(model_name, method, level)
@@ -99,8 +100,7 @@ def load_variant(plan: Plan, model_name: str, method: str, level: str, device: s
     if kind == "mask":
         mask, inputs["mask"] = mask_io.apply(model, artifact), sha256_file(artifact)
     elif kind == "transform":
-        calibration = calibration_tokens(plan, model_name, plan.transform_spec(method, level))
-        compression = apply_transform(model, artifact, calibration)["compression"]
+        compression = apply_transform(model, artifact)["compression"]  # stored weights, verified, not recomputed
         inputs["transform"] = sha256_file(artifact)
         model = model.to(device=device, dtype=dtype)
     return model, mask, inputs, compression

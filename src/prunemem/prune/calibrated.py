@@ -5,12 +5,18 @@
 - SparseGPT (Frantar & Alistarh, arXiv 2301.00774): per 128-column block, remove the weights
   with the lowest w^2 / [H^-1]_jj^2 (exactly floor(level * rows * block_columns) of each block)
   and update the rest to compensate (OBS). Its artifact carries the updated weights.
-- OWL (Yin et al., arXiv 2310.05065): per-block sparsity from the block's outlier ratio
+- OWL (Yin et al., arXiv 2310.05175): per-block sparsity from the block's outlier ratio
   (scores above M times their mean), spread by lambda around the target level; then Wanda
   or magnitude inside each block.
-- N:M (e.g. 2:4 keeps 2 of every 4 consecutive input weights of a row) by magnitude or Wanda.
+- N:M (e.g. 2:4 keeps 2 of every 4 consecutive input weights of a row) by magnitude, Wanda or
+  SparseGPT (whose N:M choice is made per group of M columns as the OBS sweep reaches it).
 - SLEB (Song et al., arXiv 2402.09025): greedily remove the whole block whose removal raises
-  the calibration loss least, floor(level * blocks) times.
+  the calibration loss least, floor(level * blocks) times; like the reference
+  (``early_barrier`` = ``latter_barrier`` = 1) the first and last blocks are not candidates
+  unless ``protect_ends`` is off.
+
+Kernels take weights in whatever dtype and device they live on (bfloat16 on a GPU) and compute
+their scores and OBS updates in float64; results go back in the weight's dtype.
 
 All kernels break ties by position (stable sorts), so masks are deterministic.
 """
@@ -62,7 +68,7 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, level: float, nm: tuple[int, int] | None = None,
               damp: float = 0.01, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """(updated weight with pruned entries zero, keep-mask)."""
-    w = weight.detach().double().clone()
+    w = weight.detach().to(torch.float64, copy=True)
     hinv, dead = inverse_hessian_cholesky(hessian, damp)
     w[:, dead] = 0.0
     rows, cols = w.shape
@@ -118,27 +124,39 @@ class SkipBlock(torch.nn.Module):
 
 @torch.no_grad()
 def calibration_loss(model, calibration: torch.Tensor, batch_size: int = 8) -> float:
+    """Mean next-token loss over the calibration rows, on the device the model computes on."""
+    from prunemem.calibrate import compute_device, streamed
+
+    device = compute_device(model)
     total, count = 0.0, 0
-    for ids in calibration.long().split(batch_size):
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
-        total += float(loss) * ids.numel()
-        count += ids.numel()
+    with streamed(model):
+        for ids in calibration.long().split(batch_size):
+            ids = ids.to(device)
+            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
+            total += float(loss) * ids.numel()
+            count += ids.numel()
     return total / count
 
 
 @torch.no_grad()
-def sleb(model, calibration: torch.Tensor, n_remove: int) -> list[int]:
-    """Greedy block removal by calibration loss; returns the removed block indices in removal order."""
+def sleb(model, calibration: torch.Tensor, n_remove: int, protect_ends: bool = False,
+         batch_size: int = 8) -> list[int]:
+    """Greedy block removal by calibration loss; returns the removed block indices in removal order.
+
+    Ties go to the lower block index (strict ``<``). ``protect_ends`` keeps block 0 and the last
+    block out of the candidates, as the reference does.
+    """
     layers = model.gpt_neox.layers
     originals = list(layers)
+    candidates = range(1, len(originals) - 1) if protect_ends else range(len(originals))
     removed: list[int] = []
     for _ in range(n_remove):
         best = None
-        for candidate in range(len(originals)):
+        for candidate in candidates:
             if candidate in removed:
                 continue
             layers[candidate] = SkipBlock()
-            loss = calibration_loss(model, calibration)
+            loss = calibration_loss(model, calibration, batch_size)
             layers[candidate] = originals[candidate]
             if best is None or loss < best[0]:
                 best = (loss, candidate)

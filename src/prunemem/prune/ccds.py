@@ -23,13 +23,20 @@ def random_indices(pool: int, n: int, seed: int) -> list[int]:
 
 @torch.no_grad()
 def embed(model, windows: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """Mean last-layer hidden state of each window, float64 [n, hidden]."""
-    device = next(model.parameters()).device
+    """Mean last-layer hidden state (after the final LayerNorm) of each window, float64 [n, hidden].
+
+    Runs the transformer body only (no unembedding: a micro-batch's logits would be the largest
+    tensor of the pass), on the device the model computes on, blocks streamed when offloaded.
+    """
+    from prunemem.calibrate import compute_device, streamed
+
+    device = compute_device(model)
     out = []
-    for ids in windows.long().split(batch_size):
-        ids = ids.to(device)
-        hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states[-1]
-        out.append(hidden.double().mean(dim=1).cpu())
+    with streamed(model):
+        for ids in windows.long().split(batch_size):
+            ids = ids.to(device)
+            hidden = model.gpt_neox(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+            out.append(hidden.double().mean(dim=1).cpu())
     return torch.cat(out)
 
 
@@ -66,14 +73,15 @@ def cluster_indices(embeddings: torch.Tensor, n: int, clusters: int, seed: int) 
 
 def select(pool: torch.Tensor, n: int, sampling: str, seed: int, clusters: int = 8,
            load_model=None) -> tuple[torch.Tensor, dict]:
-    """(the calibration sequences, a record of how they were chosen) from the pool."""
+    """(the calibration sequences, a record of how they were chosen) from the pool.
+
+    ``load_model`` gives the dense model, already placed (``prunemem.calibrate.place``); the mask
+    job hands the same model on to the method, so CCDS never loads a second copy.
+    """
     if sampling == "random":
         indices = random_indices(pool.shape[0], n, seed)
         return pool[indices], {"sampling": "random", "indices": indices}
-    model = load_model()
-    if torch.cuda.is_available():  # a 12B model embeds a pool of 2,048-token windows in minutes there, days here
-        model = model.to("cuda")
-    indices, labels = cluster_indices(embed(model, pool), n, clusters, seed)
+    indices, labels = cluster_indices(embed(load_model(), pool), n, clusters, seed)
     sizes = [labels.count(c) for c in range(max(labels) + 1)]
     return pool[indices], {"sampling": "cluster", "indices": indices, "cluster_sizes": sizes,
                            "chosen_per_cluster": [sum(labels[i] == c for i in indices) for c in range(len(sizes))]}

@@ -40,52 +40,76 @@ def _ordered_bits(scores: torch.Tensor, check: bool = False) -> torch.Tensor:
     return (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
 
 
+CHUNK = 1 << 20  # scores handled per step: transients stay ~16 MB whatever the tensor (a 12B MLP matrix is 105M)
+
+
+def _chunks(scores: torch.Tensor):
+    flat = scores.detach().flatten()
+    for start in range(0, flat.numel(), CHUNK):
+        yield start, flat[start : start + CHUNK]
+
+
 def _kth_bits(names: list[str], score: ScoreFn, level: float) -> tuple[int, int, int]:
     """(k, t, below): k = floor(level * N), the bit pattern t of the k-th smallest score, and how many are below t.
 
     Two histogram passes, exact: the high 16 bits of every pattern pick the bucket holding the
     k-th score, the low 16 bits within that bucket pick the value.
     """
-    device = score(names[0]).device
-    high = torch.zeros(1 << 15, dtype=torch.int64, device=device)  # patterns of finite non-negatives < 0x7F800000
-    total = 0
+    high, total = None, 0
     for n in names:
-        bits = _ordered_bits(score(n), check=True).flatten()
-        high += torch.bincount(bits >> 16, minlength=1 << 15)
-        total += bits.numel()
+        for _, part in _chunks(score(n)):
+            bits = _ordered_bits(part, check=True)
+            if high is None:  # patterns of finite non-negatives < 0x7F800000, counted where the scores live
+                high = torch.zeros(1 << 15, dtype=torch.int64, device=bits.device)
+            high += torch.bincount(bits >> 16, minlength=1 << 15)
+            total += bits.numel()
     k = n_to_prune(level, total)
     if k == 0:
         return 0, -1, 0
     cum = high.cumsum(0)
     bucket = int(torch.searchsorted(cum, k))  # first bucket whose cumulative count reaches k
     below = int(cum[bucket - 1]) if bucket else 0
-    low = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+    low = torch.zeros(1 << 16, dtype=torch.int64, device=high.device)
     for n in names:
-        bits = _ordered_bits(score(n)).flatten()
-        low += torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
+        for _, part in _chunks(score(n)):
+            bits = _ordered_bits(part)
+            low += torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
     cum_low = low.cumsum(0)
     offset = int(torch.searchsorted(cum_low, k - below))
     return k, (bucket << 16) | offset, below + (int(cum_low[offset - 1]) if offset else 0)
 
 
-def global_masks(names: list[str], score: ScoreFn, level: float) -> dict[str, torch.Tensor]:
+def global_masks(names: list[str], score: ScoreFn, level: float, pack: bool = True) -> dict:
     """One threshold over all ``names`` removing exactly floor(level * N) weights.
 
     Hand-written because ``torch.nn.utils.prune.global_unstructured`` concatenates every
     score (over 100 GB at 12B): here the k-th smallest score is found with two histogram
     passes over the float bit patterns (``_kth_bits``), each holding one tensor's scores at a
-    time, and a third pass writes the masks.
+    time and working through them ``CHUNK`` at a time, and a third pass writes the masks, each
+    packed to bits (``masks.BitMask``, 1/8 byte per weight) as soon as it is made; ``pack=False``
+    returns bool tensors. Extra memory: the packed masks plus one tensor's scores.
     """
+    from prunemem.prune.masks import BitMask, pack_bits
+
     k, threshold, below = _kth_bits(names, score, level)
     ties_left = k - below
     masks = {}
     for n in names:
-        bits = _ordered_bits(score(n))
-        mask = bits > threshold
-        tied = (bits == threshold).flatten().nonzero().flatten()
-        mask.view(-1)[tied[ties_left:]] = True  # ties beyond the quota are kept, first-come pruned first
-        ties_left = max(0, ties_left - tied.numel())
-        masks[n] = mask
+        scores = score(n)
+        packed, kept, parts = [], 0, []
+        for _, part in _chunks(scores):
+            bits = _ordered_bits(part)
+            mask = bits > threshold
+            tied = (bits == threshold).nonzero().flatten()
+            mask[tied[ties_left:]] = True  # ties beyond the quota are kept, first-come pruned first
+            ties_left = max(0, ties_left - tied.numel())
+            kept += int(mask.sum())
+            (packed if pack else parts).append(pack_bits(mask) if pack else mask)
+        if pack:  # CHUNK is a multiple of 8, so the chunks' bytes concatenate to the tensor's packing
+            masks[n] = BitMask(torch.cat(packed), tuple(scores.shape), kept)
+        else:
+            masks[n] = torch.cat(parts).view(scores.shape)
+        del scores
     return masks
 
 
@@ -97,5 +121,7 @@ def random_mask(shape: torch.Size, level: float, generator: torch.Generator) -> 
     return mask.view(shape)
 
 
-def all_kept(names: Iterable[str], score: ScoreFn) -> dict[str, torch.Tensor]:
-    return {n: torch.ones(score(n).shape, dtype=torch.bool) for n in names}
+def all_kept(names: Iterable[str], score: ScoreFn) -> dict:
+    from prunemem.prune.masks import BitMask
+
+    return {n: BitMask.of(torch.ones(score(n).shape, dtype=torch.bool)) for n in names}

@@ -6,9 +6,11 @@ traits, in ``prunemem.prune.registry``.
 ``level`` is the fraction of the method's own target set that is removed. Methods that
 restrict themselves to a subset (attention, mlp, first25, last25) leave the other prunable
 tensors whole, so their ``achieved_sparsity`` over all prunable weights is lower than ``level``.
-Activation-aware methods (wanda, sparsegpt, owl over wanda, sleb, wanda-NofM) read the
-calibration set through ``MaskContext.calibration``; N:M methods (``magnitude-2of4``,
-``wanda-4of8``) have the single level 1 - N/M. ``evop`` and ``evop-mem`` search which blocks or
+Activation-aware methods (wanda, sparsegpt, owl over wanda, sleb, wanda-NofM, sparsegpt-NofM) read
+the calibration set through ``MaskContext.calibration``; N:M methods (``magnitude-2of4``,
+``wanda-4of8``, ``sparsegpt-2of4``) have the single level 1 - N/M. Calibrated methods get a model
+already placed where it computes (``prune.device`` / ``prune.dtype``, see
+``prunemem.calibrate.Placement``) and return their masks and carried weights on the host. ``evop`` and ``evop-mem`` search which blocks or
 sublayers to remove (``prunemem.prune.search``); ``evop-mem`` also reads the search split.
 A method reads only the params keys its registry entry declares (``ctx.cfg`` is ``params["prune"]``).
 """
@@ -24,6 +26,7 @@ import torch
 
 from prunemem.errors import PrunememError
 from prunemem.prune import magnitude
+from prunemem.prune.masks import BitMask
 from prunemem.prune.registry import Method, resolve
 from prunemem.prune.units import check_evop_level
 from prunemem.prune.targets import subset
@@ -44,12 +47,16 @@ class MaskContext:
 
 @dataclass
 class MaskResult:
-    masks: dict[str, torch.Tensor]
+    masks: dict[str, BitMask]  # packed per tensor as soon as computed
     updated: dict[str, torch.Tensor] | None = None  # SparseGPT: the compensated weights
     removed_blocks: list[int] = field(default_factory=list)  # SLEB
     block_levels: list[float] | None = None  # OWL: the sparsity given to each block
     removed_sublayers: list[str] = field(default_factory=list)  # EvoP at sublayer granularity: "2.mlp"
     info: dict = field(default_factory=dict)  # how the mask was found (calibration choice, search history)
+
+    def bool_masks(self) -> dict[str, torch.Tensor]:
+        """The masks unpacked to bool tensors (small models and tests)."""
+        return {name: mask.bool() for name, mask in self.masks.items()}
 
 
 def _magnitude_subset(which: str):
@@ -71,7 +78,7 @@ def _magnitude_subset(which: str):
 
 def layerwise(ctx: MaskContext, level: float) -> MaskResult:
     """Every prunable matrix pruned to exactly ``level`` by L1 magnitude."""
-    return MaskResult({n: magnitude.tensor_mask(ctx.source[n].abs(), level) for n in ctx.source.names})
+    return MaskResult({n: BitMask.of(magnitude.tensor_mask(ctx.source[n].abs(), level)) for n in ctx.source.names})
 
 
 global_magnitude = _magnitude_subset("all")
@@ -90,17 +97,21 @@ def random_control(ctx: MaskContext, level: float) -> MaskResult:
     out = {}
     for name in ctx.source.names:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-        out[name] = magnitude.random_mask(ctx.source[name].shape, level, gen)
+        out[name] = BitMask.of(magnitude.random_mask(ctx.source[name].shape, level, gen))
     return MaskResult(out)
 
 
 def _blockwise_rows(ctx: MaskContext, block_level: Callable[[int], float], nm: tuple[int, int] | None = None,
-                    updated: dict | None = None, sparse_gpt: bool = False) -> dict[str, torch.Tensor]:
-    """Prune block by block on the calibration pass (pruned outputs feed the next block)."""
+                    updated: dict | None = None, sparse_gpt: bool = False, model=None) -> dict[str, BitMask]:
+    """Prune block by block on the calibration pass (pruned outputs feed the next block).
+
+    Masks and SparseGPT's updated weights go to the host as each linear is done, so the device
+    holds one block's working set, never the whole model's masks.
+    """
     from prunemem.calibrate import HessianStats, blockwise
     from prunemem.prune import calibrated as cal
 
-    model, masks = ctx.load_model(), {}
+    model, masks = model if model is not None else ctx.load_model(), {}
     damp = ctx.cfg.get("damp", 0.01)
 
     def edit(index, linears, stats):
@@ -109,21 +120,24 @@ def _blockwise_rows(ctx: MaskContext, block_level: Callable[[int], float], nm: t
             if sparse_gpt:
                 new, keep = cal.sparsegpt(module.weight, stats[name].hessian, level, nm=nm, damp=damp)
                 module.weight.copy_(new)
-                updated[f"{name}.weight"] = new.detach().clone()
+                updated[f"{name}.weight"] = new.detach().to("cpu", copy=True)
             else:
                 score = cal.wanda_score(module.weight, stats[name])
                 keep = cal.nm_mask(score, *nm) if nm else cal.row_mask(score, level)
                 module.weight.mul_(keep)
-            masks[f"{name}.weight"] = keep
+            masks[f"{name}.weight"] = BitMask.of(keep)  # packed where computed, kept on the host
 
     stats = (lambda m: HessianStats(m.in_features, m.weight.device)) if sparse_gpt else \
         (lambda m: cal.NormStats(m.in_features, m.weight.device))
-    blockwise(model, ctx.calibration(), stats, edit)
+    blockwise(model, ctx.calibration(), stats, edit, batch_size=ctx.cfg.get("batch_size", 8))
     return masks
 
 
 def sparsegpt(ctx: MaskContext, level: float) -> MaskResult:
-    """SparseGPT: OBS pruning with weight compensation; the result carries the updated weights."""
+    """SparseGPT: OBS pruning with weight compensation; the result carries the updated weights
+    (N:M groups for sparsegpt-NofM)."""
+    if ctx.method is not None and ctx.method.nm:
+        return _nm(ctx, "sparsegpt")
     updated: dict[str, torch.Tensor] = {}
     masks = _blockwise_rows(ctx, lambda i: level, updated=updated, sparse_gpt=True)
     return MaskResult(masks, updated=updated)
@@ -137,34 +151,56 @@ def owl(ctx: MaskContext, level: float) -> MaskResult:
     spec, source = ctx.cfg["owl"], ctx.source
     n_blocks = max(t.layer for t in source.targets) + 1
     ratios = [0.0] * n_blocks
+    model = None
     if spec["score"] == "wanda":
         def measure(index, linears, stats):
             ratios[index] = cal.outlier_ratio([cal.wanda_score(m.weight, stats[n]) for n, m in linears.items()],
                                               spec["M"])
 
-        blockwise(ctx.load_model(), ctx.calibration(), lambda m: cal.NormStats(m.in_features, m.weight.device),
-                  measure)
+        model = ctx.load_model()  # the measuring pass edits nothing, so the pruning pass reuses the model
+        blockwise(model, ctx.calibration(), lambda m: cal.NormStats(m.in_features, m.weight.device),
+                  measure, batch_size=ctx.cfg.get("batch_size", 8))
     else:
         for index in range(n_blocks):
             names = [t.name for t in source.targets if t.layer == index]
             ratios[index] = cal.outlier_ratio([source[n].abs().double() for n in names], spec["M"])
     levels = cal.owl_levels(ratios, level, spec["lambda"])
     if spec["score"] == "wanda":
-        masks = _blockwise_rows(ctx, lambda i: levels[i])
+        masks = _blockwise_rows(ctx, lambda i: levels[i], model=model)
     else:
-        masks = {t.name: cal.row_mask(source[t.name].abs().double(), levels[t.layer]) for t in source.targets}
+        masks = {t.name: BitMask.of(cal.row_mask(source[t.name].abs().double(), levels[t.layer]))
+                 for t in source.targets}
     return MaskResult(masks, block_levels=levels)
 
 
 def sleb(ctx: MaskContext, level: float) -> MaskResult:
-    """SLEB: remove floor(level * blocks) whole blocks, greedily by calibration loss."""
+    """SLEB: remove floor(level * blocks) whole blocks, greedily by calibration loss.
+
+    ``prune.sleb.protect_ends`` (default true, the reference's ``early_barrier`` / ``latter_barrier``
+    of 1) keeps the first and the last block out of the search.
+    """
     from prunemem.prune import calibrated as cal
 
     n_blocks = max(t.layer for t in ctx.source.targets) + 1
-    removed = cal.sleb(ctx.load_model(), ctx.calibration(), math.floor(level * n_blocks + 1e-9))
-    masks = {t.name: torch.full(ctx.source[t.name].shape, t.layer not in removed, dtype=torch.bool)
+    protect = ctx.cfg.get("sleb", {}).get("protect_ends", True)
+    n_remove = math.floor(level * n_blocks + 1e-9)
+    check_sleb_level(level, n_blocks, protect, "prune.levels")
+    removed = cal.sleb(ctx.load_model(), ctx.calibration(), n_remove, protect_ends=protect,
+                       batch_size=ctx.cfg.get("batch_size", 8))
+    masks = {t.name: BitMask.of(torch.full(ctx.source[t.name].shape, t.layer not in removed, dtype=torch.bool))
              for t in ctx.source.targets}
     return MaskResult(masks, removed_blocks=removed)
+
+
+def check_sleb_level(level: float, n_blocks: int, protect_ends: bool, key: str) -> None:
+    """One line when SLEB's level asks for more blocks than it may remove."""
+    from prunemem.errors import PrunememError
+
+    n_remove, allowed = math.floor(level * n_blocks + 1e-9), n_blocks - (2 if protect_ends else 0)
+    if n_remove > allowed:
+        raise PrunememError(f"{key}: sleb at {level:g} removes {n_remove} of {n_blocks} blocks and only {allowed} "
+                            "may go" + (" (prune.sleb.protect_ends keeps the first and the last)" if protect_ends
+                                        else "") + f"; allowed: level < {(allowed + 1) / n_blocks:.4g}")
 
 
 def _evop(memorization: bool):
@@ -194,8 +230,8 @@ def _evop(memorization: bool):
         best, history = search.search(evaluator, len(names), n_remove, cfg,
                                       progress=lambda it: progress(it, desc=f"evop @ {level}", unit="generation"))
         removed = set(search.removed_sublayers(best, granularity))
-        masks = {t.name: torch.full(ctx.source[t.name].shape, (t.layer, t.part) not in removed, dtype=torch.bool)
-                 for t in ctx.source.targets}
+        masks = {t.name: BitMask.of(torch.full(ctx.source[t.name].shape, (t.layer, t.part) not in removed,
+                                               dtype=torch.bool)) for t in ctx.source.targets}
         info = {"search": {"granularity": granularity, "units": len(names), "removed": [names[u] for u in best],
                            "lambda": evaluator.lam, "k": evaluator.k or None, "history": history}}
         if granularity == "block":
@@ -217,9 +253,13 @@ def _nm(ctx: MaskContext, score: str) -> MaskResult:
 
     n, m = ctx.method.nm
     try:
+        if score == "sparsegpt":
+            updated: dict[str, torch.Tensor] = {}
+            masks = _blockwise_rows(ctx, lambda i: 1 - n / m, nm=(n, m), updated=updated, sparse_gpt=True)
+            return MaskResult(masks, updated=updated)
         if score == "wanda":
             return MaskResult(_blockwise_rows(ctx, lambda i: 1 - n / m, nm=(n, m)))
-        return MaskResult({name: cal.nm_mask(ctx.source[name].abs(), n, m) for name in ctx.source.names})
+        return MaskResult({name: BitMask.of(cal.nm_mask(ctx.source[name].abs(), n, m)) for name in ctx.source.names})
     except ValueError as err:
         raise PrunememError(f"prune.methods: {ctx.method.name}: {err}") from None
 

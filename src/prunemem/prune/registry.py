@@ -41,6 +41,8 @@ REPLICATE_NAME = re.compile(r"^(?P<base>[a-z0-9]+)-s(?P<seed>[0-9]+)$")
 # what every calibrated method reads through the stage's calibration loader (prune/run.py, compress/run.py)
 CALIBRATION_KEYS = ("samples.calibration.sequences", "samples.seed")
 CLUSTER_KEYS = ("prune.ccds.clusters",)
+# where a calibrated method computes (prunemem.calibrate.Placement): bf16 on a GPU changes the bytes
+PLACEMENT_KEYS = ("prune.device", "prune.dtype", "prune.offload", "prune.batch_size")
 SEARCH_SPLIT_KEYS = ("samples.k", "samples.suffix_tokens")  # which windows of the search split are scored
 EVOP_KEYS = tuple(f"prune.evop.{k}" for k in ("granularity", "population", "generations", "mutation", "crossover",
                                                "elite", "tournament", "batch_size", "threads", "device", "dtype"))
@@ -138,10 +140,11 @@ for _name in ("global", "attention", "mlp", "first25", "last25"):
 register(Entry("random", f"{_M}:random_control", family="control", params=("prune.seed",), replicates=True))
 register(Entry("magnitude", f"{_M}:magnitude_nm", nm_score=True, standalone=False))  # only as magnitude-NofM
 register(Entry("wanda", f"{_M}:wanda", calibrated=True, ccds_variant=True, nm_score=True))
-register(Entry("sparsegpt", f"{_M}:sparsegpt", params=("prune.damp",), calibrated=True, ccds_variant=True))
+register(Entry("sparsegpt", f"{_M}:sparsegpt", params=("prune.damp",), calibrated=True, ccds_variant=True,
+               nm_score=True))
 register(Entry("owl", f"{_M}:owl", params=("prune.owl",), ccds_variant=True, calibrated_by="prune.owl.score",
                calibrated=lambda params: params["prune"].get("owl", {}).get("score") == "wanda"))
-register(Entry("sleb", f"{_M}:sleb", calibrated=True, ccds_variant=True, removes_units=True))
+register(Entry("sleb", f"{_M}:sleb", params=("prune.sleb.protect_ends",), calibrated=True, ccds_variant=True, removes_units=True))
 register(Entry("evop", f"{_M}:evop", params=(*EVOP_KEYS, "prune.seed"), calibrated=True, cluster_sampling=True,
                removes_units=True, search=True, threads="prune.evop.threads"))
 register(Entry("evop-mem", f"{_M}:evop_mem", params=(*EVOP_KEYS, "prune.evop.lambda", "prune.seed"),
@@ -151,13 +154,14 @@ register(Entry("evop-mem", f"{_M}:evop_mem", params=(*EVOP_KEYS, "prune.evop.lam
 
 def _allowed() -> str:
     plain = [n for n, e in REGISTRY.items() if e.standalone]
-    return ", ".join(plain) + ", <magnitude|wanda>-NofM, <calibrated method>-ccds, random-s<seed>"
+    nm = "|".join(n for n, e in REGISTRY.items() if e.nm_score)
+    return ", ".join(plain) + f", <{nm}>-NofM, <calibrated method>-ccds, random-s<seed>"
 
 
 def _from_entry(name: str, entry: Entry, params: dict, **changes) -> Method:
     calibrated = entry.calibrated(params) if callable(entry.calibrated) else entry.calibrated
     calibration = ("cluster" if entry.cluster_sampling else "random") if calibrated else None
-    keys = entry.params + (CALIBRATION_KEYS if calibrated else ()) + \
+    keys = entry.params + (CALIBRATION_KEYS + PLACEMENT_KEYS if calibrated else ()) + \
         (CLUSTER_KEYS if calibration == "cluster" else ()) + (SEARCH_SPLIT_KEYS if entry.search_split else ())
     method = Method(name, "mask", entry.family, entry.name, entry.target, tuple(dict.fromkeys(keys)), calibration,
                     entry.removes_units, entry.search, entry.search_split, threads=entry.threads,
@@ -186,7 +190,7 @@ def resolve(name: str, params: dict) -> Method:
         spec = compress["quantize"][name]
         gptq = uses_calibration(spec)
         return Method(name, "transform", "quantization", name, "prunemem.compress.run:build_transform",
-                      (f"compress.quantize.{name}",) + (CALIBRATION_KEYS if gptq else ()),
+                      (f"compress.quantize.{name}",) + (CALIBRATION_KEYS + PLACEMENT_KEYS if gptq else ()),
                       "random" if gptq else None, loads_model=gptq)
     if name == LOWRANK:
         return Method(name, "transform", "low-rank", LOWRANK, "prunemem.compress.run:build_transform",
@@ -260,7 +264,8 @@ def check_declared_keys(schema: dict) -> None:
     """Every params key a registry entry declares must exist in the schema (one line otherwise)."""
     known = schema_keys(schema)
     for entry in REGISTRY.values():
-        for key in (*entry.params, *CALIBRATION_KEYS, *CLUSTER_KEYS, *SEARCH_SPLIT_KEYS, entry.threads):
+        for key in (*entry.params, *CALIBRATION_KEYS, *PLACEMENT_KEYS, *CLUSTER_KEYS, *SEARCH_SPLIT_KEYS,
+                    entry.threads):
             if key not in known:
                 raise PrunememError(f"method {entry.name}: declares params key {key!r}, which the params schema "
                                     "does not have; fix the registry entry or the schema")

@@ -1,0 +1,27 @@
+"""bench/gpu.sh --tiny: the device check runs end to end on the CPU, so it is not dead code on the day a GPU appears."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from conftest import REPO
+
+
+def test_gpu_check_tiny_writes_json_and_table(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    assert gpu.main(["--tiny", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["mode"] == "tiny" and set(result["methods"]) == {"wanda", "sparsegpt", "gptq"}
+    mask = result["global_mask"]
+    assert mask["pruned"] == mask["weight_bytes"] // 4 // 2  # fp32 weights, level 0.5, exact count
+    for method, m in result["methods"].items():
+        assert 0 < m["peak_bytes"] <= m["plan_peak_bytes"], method  # the memory plan bounds what was allocated
+        assert m["seconds_total"] == m["seconds"] * m["blocks_total"] / m["blocks"] and m["flops_total"] > m["flops"]
+    assert result["teacher_forcing"]["agreement"] == 1.0
+    hours = result["predicted_gpu_hours"]
+    assert hours["sota"] > hours["paper"] > 0
+    table = (tmp_path / "gpu.md").read_text()
+    assert table.startswith("| figure | value | target |") and table.count("\n") == 10

@@ -1,0 +1,116 @@
+"""The memory plan (prunemem.memplan) against what block-by-block calibration really allocates on the CPU,
+and the placement checks that run before any weights load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_config
+from prunemem import memplan
+from prunemem.calibrate import HessianStats, LiveBytes, blockwise, choose_offload, resolve_placement
+from prunemem.errors import PrunememError
+from prunemem.prune import calibrated as cal
+
+
+def test_pythia_shapes_count_the_published_parameters():
+    assert memplan.Shapes.pythia("160m").params == pytest.approx(162_322_944, rel=1e-6)  # HF num_parameters()
+    assert memplan.Shapes.pythia("12b").params == pytest.approx(11_846_072_320, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_plan_matches_tracked_bytes_of_a_small_config(method):
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_config(hidden=64, layers=2, ctx=64)
+    model = GPTNeoXForCausalLM(config).eval()
+    shapes = memplan.Shapes.from_config(config)
+    assert shapes.params == sum(p.numel() for p in model.parameters())
+    sequences, seq_len, batch = 8, 48, 4
+    ids = torch.randint(1, 64, (sequences, seq_len), generator=torch.Generator().manual_seed(0))
+    hessian = method == "sparsegpt"
+    make = (lambda m: HessianStats(m.in_features, "cpu")) if hessian else (lambda m: cal.NormStats(m.in_features, "cpu"))
+
+    def edit(index, linears, stats):
+        for name, module in linears.items():
+            if hessian:
+                new, _ = cal.sparsegpt(module.weight, stats[name].hessian, 0.5)
+                module.weight.copy_(new)
+            else:
+                module.weight.mul_(cal.row_mask(cal.wanda_score(module.weight, stats[name]), 0.5))
+
+    meters = []
+    with LiveBytes() as live:
+        blockwise(model, ids, make, edit, batch_size=batch, meter=lambda i, b: meters.append(b))
+    plan = memplan.plan(method, shapes, sequences, seq_len, batch, "float32")
+    for held in meters:  # what each block held: exactly the plan's parts
+        assert held == {"activations": plan["activations"], "stats": plan["stats"],
+                        "block_weights": shapes.block_params * 4}
+    assert plan["weights"] == sum(p.numel() * 4 for p in model.parameters())
+    allocated = plan["device"] - plan["weights"]  # the weights existed before the pass
+    assert live.peak <= allocated <= 1.35 * live.peak, (live.peak, allocated)
+    assert live.live == 0  # nothing of the pass outlives it
+    offloaded = memplan.plan(method, shapes, sequences, seq_len, batch, "float32", offload=True)
+    assert offloaded["weights"] == plan["weights"] - (shapes.layers - 1) * shapes.block_params * 4
+
+
+def test_choose_offload_and_the_one_line_when_nothing_fits():
+    figures = {False: {"device": 30 * memplan.GIB}, True: {"device": 8 * memplan.GIB}}
+    assert choose_offload(figures.get, 40 * memplan.GIB, "auto", "prune") is False
+    assert choose_offload(figures.get, 20 * memplan.GIB, "auto", "prune") is True
+    with pytest.raises(PrunememError) as err:
+        choose_offload(figures.get, 20 * memplan.GIB, False, "prune")
+    assert str(err.value) == ("prune: the memory plan needs 30.0 GiB on the device and 20.0 GiB is free; set "
+                              "prune.offload: true (blocks stream from host memory) or a smaller prune.batch_size")
+    with pytest.raises(PrunememError, match="needs 8.0 GiB on the device and 4.0 GiB is free"):
+        choose_offload(figures.get, 4 * memplan.GIB, "auto", "prune")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_without_cuda_names_the_key_before_reading_the_checkpoint(tmp_path):
+    with pytest.raises(PrunememError, match=r"^prune\.device: 'cuda' requested but no CUDA device is visible$"):
+        resolve_placement({"device": "cuda"}, "prune", tmp_path / "absent", "wanda", 8, 16)
+    placement = resolve_placement({"device": "auto", "dtype": "auto"}, "prune", tmp_path / "absent", "wanda", 8, 16)
+    assert (placement.device, placement.dtype, placement.offload) == ("cpu", torch.float32, False)
+
+
+def test_twelve_b_plans_fit_one_80gb_gpu():
+    shapes = memplan.Shapes.pythia("12b")
+    for method in ("wanda", "sparsegpt", "gptq", "sleb", "ccds", "owl", "sparsegpt-2of4"):
+        assert memplan.plan(method, shapes, 128, 2048)["device"] < 80e9 * 0.9, method
+
+
+def test_flops_and_cluster_resources_scale_with_the_method():
+    from prunemem.plan import Plan
+    from prunemem.resources import job_resources
+
+    shapes = memplan.Shapes.pythia("12b")
+    flops = {m: memplan.calibration_flops(m, shapes, 128, 2048) for m in ("wanda", "owl", "sparsegpt", "sleb")}
+    assert flops["wanda"] < flops["sparsegpt"] < flops["sleb"] and flops["owl"] == 2 * flops["wanda"]
+    forward = 2 * shapes.layers * sum(o * n for o, n in shapes.linears) * 128 * 2048
+    assert flops["wanda"] == pytest.approx(2 * forward, rel=0.1)  # two passes per block (+7% attention at 2048)
+    plan = Plan.load([REPO / "workflow/configs/pythia.yaml", REPO / "workflow/configs/pythia-evop.yaml"])
+    small, big = (job_resources(plan, next(j for j in plan.jobs("mask") if j.model == m and j.method == "sleb"))
+                  for m in ("pythia-160m", "pythia-12b"))
+    assert big["runtime"] > 4 * small["runtime"] and big["mem_mb"] > small["mem_mb"] and big["gpu"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+@pytest.mark.parametrize("verb", [("mask", "--method", "wanda", "--level", "0.5"),
+                                  ("transform", "--method", "int4-gptq", "--level", "0")])
+def test_cli_cuda_without_cuda_is_one_line_naming_the_key_before_reading_anything(tmp_path, monkeypatch, capsys,
+                                                                                    verb):
+    import yaml
+
+    from prunemem.cli import main
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prune"]["device"] = "cuda"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)  # no checkpoint, no samples: the device check must come first
+    assert main(["--params", "params.yaml", verb[0], "--model", "tiny", *verb[1:]]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("prunemem: error:")]
+    assert lines == ["prunemem: error: prune.device: 'cuda' requested but no CUDA device is visible"], err[-2000:]
+    assert "Traceback" not in err
