@@ -56,6 +56,7 @@ rule transform:
         unpack(inputs_of("transform")),
     output:
         str(PLAN.transform_path(W["model"], W["method"], W["level"])),
+        str(PLAN.transform_weights_path(W["model"], W["method"], W["level"])),  # the stored weights
     params:
         digest=params_digest("transform"),
     threads: threads_of("transform")
