@@ -144,7 +144,8 @@ def _paths(plan: Plan, stage: str, model, method, level) -> tuple[list[Path], li
     if stage == "evaluate":
         artifact = plan.variant_artifact(model, method, level)
         directory = plan.metrics_dir(model, method, level)
-        return ([directory / n for n in ("memorization.parquet", "mia.parquet", "summary.json")],
+        names = ("memorization.parquet", "mia.parquet", "perplexity_windows.parquet", "summary.json")
+        return ([directory / n for n in names],
                 ckpt + samples + ([artifact] if artifact is not None else []))
     summaries = [plan.metrics_dir(m, me, lv) / "summary.json" for m in plan.models for me, lv in plan.variants(m)]
     return [plan.reports_dir / name for name in REPORT_FILES], summaries + ckpt + samples

@@ -6,6 +6,7 @@ rule evaluate:
     output:
         "data/metrics/{model}/{method}/{level}/memorization.parquet",
         "data/metrics/{model}/{method}/{level}/mia.parquet",
+        "data/metrics/{model}/{method}/{level}/perplexity_windows.parquet",
         "data/metrics/{model}/{method}/{level}/summary.json",
     params:
         digest=lambda w: PLAN.stage_digest("evaluate"),
