@@ -182,23 +182,16 @@ class Comparisons:
                          "paired bootstrap over members", x.size, diff, low, high, p, "rate", note)
 
     # -- matched perplexity ------------------------------------------------------------------
-    def curve(self, method: str) -> list[tuple[float, float]]:
-        """(level, perplexity) along a method, starting at the dense model (level 0)."""
+    def curve(self, method: str) -> list[tuple[tuple[str, float], float]]:
+        """(variant, perplexity) along a method in level order, starting at the dense model."""
         dense = self.rows.filter(pl.col("method") == DENSE)
         own = self.rows.filter(pl.col("method") == method).sort("level")
-        start = [(0.0, float(dense["perplexity"][0]))] if dense.height and method != DENSE else []
-        return start + list(zip(own["level"].to_list(), own["perplexity"].to_list()))
+        start = [((DENSE, 0.0), float(dense["perplexity"][0]))] if dense.height and method != DENSE else []
+        return start + [((method, lv), p) for lv, p in zip(own["level"].to_list(), own["perplexity"].to_list())]
 
     def at_perplexity(self, method: str, target: float) -> list[tuple[tuple[str, float], float]] | None:
-        """Weights over a method's variants that interpolate it linearly in perplexity to ``target``
-        (first crossing along increasing level); None when its levels never reach ``target``."""
-        points = self.curve(method)
-        for (l0, p0), (l1, p1) in zip(points, points[1:]):
-            if min(p0, p1) <= target <= max(p0, p1):
-                w = 0.0 if p1 == p0 else (target - p0) / (p1 - p0)
-                v0 = (DENSE, 0.0) if l0 == 0.0 and (method, 0.0) not in self.s.extracted else (method, l0)
-                return [(v0, 1 - w), ((method, l1), w)]
-        return None
+        """Weights over a method's variants (dense first) that reach perplexity ``target``; None if none does."""
+        return interpolation_weights(self.curve(method), target)
 
     def mixed(self, weights) -> np.ndarray:
         return sum(w * self.s.extracted[v][self.k].astype(float) for v, w in weights)
@@ -232,6 +225,46 @@ COMPARISON_SCHEMA = {"model": pl.String, "id": pl.String, "a": pl.String, "b": p
 CLAIM_SCHEMA = {"model": pl.String, "claim": pl.String, "status": pl.String, "test": pl.String,
                 "effect": pl.String, "ci": pl.String, "p_holm": pl.String, "evidence": pl.String,
                 "paper": pl.String}
+
+
+def interpolation_weights(points: list[tuple[object, float]], target: float) -> list[tuple[object, float]] | None:
+    """Linear interpolation in perplexity along a method's curve: ``points`` are (key, perplexity) in
+    level order, dense first. Returns [(key, weight)] of the first segment that brackets ``target``,
+    or None when no segment does (the method never costs that much, or always costs more)."""
+    for (k0, p0), (k1, p1) in zip(points, points[1:]):
+        if min(p0, p1) <= target <= max(p0, p1):
+            w = 0.0 if p1 == p0 else (target - p0) / (p1 - p0)
+            return [(k0, 1 - w), (k1, w)]
+    return None
+
+
+def matched_perplexity(results: pl.DataFrame, k: int, budgets=BUDGETS) -> pl.DataFrame:
+    """Per model, method and perplexity budget over dense: extraction at k interpolated between the two
+    levels whose perplexities bracket dense x (1 + budget), with the levels' Wilson bounds interpolated
+    alike (a conservative band, as neighbouring levels' outcomes are positively correlated).
+    Null where the method's levels never reach the budget. Needs only results.csv."""
+    at_k = results.filter(pl.col("k") == k)
+    rows = []
+    for model in at_k["model"].unique(maintain_order=True):
+        mine = at_k.filter(pl.col("model") == model)
+        dense = mine.filter(pl.col("method") == DENSE)
+        if dense.height == 0:
+            continue
+        d = dense.row(0, named=True)
+        for method in mine["method"].unique(maintain_order=True):
+            if method == DENSE:
+                continue
+            own = mine.filter(pl.col("method") == method).sort("level").to_dicts()
+            points = [(d, d["perplexity"])] + [(r, r["perplexity"]) for r in own]
+            row = {"model": model, "family": family(method), "method": method}
+            for budget in budgets:
+                w = interpolation_weights(points, d["perplexity"] * (1 + budget))
+                for stat in ("extraction_rate", "ci_low", "ci_high"):
+                    row[f"{stat} +{100 * budget:g}%"] = (sum(wt * r[stat] for r, wt in w) if w else None)
+                row[f"levels +{100 * budget:g}%"] = ("–".join(f"{r['level']:g}" if r["method"] != DENSE else "dense"
+                                                             for r, wt in w) if w else None)
+            rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
 
 
 def fmt_effect(t: dict) -> str:
