@@ -26,8 +26,8 @@ LOWRANK = "lowrank"
 
 
 # what the report stage writes under reports/ (results.csv ... its own provenance, written last)
-REPORT_FILES = ("results.csv", "layer_sparsity.csv", "search_history.csv", "metrics.json", "report.html",
-                "provenance.json")
+REPORT_FILES = ("results.csv", "layer_sparsity.csv", "search_history.csv", "comparisons.csv", "claims.csv",
+                "metrics.json", "report.html", "figures", "provenance.json")  # figures/: a directory of SVGs
 
 
 def schema() -> dict:

@@ -11,6 +11,9 @@ rule report:
         report("reports/results.csv", caption="../report/results.rst", category="Report"),
         report("reports/layer_sparsity.csv", caption="../report/layer_sparsity.rst", category="Report"),
         report("reports/search_history.csv", caption="../report/search_history.rst", category="Report"),
+        "reports/comparisons.csv",
+        "reports/claims.csv",
+        directory("reports/figures"),
         "reports/metrics.json",
         "reports/provenance.json",
     params:

@@ -303,8 +303,16 @@ def _sentence_verdict(t: dict, lower: str, higher: str) -> str:
     return verdict(t["effect"], t["ci_low"], t["ci_high"], t["p_holm"], lower, higher)
 
 
+@dataclass
+class Analysis:
+    comparisons: pl.DataFrame  # every paired test, Holm-corrected (reports/comparisons.csv)
+    findings: list[str]
+    claims: list[dict]  # CLAIM_SCHEMA rows (reports/claims.csv)
+    search: list[str]  # evop-mem against SLEB and EvoP, tested
+
+
 def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: int, ks: list[int],
-            paper: pl.DataFrame, paper_name: str, prefix: str = "") -> tuple[pl.DataFrame, list[str], list[dict]]:
+            paper: pl.DataFrame, paper_name: str, prefix: str = "") -> Analysis:
     """All paired tests of one model (one Holm family), the findings in words, and the paper's claims.
 
     ``results`` holds results.csv rows of every model; ``samples`` the per-sample outcomes of
@@ -319,7 +327,7 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
                if not has_dense else "no per-sample files: paired tests are missing")
         claims = [{"model": model, "claim": c, "status": "inconclusive", "test": "not run", "effect": "", "ci": "",
                    "p_holm": "", "evidence": why, "paper": _paper_value(paper, paper_name, c)} for c in CLAIMS]
-        return pl.DataFrame(schema=COMPARISON_SCHEMA), [f"{prefix}{why}."], claims
+        return Analysis(pl.DataFrame(schema=COMPARISON_SCHEMA), [f"{prefix}{why}."], claims, [])
     c = Comparisons(model, samples, at_k, k)
     dense = (DENSE, 0.0)
     dense_row = at_k.filter(pl.col("method") == DENSE).row(0, named=True)
@@ -388,8 +396,19 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
         mia_test = c.auc(quiet, dense, best_score)
         mia_test["_variant"] = quiet
 
+    structured = []
+    mem_levels = {lv for m, lv in variants if m == "evop-mem"}
+    for other in ("sleb", "evop"):
+        for lv in sorted(mem_levels & {l for m, l in variants if m == other}):
+            structured.append((c.extraction(("evop-mem", lv), (other, lv)), c.perplexity(("evop-mem", lv), (other, lv))))
     claim_tests = _claims(c, at_k, rows_all, ks, paper, paper_name)
     frame = c.finish()
+    search_lines = []
+    for t, tp in structured:
+        ppl = (f"; perplexity {fmt_effect(tp)} (95% CI {fmt_ci(tp)}, Holm p = {fmt_p(tp['p_holm'])}: "
+               f"{_sentence_verdict(tp, 'lower', 'higher')})" if tp is not None else "")
+        search_lines.append(f"{prefix}{t['a']} vs {t['b']}: extraction at k={k} {cite(t)}: "
+                            f"{_sentence_verdict(t, 'lower', 'higher')}{ppl}.")
 
     # -- findings, in words, after Holm ----------------------------------------------------
     lines = []
@@ -449,7 +468,7 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
                  "(reports/claims.csv).")
     for cl in claims:
         cl["model"] = model
-    return frame, [prefix + s for s in lines], claims
+    return Analysis(frame, [prefix + s for s in lines], claims, search_lines)
 
 
 CLAIMS = ("global pruning extracts less than layerwise",
