@@ -9,7 +9,8 @@ row's values and hashes.
 
 from __future__ import annotations
 
-import io
+import hashlib
+import json
 
 import altair as alt
 import polars as pl
@@ -28,10 +29,40 @@ VL_VERSION = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])  # the bund
 alt.data_transformers.disable_max_rows()  # the data are ours and bounded by the grid; inlined on purpose
 
 
-def to_svg(chart: alt.TopLevelMixin) -> str:
-    buf = io.StringIO()
-    chart.save(buf, format="svg")
-    return buf.getvalue()
+class Datasets:
+    """A chart's data, kept once at the spec's top level (``datasets``) and referenced by name.
+
+    Altair copies every sub-chart, data included, each time panels are combined; with names
+    instead of inline rows a paper-sized grid's charts build in seconds, not a minute.
+    """
+
+    def __init__(self):
+        self.values: dict[str, str] = {}
+
+    def __call__(self, frame: pl.DataFrame) -> alt.NamedData:
+        # CSV text, not row objects: a third of the bytes (Vega-Lite parses fields by their encoding type)
+        text = frame.write_csv(float_precision=6)
+        name = "d" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        self.values[name] = text
+        return alt.NamedData(name=name, format=alt.DataFormat(type="csv"))
+
+    def figure(self, chart) -> "Figure":
+        return Figure(chart, self.values)
+
+
+class Figure:
+    """A finished chart: an altair chart or an already composed Vega-Lite dict, plus its named data."""
+
+    def __init__(self, chart, datasets: dict):
+        self.chart, self.datasets = chart, datasets
+
+    def to_dict(self, validate: bool = True) -> dict:
+        if isinstance(self.chart, dict):
+            spec = {"$schema": alt.SCHEMA_URL, **self.chart}
+        else:
+            spec = self.chart.to_dict(validate=validate)
+        spec["datasets"] = {**spec.get("datasets", {}), **self.datasets}
+        return spec
 
 
 def spec_to_svg(spec: dict) -> str:
@@ -71,6 +102,70 @@ def _with_dense_origin(rows: pl.DataFrame, methods: list[str]) -> pl.DataFrame:
                       rows.filter(pl.col("method").is_in(methods))], how="vertical_relaxed")
 
 
+def variant_label(method: str, level: float) -> str:
+    return method if method == DENSE else f"{method}@{level:g}"
+
+
+def _panel_spec(chart) -> dict:
+    spec = chart.to_dict(validate=False)
+    for key in ("$schema", "config", "datasets"):
+        spec.pop(key, None)
+    return spec
+
+
+def _panels_like(first, panels_: list[tuple[str, str, str, list[str]]]) -> list[dict]:
+    """Panel specs for many families from one altair-built panel.
+
+    ``panels_`` holds (data name, selection name, title, methods) per panel, the first being the
+    one ``first`` was built for. Building each panel through altair costs a quarter of a second
+    (schema-object construction); the others differ only in these four things, so they are
+    re-pointed copies of the first's dict: same encodings, same marks, same tooltips.
+    """
+    template = _panel_spec(first)
+    data0, pick0, title0, methods0 = panels_[0]
+    text = json.dumps(template)
+    out = [template]
+    for data, pick, title, methods in panels_[1:]:
+        spec = json.loads(text.replace(data0, data).replace(f'"{pick0}"', f'"{pick}"'))
+        _retarget(spec, title0, title, methods)
+        out.append(spec)
+    return out
+
+
+_RANGES = {"color": PALETTE, "shape": SHAPES, "strokeDash": DASHES}
+
+
+def _retarget(node, title0: str, title: str, methods: list[str]) -> None:
+    """Point one panel's method scales at its own methods and swap its title (in place)."""
+    if isinstance(node, dict):
+        for channel, ranges in _RANGES.items():
+            enc = node.get(channel)
+            if isinstance(enc, dict) and enc.get("field") == "method" and "scale" in enc:
+                enc["scale"]["domain"] = methods
+                enc["scale"]["range"] = ranges[:len(methods)]
+        for key, value in node.items():
+            if key == "title" and isinstance(value, str) and title0 in value:
+                node[key] = value.replace(title0, title)
+            else:
+                _retarget(value, title0, title, methods)
+    elif isinstance(node, list):
+        for value in node:
+            _retarget(value, title0, title, methods)
+
+
+def _wrap(charts: list, per_row: int = 3) -> dict:
+    """Panels three to a row, each with its own legend, as one spec: fits a 1,280 px page.
+
+    The concatenation is written as plain Vega-Lite rather than with alt.hconcat/vconcat, whose
+    merging of each panel's legend selection deep-copies every panel once per level of nesting
+    (a minute for a paper-sized grid)."""
+    independent = {"scale": {"color": "independent", "shape": "independent", "strokeDash": "independent"},
+                   "legend": {"color": "independent", "shape": "independent", "strokeDash": "independent"}}
+    panels_ = [c if isinstance(c, dict) else _panel_spec(c) for c in charts]
+    rows = [{"hconcat": panels_[i:i + per_row], "resolve": independent} for i in range(0, len(panels_), per_row)]
+    return {"vconcat": rows, "resolve": independent}
+
+
 def _hashes(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(
         pl.col("mask_sha256").fill_null("-").str.slice(0, 12).alias("mask"),
@@ -92,47 +187,57 @@ def informative_ks(results: pl.DataFrame) -> tuple[list[int], list[int]]:
     return [k for k in ks if k in some], [k for k in ks if k not in some]
 
 
-def extraction_vs_sparsity(results: pl.DataFrame, model: str, ks: list[int]) -> alt.TopLevelMixin | None:
-    """Extraction (Wilson 95% bars) against achieved sparsity: one row of panels per family, one column per k."""
+def extraction_vs_sparsity(results: pl.DataFrame, model: str, ks: list[int]) -> Figure | None:
+    """Extraction (Wilson 95% bars) against achieved sparsity: one panel per family (one column per k)."""
+    ds = Datasets()
     rows = _hashes(results.filter((pl.col("model") == model) & pl.col("k").is_in(ks)))
     methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
-    charts = []
-    for i, (title, part) in enumerate(panels(methods)):
-        data = _with_dense_origin(rows, part).select(
-            "model", "method", "level", "k", "achieved_sparsity", "extraction_rate", "ci_low", "ci_high",
-            "perplexity", "mask", "metrics")
-        enc, pick = _series(part, f"pick_sparsity_{i}")
-        base = alt.Chart(data).encode(x=alt.X("achieved_sparsity:Q", title="achieved sparsity", axis=alt.Axis(format="%")))
-        y = alt.Y("extraction_rate:Q", title="extraction rate", axis=alt.Axis(format="%"))
-        layer = (base.mark_line(point=True).encode(y=y, tooltip=TOOLTIP, **enc)
-                 + base.mark_errorbar().encode(y=alt.Y("ci_low:Q", title="extraction rate"), y2="ci_high:Q",
-                                               color=enc["color"], opacity=enc["opacity"])
-                 ).add_params(pick).properties(width=WIDTH, height=HEIGHT)
-        charts.append(layer.facet(column=alt.Column("k:O", title=f"{title}: prefix length k"), data=data))
-    if not charts:
+    groups = panels(methods)
+    if not groups:
         return None
-    return alt.vconcat(*charts).resolve_scale(color="independent", shape="independent", strokeDash="independent")
+    names = []
+    for i, (title, part) in enumerate(groups):
+        data = ds(_with_dense_origin(rows, part).select(
+            "model", "method", "level", "k", "achieved_sparsity", "extraction_rate", "ci_low", "ci_high",
+            "perplexity", "mask", "metrics"))
+        names.append((data.name, f"pick_sparsity_{i}", title, part))
+    data0, pick0, title0, part0 = names[0]
+    data = alt.NamedData(name=data0, format=alt.DataFormat(type="csv"))
+    enc, pick = _series(part0, pick0)
+    base = alt.Chart(data).encode(x=alt.X("achieved_sparsity:Q", title="achieved sparsity", axis=alt.Axis(format="%")))
+    y = alt.Y("extraction_rate:Q", title="extraction rate", axis=alt.Axis(format="%"))
+    layer = (base.mark_line(point=True).encode(y=y, tooltip=TOOLTIP, **enc)
+             + base.mark_errorbar().encode(y=alt.Y("ci_low:Q", title="extraction rate"), y2="ci_high:Q",
+                                           color=enc["color"], opacity=enc["opacity"])
+             ).add_params(pick).properties(width=WIDTH, height=HEIGHT)
+    if len(ks) == 1:  # one k: plain panels, wrapped three to a row
+        first = layer.properties(title=f"{title0} (k={ks[0]})")
+    else:
+        first = layer.facet(column=alt.Column("k:O", title=f"{title0}: prefix length k"), data=data)
+    return ds.figure(_wrap(_panels_like(first, names), 3 if len(ks) == 1 else 1))
 
 
-def perplexity_vs_sparsity(results: pl.DataFrame, model: str) -> alt.TopLevelMixin | None:
+def perplexity_vs_sparsity(results: pl.DataFrame, model: str) -> Figure | None:
     """Held-out perplexity against achieved sparsity, one panel per family."""
+    ds = Datasets()
     rows = _hashes(results.filter(pl.col("model") == model).unique(subset=["method", "level"], maintain_order=True))
     methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
-    charts = []
-    for i, (title, part) in enumerate(panels(methods)):
-        data = _with_dense_origin(rows, part).select("model", "method", "level", "achieved_sparsity", "perplexity",
-                                                     "extraction_rate", "ci_low", "ci_high", "mask", "metrics")
-        enc, pick = _series(part, f"pick_ppl_{i}")
-        charts.append(alt.Chart(data, title=title).mark_line(point=True).encode(
-            x=alt.X("achieved_sparsity:Q", title="achieved sparsity", axis=alt.Axis(format="%")),
-            y=alt.Y("perplexity:Q", title="held-out perplexity", scale=alt.Scale(zero=False)),
-            tooltip=TOOLTIP, **enc).add_params(pick).properties(width=WIDTH, height=HEIGHT))
-    if not charts:
+    groups = panels(methods)
+    if not groups:
         return None
-    rows_of_3 = [alt.hconcat(*charts[i:i + 3]).resolve_scale(color="independent", shape="independent",
-                                                             strokeDash="independent")
-                 for i in range(0, len(charts), 3)]
-    return alt.vconcat(*rows_of_3).resolve_scale(color="independent", shape="independent", strokeDash="independent")
+    names = []
+    for i, (title, part) in enumerate(groups):
+        data = ds(_with_dense_origin(rows, part).select("model", "method", "level", "achieved_sparsity", "perplexity",
+                                                        "extraction_rate", "ci_low", "ci_high", "mask", "metrics"))
+        names.append((data.name, f"pick_ppl_{i}", title, part))
+    data0, pick0, title0, part0 = names[0]
+    enc, pick = _series(part0, pick0)
+    first = alt.Chart(alt.NamedData(name=data0, format=alt.DataFormat(type="csv")), title=title0).mark_line(
+        point=True).encode(
+        x=alt.X("achieved_sparsity:Q", title="achieved sparsity", axis=alt.Axis(format="%")),
+        y=alt.Y("perplexity:Q", title="held-out perplexity", scale=alt.Scale(zero=False)),
+        tooltip=TOOLTIP, **enc).add_params(pick).properties(width=WIDTH, height=HEIGHT)
+    return ds.figure(_wrap(_panels_like(first, names)))
 
 
 def memorization_vs_perplexity(results: pl.DataFrame, model: str, k: int, front: pl.DataFrame) -> alt.TopLevelMixin:
@@ -147,8 +252,8 @@ def memorization_vs_perplexity(results: pl.DataFrame, model: str, k: int, front:
         pl.col("front").fill_null(False),
         pl.col("method").map_elements(family, return_dtype=pl.String).alias("family"),
         (100 * (pl.col("perplexity") / base_ppl - 1)).alias("ppl_change"),
-        pl.when(pl.col("method") == DENSE).then(pl.lit(DENSE))
-        .otherwise(pl.format("{}@{}", pl.col("method"), pl.col("level"))).alias("variant")).select(
+        pl.struct("method", "level").map_elements(lambda r: variant_label(r["method"], r["level"]),
+                                                  return_dtype=pl.String).alias("variant")).select(
         "model", "method", "level", "variant", "family", "front", "ppl_change", "achieved_sparsity", "extraction_rate",
         "ci_low", "ci_high", "perplexity", "mask", "metrics")
     fams = [f for f in ("dense", *FAMILIES) if f in set(data["family"])]
@@ -158,7 +263,8 @@ def memorization_vs_perplexity(results: pl.DataFrame, model: str, k: int, front:
                       legend=alt.Legend(symbolOpacity=1))
     shape = alt.Shape("family:N", title="family", scale=alt.Scale(**scale, range=(["cross"] + SHAPES)[:len(fams)]))
     x = alt.X("ppl_change:Q", title="perplexity change over dense (%)")
-    base = alt.Chart(data).encode(x=x)
+    ds = Datasets()
+    base = alt.Chart(ds(data)).encode(x=x)
     opacity = alt.condition(pick, alt.value(1.0), alt.value(0.15))
     points = base.mark_point(filled=True, size=60).encode(
         y=alt.Y("extraction_rate:Q", title=f"extraction rate (k={k})", axis=alt.Axis(format="%")),
@@ -172,50 +278,55 @@ def memorization_vs_perplexity(results: pl.DataFrame, model: str, k: int, front:
         y="extraction_rate:Q", order="ppl_change:Q")
     labels = base.transform_filter(alt.datum.front).mark_text(align="left", dx=7, dy=-6, fontSize=10).encode(
         y="extraction_rate:Q", text="variant:N")
-    return (bars + frontier + points + labels).properties(width=760, height=320)
+    return ds.figure((bars + frontier + points + labels).properties(width=760, height=320))
 
 
-def mia_vs_sparsity(results: pl.DataFrame, model: str, score: str) -> alt.TopLevelMixin | None:
+def mia_vs_sparsity(results: pl.DataFrame, model: str, score: str) -> Figure | None:
     """One membership score's AUC (bootstrap 95% bars) against achieved sparsity, one panel per family,
     the y-axis scaled to the data; chance (0.5) dashed when in range."""
+    ds = Datasets()
     rows = _hashes(results.filter(pl.col("model") == model).unique(subset=["method", "level"], maintain_order=True))
     rows = rows.with_columns(pl.col(f"mia_{score}_auc").alias("auc"), pl.col(f"mia_{score}_auc_low").alias("low"),
                              pl.col(f"mia_{score}_auc_high").alias("high"))
     methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
+    groups = panels(methods)
+    if not groups:
+        return None
     lo, hi = float(rows["low"].min()), float(rows["high"].max())
     pad = max(0.01, 0.05 * (hi - lo))
     domain = [max(0.0, lo - pad), min(1.0, hi + pad)]
-    charts = []
-    for i, (title, part) in enumerate(panels(methods)):
-        data = _with_dense_origin(rows, part).select("model", "method", "level", "achieved_sparsity", "auc", "low",
-                                                     "high", "extraction_rate", "ci_low", "ci_high", "perplexity",
-                                                     "mask", "metrics")
-        enc, pick = _series(part, f"pick_mia_{i}")
-        y_title = f"{score} AUC"
-        base = alt.Chart(data, title=title).encode(
-            x=alt.X("achieved_sparsity:Q", title="achieved sparsity", axis=alt.Axis(format="%")))
-        layer = (base.mark_line(point=True).encode(
-            y=alt.Y("auc:Q", title=y_title, scale=alt.Scale(domain=domain, zero=False)),
-            tooltip=[*TOOLTIP[:4], alt.Tooltip("auc:Q", title=y_title, format=".3f"),
-                     alt.Tooltip("low:Q", format=".3f"), alt.Tooltip("high:Q", format=".3f"), *TOOLTIP[-2:]], **enc)
-            + base.mark_errorbar().encode(y=alt.Y("low:Q", title=y_title), y2="high:Q", color=enc["color"],
-                                          opacity=enc["opacity"]))
-        if domain[0] <= 0.5 <= domain[1]:
-            layer += alt.Chart(data).mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(0.5))
-        charts.append(layer.add_params(pick).properties(width=WIDTH, height=HEIGHT))
-    if not charts:
-        return None
-    rows_of_3 = [alt.hconcat(*charts[i:i + 3]).resolve_scale(color="independent", shape="independent",
-                                                             strokeDash="independent")
-                 for i in range(0, len(charts), 3)]
-    return alt.vconcat(*rows_of_3).resolve_scale(color="independent", shape="independent", strokeDash="independent")
+    names = []
+    for i, (title, part) in enumerate(groups):
+        data = ds(_with_dense_origin(rows, part).select("model", "method", "level", "achieved_sparsity", "auc", "low",
+                                                        "high", "extraction_rate", "ci_low", "ci_high", "perplexity",
+                                                        "mask", "metrics"))
+        names.append((data.name, f"pick_mia_{i}", title, part))
+    data0, pick0, title0, part0 = names[0]
+    data = alt.NamedData(name=data0, format=alt.DataFormat(type="csv"))
+    enc, pick = _series(part0, pick0)
+    y_title = f"{score} AUC"
+    base = alt.Chart(data, title=title0).encode(
+        x=alt.X("achieved_sparsity:Q", title="achieved sparsity", axis=alt.Axis(format="%")))
+    layer = (base.mark_line(point=True).encode(
+        y=alt.Y("auc:Q", title=y_title, scale=alt.Scale(domain=domain, zero=False)),
+        tooltip=[*TOOLTIP[:4], alt.Tooltip("auc:Q", title=y_title, format=".3f"),
+                 alt.Tooltip("low:Q", format=".3f"), alt.Tooltip("high:Q", format=".3f"), *TOOLTIP[-2:]], **enc)
+        + base.mark_errorbar().encode(y=alt.Y("low:Q", title=y_title), y2="high:Q", color=enc["color"],
+                                      opacity=enc["opacity"]))
+    if domain[0] <= 0.5 <= domain[1]:
+        layer += alt.Chart(data).mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(0.5))
+    first = layer.add_params(pick).properties(width=WIDTH, height=HEIGHT)
+    return ds.figure(_wrap(_panels_like(first, names)))
 
 
 def layer_sparsity_heatmap(table: pl.DataFrame) -> alt.Chart:
     """Achieved sparsity of every block under every mask."""
-    data = table.with_columns(pl.format("{}@{}", pl.col("method"), pl.col("level")).alias("variant"))
+    data = table.with_columns(pl.struct("method", "level").map_elements(
+        lambda r: variant_label(r["method"], r["level"]), return_dtype=pl.String).alias("variant"),
+        pl.col("sparsity").round(4)).select("model", "variant", "block", "sparsity")
     blocks = max(1, table["block"].n_unique())
-    chart = alt.Chart(data).mark_rect().encode(
+    ds = Datasets()
+    chart = alt.Chart(ds(data)).mark_rect().encode(
         x=alt.X("block:O", title="transformer block"),
         y=alt.Y("variant:N", title="mask", sort=None),
         color=alt.Color("sparsity:Q", title="sparsity", scale=alt.Scale(domain=[0, 1], scheme="blues")),
@@ -223,8 +334,8 @@ def layer_sparsity_heatmap(table: pl.DataFrame) -> alt.Chart:
     ).properties(width=min(900, 24 * blocks), height=11 * max(1, data.filter(
         pl.col("model") == data["model"][0])["variant"].n_unique()))
     if data["model"].n_unique() > 1:
-        return chart.facet(row=alt.Row("model:N", title="model")).resolve_scale(y="independent")
-    return chart
+        return ds.figure(chart.facet(row=alt.Row("model:N", title="model")).resolve_scale(y="independent"))
+    return ds.figure(chart)
 
 
 def extraction_vs_duplication(table: pl.DataFrame, k: int) -> alt.TopLevelMixin:
@@ -255,7 +366,8 @@ def search_history(history: pl.DataFrame) -> alt.TopLevelMixin:
     methods = data["method"].unique(maintain_order=True).to_list()[:MAX_SERIES]
     enc, pick = _series(methods, "pick_history")
     enc["strokeDash"] = alt.StrokeDash("statistic:N", title="statistic", sort=["best", "mean"])
-    chart = alt.Chart(data).mark_line(point=True).encode(
+    ds = Datasets()
+    chart = alt.Chart(ds(data)).mark_line(point=True).encode(
         x=alt.X("generation:Q", title="generation"),
         y=alt.Y("fitness:Q", title="fitness (lower is better)", scale=alt.Scale(zero=False)),
         tooltip=["model:N", "method:N", "level:Q", "generation:Q", "statistic:N", alt.Tooltip("fitness:Q", format=".3f"),
@@ -264,4 +376,4 @@ def search_history(history: pl.DataFrame) -> alt.TopLevelMixin:
     facet = {"column": alt.Column("level:N", title="level")}
     if data["model"].n_unique() > 1:
         facet["row"] = alt.Row("model:N", title="model")
-    return chart.facet(**facet).resolve_scale(y="independent")
+    return ds.figure(chart.facet(**facet).resolve_scale(y="independent"))

@@ -54,19 +54,28 @@ GLOSSARY = {
 _CSS = """body{font-family:system-ui,sans-serif;margin:0 auto;padding:1em 1.5em;max-width:1180px;color:#222;
 line-height:1.45}h1{margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12.5px;margin:.8em 0}td,th{border:1px solid #ccc;padding:2px 6px;
-text-align:right;vertical-align:top}th{background:#f3f3f3}th.sort{cursor:pointer}td.l,th.l{text-align:left}
+text-align:right;vertical-align:top}td{white-space:nowrap}td.l{white-space:normal}th{background:#f3f3f3}th.sort{cursor:pointer}td.l,th.l{text-align:left}
 tr.fam td{background:#fafafa;font-weight:600;text-align:left}code{font-size:12px}.note{color:#555;font-size:13px}
 .wrap{max-width:100%;overflow-x:auto}.box{border:1px solid #bbb;background:#f8f9fb;padding:.6em 1em;border-radius:4px}
 .box dt{font-weight:600;float:left;clear:left;width:12em}.box dd{margin-left:12.5em}nav ol{columns:2}
-details{margin:.6em 0}summary{cursor:pointer;font-weight:600}.chart{margin:.6em 0;max-width:100%;overflow-x:auto}
+details{margin:.6em 0}summary{cursor:pointer;font-weight:600}.chart{margin:.6em 0;max-width:100%;overflow-x:auto;min-height:120px}
 .flag{background:#fff4e0}li{margin:.25em 0}input[type=search]{width:24em}"""
 
 _JS = """
-document.querySelectorAll('script[type="application/json"][data-chart]').forEach(function (s) {
+// charts render when they come near the viewport: a paper-sized grid has dozens, and drawing
+// all of them up front would hold the page for seconds
+function draw(s) {
+  if (s.dataset.drawn) return; s.dataset.drawn = '1';
   vegaEmbed(document.getElementById(s.dataset.chart), JSON.parse(s.textContent),
             {renderer: 'svg', actions: {export: true, source: false, compiled: false, editor: false}})
     .catch(function (e) { console.error(e); });
-});
+}
+var specs = document.querySelectorAll('script[type="application/json"][data-chart]');
+var seen = new IntersectionObserver(function (entries) {
+  entries.forEach(function (e) { if (e.isIntersecting) { seen.unobserve(e.target); draw(e.target.spec); } });
+}, {rootMargin: '800px'});
+specs.forEach(function (s) { var el = document.getElementById(s.dataset.chart); el.spec = s; seen.observe(el); });
+window.drawAllCharts = function () { specs.forEach(draw); };  // for printing and tests
 document.querySelectorAll('table.sortable th').forEach(function (th, i) {
   th.classList.add('sort'); th.title = 'click to sort';
   th.addEventListener('click', function () {
@@ -106,7 +115,8 @@ def _table(frame: pl.DataFrame, cls: str = "", left: int = 2, table_id: str = ""
     head = "".join(f"<th{' class=l' if i < left else ''}>{html.escape(c)}</th>" for i, c in enumerate(frame.columns))
     body = []
     for row in frame.iter_rows():
-        cells = "".join(f"<td{' class=l' if i < left else ''}>{html.escape(_cell(v))}</td>" for i, v in enumerate(row))
+        cells = "".join(f"<td{' class=l' if i < left or isinstance(v, str) and len(v) > 12 else ''}>"
+                        f"{html.escape(_cell(v))}</td>" for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     ident = f" id={table_id}" if table_id else ""
     return (f"<div class=wrap><table{ident}{f' class={cls}' if cls else ''}><thead><tr>{head}</tr></thead>"
@@ -126,7 +136,7 @@ class Page:
         self.parts.append(f"<h2 id={anchor}>{html.escape(title)}</h2>" + "".join(body))
 
     def chart(self, name: str, chart) -> str:
-        spec = chart.to_dict()
+        spec = chart.to_dict(validate=False)  # schema validation costs seconds per chart; tests validate
         self.figures[name] = spec
         payload = json.dumps(spec, separators=(",", ":"), sort_keys=True).replace("</", "<\\/")
         return (f"<div class=chart id=chart-{name}></div><script type=application/json data-chart=chart-{name}>"
