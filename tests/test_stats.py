@@ -94,3 +94,12 @@ def test_paired_rate_bootstrap_and_exhaustive_small_case():
     exact = sorted(np.mean([d[i] for i in idx]) for idx in itertools.product(range(5), repeat=5))
     assert low == pytest.approx(np.quantile(exact, 0.025), abs=0.05)
     assert high == pytest.approx(np.quantile(exact, 0.975), abs=0.05)
+
+
+def test_bootstrap_p_value_is_the_normal_tail_of_the_bootstrap_standard_error():
+    rng = np.random.default_rng(4)
+    diffs = rng.normal(0.3, 0.1, 4000)
+    low, high, p = stats.bootstrap_summary(diffs, 0.3)
+    assert p == pytest.approx(2 * sp.norm.sf(0.3 / diffs.std(ddof=1)))  # about 0.003, below any replicate count
+    assert low == pytest.approx(np.quantile(diffs, 0.025)) and high == pytest.approx(np.quantile(diffs, 0.975))
+    assert stats.bootstrap_summary(np.zeros(10), 0.0)[2] == 1.0

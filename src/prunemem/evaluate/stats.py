@@ -79,16 +79,21 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted
 
 
-def bootstrap_summary(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """(low, high, p) from bootstrap replicates of a difference: the percentile CI and the two-sided
-    bootstrap p-value 2 min(P(d <= 0), P(d >= 0)), +1-corrected so it never reads 0. Replicates all
-    exactly 0 (nothing differs) give p = 1."""
+def bootstrap_summary(diffs: np.ndarray, observed: float, level: float = 0.95) -> tuple[float, float, float]:
+    """(low, high, p) from bootstrap replicates of a difference: the percentile CI, and a two-sided
+    p-value from the bootstrap standard error, 2 (1 - Phi(|observed| / se)).
+
+    The normal form rather than counting replicates beyond 0: a count cannot go below 1/resamples,
+    which a Holm correction over dozens of tests would turn into "nothing is ever significant".
+    Replicates with no spread give p = 1 for an observed 0 and 0 otherwise.
+    """
     diffs = np.asarray(diffs, float)
     tail = (1 - level) / 2
     low, high = float(np.quantile(diffs, tail)), float(np.quantile(diffs, 1 - tail))
-    r = diffs.size
-    p = 2 * min((np.sum(diffs <= 0) + 1) / (r + 1), (np.sum(diffs >= 0) + 1) / (r + 1))
-    return low, high, float(min(1.0, p))
+    se = float(diffs.std(ddof=1)) if diffs.size > 1 else 0.0
+    if se == 0.0 or not math.isfinite(se):
+        return low, high, 1.0 if observed == 0 else 0.0
+    return low, high, float(math.erfc(abs(observed) / se / math.sqrt(2)))
 
 
 def resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -117,7 +122,7 @@ def paired_perplexity_change(a: np.ndarray, b: np.ndarray, resamples: int, seed:
     w = resample_counts(a.shape[0], resamples, seed)
     log_ratio = lambda x, y: (x[..., 0] / x[..., 1]) - (y[..., 0] / y[..., 1])  # noqa: E731
     observed = log_ratio(a.sum(0), b.sum(0))
-    low, high, p = bootstrap_summary(log_ratio(w @ a, w @ b))
+    low, high, p = bootstrap_summary(log_ratio(w @ a, w @ b), float(observed))
     return math.expm1(observed), math.expm1(low), math.expm1(high), p
 
 
@@ -136,7 +141,7 @@ def paired_rate_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int, seed: in
     a, b = np.asarray(a, float), np.asarray(b, float)
     w = resample_counts(a.size, resamples, seed)
     d = a - b
-    low, high, p = bootstrap_summary(w @ d / a.size)
+    low, high, p = bootstrap_summary(w @ d / a.size, float(d.mean()))
     return float(d.mean()), low, high, p
 
 
@@ -160,5 +165,5 @@ def paired_auc_difference(a: np.ndarray, b: np.ndarray, member: np.ndarray, resa
     ka, kb = _wins(a[member], a[~member]), _wins(b[member], b[~member])
     observed = float(ka.mean() - kb.mean())
     diffs = ((wm @ (ka - kb)) * wn).sum(1) / (m * n)
-    low, high, p = bootstrap_summary(diffs)
+    low, high, p = bootstrap_summary(diffs, observed)
     return observed, low, high, p

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import altair as alt
 import polars as pl
@@ -119,14 +120,19 @@ def _panels_like(first, panels_: list[tuple[str, str, str, list[str]]]) -> list[
     ``panels_`` holds (data name, selection name, title, methods) per panel, the first being the
     one ``first`` was built for. Building each panel through altair costs a quarter of a second
     (schema-object construction); the others differ only in these four things, so they are
-    re-pointed copies of the first's dict: same encodings, same marks, same tooltips.
+    re-pointed copies of the first's dict: same encodings, same marks, same tooltips (and views
+    renamed, as Vega needs each view's name unique).
     """
     template = _panel_spec(first)
     data0, pick0, title0, methods0 = panels_[0]
     text = json.dumps(template)
     out = [template]
-    for data, pick, title, methods in panels_[1:]:
-        spec = json.loads(text.replace(data0, data).replace(f'"{pick0}"', f'"{pick}"'))
+    views = sorted(set(re.findall(r'"(view_[0-9A-Za-z_]+)"', text)))  # altair's unit names: unique per Vega view
+    for i, (data, pick, title, methods) in enumerate(panels_[1:], 1):
+        copy = text.replace(data0, data).replace(f'"{pick0}"', f'"{pick}"')
+        for view in views:
+            copy = copy.replace(f'"{view}"', f'"{view}_{i}"')
+        spec = json.loads(copy)
         _retarget(spec, title0, title, methods)
         out.append(spec)
     return out

@@ -288,9 +288,14 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def holm_p(p: float) -> str:
+    """'Holm p = 0.012' or 'Holm p < 0.001'."""
+    return "Holm p < 0.001" if p < 0.001 else f"Holm p = {p:.3f}"
+
+
 def cite(t: dict) -> str:
     """'Δ -2.0 points, 95% CI ..., exact McNemar, Holm p = 0.01' for a finished test row."""
-    return f"Δ {fmt_effect(t)}, 95% CI {fmt_ci(t)}; {t['test'].split(';')[0]}, Holm p = {fmt_p(t['p_holm'])}"
+    return f"Δ {fmt_effect(t)}, 95% CI {fmt_ci(t)}; {t['test'].split(';')[0]}, {holm_p(t['p_holm'])}"
 
 
 def percent(x: float) -> str:
@@ -405,7 +410,7 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
     frame = c.finish()
     search_lines = []
     for t, tp in structured:
-        ppl = (f"; perplexity {fmt_effect(tp)} (95% CI {fmt_ci(tp)}, Holm p = {fmt_p(tp['p_holm'])}: "
+        ppl = (f"; perplexity {fmt_effect(tp)} (95% CI {fmt_ci(tp)}, {holm_p(tp['p_holm'])}: "
                f"{_sentence_verdict(tp, 'lower', 'higher')})" if tp is not None else "")
         search_lines.append(f"{prefix}{t['a']} vs {t['b']}: extraction at k={k} {cite(t)}: "
                             f"{_sentence_verdict(t, 'lower', 'higher')}{ppl}.")
@@ -430,7 +435,8 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
         canary = samples.kinds == "canary"
         if (samples.kinds[x_dense] == "canary").all():
             min_copies = int(samples.copies[x_dense].min())
-            where = (f" Every extracted member is a canary planted at least {min_copies} times; ordinary training "
+            where = (f" Every extracted member is a canary planted at least {min_copies} "
+                     f"time{'s' if min_copies != 1 else ''}; ordinary training "
                      f"members: 0 of {int((~canary).sum())} extracted.")
         else:
             where = (f" {int((x_dense & canary).sum())} are canaries and {int((x_dense & ~canary).sum())} ordinary "
@@ -450,7 +456,7 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
                      f"{_sentence_verdict(best_test, 'lower than dense', 'higher than dense')}).")
     if same_sparsity is not None:
         t, tp, r = same_sparsity
-        ppl_part = (f"; perplexity {fmt_effect(tp)} (95% CI {fmt_ci(tp)}, Holm p = {fmt_p(tp['p_holm'])})"
+        ppl_part = (f"; perplexity {fmt_effect(tp)} (95% CI {fmt_ci(tp)}, {holm_p(tp['p_holm'])})"
                     if tp is not None else "")
         lines.append(f"At the same achieved sparsity ({percent(r['achieved_sparsity'])}), {t['a']} vs {t['b']}: "
                      f"{cite(t)}; {_sentence_verdict(t, 'lower', 'higher')}{ppl_part}.")
