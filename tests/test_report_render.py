@@ -206,7 +206,7 @@ def test_every_figure_compiles_with_unique_views_and_at_most_six_series():
                    charts.perplexity_vs_sparsity(results, "pythia-160m")):
         spec = figure.to_dict(validate=False)
         vega = json.dumps(vl_convert.vegalite_to_vega(spec, vl_version=charts.VL_VERSION))
-        names = re.findall(r'"name": "(view_[^"]*_marks)"', vega)
+        names = re.findall(r"\"name\": \"([^\"]*_marks)\"", vega)
         assert names and len(names) == len(set(names)), names
         domains = list(_colour_domains(spec))
         assert domains and all(1 <= len(d) <= charts.MAX_SERIES for d in domains)
