@@ -66,3 +66,22 @@ def test_the_report_renders_offline_in_chromium(pipeline):
         seen["charts"]
     assert seen["scrollWidth"] <= seen["clientWidth"], (seen["scrollWidth"], seen["clientWidth"])
     assert seen["findings"] > 0 and seen["toc"] > 5
+
+
+def test_a_paper_sized_report_loads_in_two_seconds_and_fits_the_window(tmp_path):
+    """The 1,000-row synthetic grid of test_report_render: size, load time, errors, width, every chart drawn."""
+    from test_report_render import EMPTY_DUP, synthetic_context, synthetic_grid
+
+    from prunemem.report import html
+
+    results, layers = synthetic_grid()
+    page, _, _ = html.render(results, layers, EMPTY_DUP, synthetic_context(results))
+    path = tmp_path / "report.html"
+    path.write_text(page, encoding="utf-8")
+    seen = inspect(path)
+    assert len(page.encode()) <= 3_000_000
+    assert seen["errors"] == [] and seen["requests"] == []
+    assert all(c["marks"] > 0 and c["width"] > 0 for c in seen["charts"]) and len(seen["charts"]) >= 20
+    assert seen["scrollWidth"] <= seen["clientWidth"] and seen["findings"] >= len(results["model"].unique())
+    assert seen["load_s"] <= 2.0, seen["load_s"]
+    print(f"page {len(page.encode()) / 1e6:.2f} MB, loaded in {seen['load_s']:.2f} s, {len(seen['charts'])} charts")
