@@ -368,7 +368,9 @@ def search_history(history: pl.DataFrame) -> alt.TopLevelMixin:
     """EvoP's best-so-far (solid) and mean (dashed) fitness per generation, one panel per model and level."""
     data = history.unpivot(index=["model", "method", "level", "generation", "best_pattern"],
                            on=["best_fitness", "mean_fitness"], variable_name="statistic",
-                           value_name="fitness").with_columns(pl.col("statistic").str.replace("_fitness", ""))
+                           value_name="fitness").with_columns(
+        pl.col("statistic").str.replace("_fitness", ""),
+        pl.col("level").map_elements(lambda v: f"{v:g}", return_dtype=pl.String))
     methods = data["method"].unique(maintain_order=True).to_list()[:MAX_SERIES]
     enc, pick = _series(methods, "pick_history")
     enc["strokeDash"] = alt.StrokeDash("statistic:N", title="statistic", sort=["best", "mean"])
@@ -376,7 +378,7 @@ def search_history(history: pl.DataFrame) -> alt.TopLevelMixin:
     chart = alt.Chart(ds(data)).mark_line(point=True).encode(
         x=alt.X("generation:Q", title="generation"),
         y=alt.Y("fitness:Q", title="fitness (lower is better)", scale=alt.Scale(zero=False)),
-        tooltip=["model:N", "method:N", "level:Q", "generation:Q", "statistic:N", alt.Tooltip("fitness:Q", format=".3f"),
+        tooltip=["model:N", "method:N", "level:N", "generation:Q", "statistic:N", alt.Tooltip("fitness:Q", format=".3f"),
                  alt.Tooltip("best_pattern:N", title="best pattern")], **enc,
     ).add_params(pick).properties(width=WIDTH, height=150)
     facet = {"column": alt.Column("level:N", title="level")}

@@ -103,6 +103,12 @@ def check_columns(results: pl.DataFrame, source: str = "results.csv") -> None:
                                 f"(re-run `prunemem {stage.split()[0]}` for every variant, then `prunemem report`)")
 
 
+def _fixed(frame: pl.DataFrame, percent: tuple[str, ...] = ()) -> pl.DataFrame:
+    """Fixed precision for a table: the named rate columns as percentages, every float to 2 decimals."""
+    return frame.with_columns(*(pl.col(c).mul(100) for c in percent)).with_columns(
+        pl.col(pl.Float64).exclude("level").map_elements(lambda v: f"{v:.2f}", return_dtype=pl.String))
+
+
 def _cell(v, digits: int = 4) -> str:
     if v is None:
         return "–"
@@ -115,7 +121,7 @@ def _table(frame: pl.DataFrame, cls: str = "", left: int = 2, table_id: str = ""
     head = "".join(f"<th{' class=l' if i < left else ''}>{html.escape(c)}</th>" for i, c in enumerate(frame.columns))
     body = []
     for row in frame.iter_rows():
-        cells = "".join(f"<td{' class=l' if i < left or isinstance(v, str) and len(v) > 12 else ''}>"
+        cells = "".join(f"<td{' class=l' if i < left or isinstance(v, str) and not v[:1].isdigit() else ''}>"
                         f"{html.escape(_cell(v))}</td>" for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     ident = f" id={table_id}" if table_id else ""
@@ -452,7 +458,8 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
         p.section("calibration", f"Calibration sampling: random against cluster-based (CCDS, k={k})",
                   "<p class=note>The same method on the same number of calibration sequences, drawn at random or "
                   "evenly from k-means clusters of the dense model's mean hidden states (EvoP's CCDS). Negative Δ: "
-                  "the cluster-sampled set forgets more or costs less (point differences).</p>", _table(calibration))
+                  "the cluster-sampled set forgets more or costs less (point differences).</p>",
+                  _table(_fixed(calibration, percent=("extraction (random)", "extraction (ccds)"))))
     structured = tables.structured_comparison(results, k)
     if structured.height:
         search = [s for m in models for s in analyses[m].search]
@@ -461,7 +468,9 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
                   "calibration perplexity; evop-mem adds λ × the extraction rate on a search split of members that "
                   "evaluation never sees.</p>",
                   ("<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in search) + "</ul>") if search else "",
-                  _table(structured))
+                  _table(_fixed(structured, percent=("achieved_sparsity", "extraction_rate", "ci_low", "ci_high"))
+                         .rename({"achieved_sparsity": "achieved sparsity (%)", "extraction_rate": "extraction (%)",
+                                  "ci_low": "CI low (%)", "ci_high": "CI high (%)"})))
     history = context.get("history")
     if history is not None and history.height:
         p.section("search", "EvoP search history",
