@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
-
 import numpy as np
 
 Z95 = 1.959963984540054
@@ -100,7 +98,7 @@ def resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n) multiplicities of a bootstrap over n units: row r counts how often each unit was
     drawn. Applying one matrix to both variants is what makes the bootstrap paired, and weighted sums
     (W @ x) replace materialised resamples."""
-    return _counts(n, resamples, seed).copy()
+    return _counts(n, resamples, seed)  # shared and read-only
 
 
 @functools.lru_cache(maxsize=64)
@@ -109,7 +107,9 @@ def _counts(n: int, resamples: int, seed: int) -> np.ndarray:
     # drawing resamples, 50x faster than rng.multinomial over n equal cells
     idx = np.random.default_rng(seed).integers(0, n, (resamples, n))
     flat = (idx + n * np.arange(resamples)[:, None]).ravel()
-    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(float)
+    counts = np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(float)
+    counts.flags.writeable = False
+    return counts
 
 
 def paired_perplexity_change(a: np.ndarray, b: np.ndarray, resamples: int, seed: int):

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import altair as alt
 import polars as pl
 
+from prunemem.errors import PrunememError
 from prunemem.plan import DENSE
 from prunemem.report.compare import FAMILIES, family
 
@@ -64,6 +66,33 @@ class Figure:
             spec = self.chart.to_dict(validate=validate)
         spec["datasets"] = {**spec.get("datasets", {}), **self.datasets}
         return spec
+
+
+def javascript_bundle() -> str:
+    """vega-embed, Vega-Lite and Vega as one script (vl-convert bundles them), inlined once in the page.
+
+    Bundling takes seconds of CPU, so the result is kept under the user's cache directory, keyed by
+    the vl-convert and Vega-Lite versions that produced it (same inputs, same bytes)."""
+    import os
+
+    import vl_convert
+
+    from prunemem.provenance import atomic_path
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prunemem"
+    path = cache / f"vega-bundle-{vl_convert.__version__}-vl{VL_VERSION}.js"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    bundle = vl_convert.javascript_bundle(vl_version=VL_VERSION)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(bundle, encoding="utf-8")
+    except (OSError, PrunememError):  # a read-only home only costs the seconds again next time
+        pass
+    return bundle
 
 
 def spec_to_svg(spec: dict) -> str:

@@ -14,7 +14,6 @@ except where a claim of the paper is itself about equal levels (said so in its r
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,7 +108,7 @@ def load_samples(plan, model: str) -> ModelSamples:
     return out
 
 
-def verdict(effect: float, low: float, high: float, p_holm: float, lower: str, higher: str) -> str:
+def verdict(effect: float, p_holm: float, lower: str, higher: str) -> str:
     """The verdict word a test allows: a direction only when the Holm-corrected p is below ALPHA."""
     if p_holm < ALPHA:
         return lower if effect < 0 else higher
@@ -127,6 +126,7 @@ class Comparisons:
         self.model, self.s, self.k = model, samples, k
         self.rows = rows  # results.csv rows of this model at k
         self.tests: list[dict] = []
+        self._curves: dict[str, list] = {}
 
     def _add(self, test_id: str, a: str, b: str, metric: str, test: str, n: int, effect: float, low: float,
              high: float, p: float, unit: str, note: str = "") -> dict:
@@ -184,6 +184,11 @@ class Comparisons:
     # -- matched perplexity ------------------------------------------------------------------
     def curve(self, method: str) -> list[tuple[tuple[str, float], float]]:
         """(variant, perplexity) along a method in level order, starting at the dense model."""
+        if method not in self._curves:
+            self._curves[method] = self._curve(method)
+        return self._curves[method]
+
+    def _curve(self, method: str) -> list[tuple[tuple[str, float], float]]:
         dense = self.rows.filter(pl.col("method") == DENSE)
         own = self.rows.filter(pl.col("method") == method).sort("level")
         start = [((DENSE, 0.0), float(dense["perplexity"][0]))] if dense.height and method != DENSE else []
@@ -213,8 +218,7 @@ class Comparisons:
         adjusted = stats.holm([t["p"] for t in self.tests]) if self.tests else []
         for t, p in zip(self.tests, adjusted):
             t["p_holm"] = p
-            lower, higher = ("lower", "higher")
-            t["verdict"] = verdict(t["effect"], t["ci_low"], t["ci_high"], p, lower, higher)
+            t["verdict"] = verdict(t["effect"], p, "lower", "higher")
         return pl.DataFrame([{k: t[k] for k in COMPARISON_SCHEMA} for t in self.tests], schema=COMPARISON_SCHEMA)
 
 
@@ -305,7 +309,7 @@ def percent(x: float) -> str:
 def _sentence_verdict(t: dict, lower: str, higher: str) -> str:
     if t["note"] == "nothing extracted by either":
         return "cannot be told apart (nothing extracted by either)"
-    return verdict(t["effect"], t["ci_low"], t["ci_high"], t["p_holm"], lower, higher)
+    return verdict(t["effect"], t["p_holm"], lower, higher)
 
 
 @dataclass
@@ -331,7 +335,7 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
                "the paper's claims) is missing; evaluate the dense variant (prunemem evaluate --method dense --level 0)"
                if not has_dense else "no per-sample files: paired tests are missing")
         claims = [{"model": model, "claim": c, "status": "inconclusive", "test": "not run", "effect": "", "ci": "",
-                   "p_holm": "", "evidence": why, "paper": _paper_value(paper, paper_name, c)} for c in CLAIMS]
+                   "p_holm": "", "evidence": why, "paper": _paper_value(paper, c)} for c in CLAIMS]
         return Analysis(pl.DataFrame(schema=COMPARISON_SCHEMA), [f"{prefix}{why}."], claims, [])
     c = Comparisons(model, samples, at_k, k)
     dense = (DENSE, 0.0)
@@ -489,7 +493,7 @@ _PAPER_ROWS = {CLAIMS[0]: (("global", "layerwise"), _EXT), CLAIMS[1]: (("attenti
                CLAIMS[4]: ((), _EXT)}
 
 
-def _paper_value(paper: pl.DataFrame, paper_name: str, claim: str) -> str:
+def _paper_value(paper: pl.DataFrame, claim: str) -> str:
     """The paper's own numbers for a claim, from the bundled values (``tables.paper_values``)."""
     methods, metrics = _PAPER_ROWS[claim]
     chosen = paper.filter(pl.col("method").is_in(list(methods)) & pl.col("metric").is_in(list(metrics)))
@@ -515,7 +519,7 @@ def _claims(c: Comparisons, at_k: pl.DataFrame, rows_all: pl.DataFrame, ks: list
                 "effect": effect if effect is not None else (fmt_effect(t) if t else ""),
                 "ci": ci if ci is not None else (fmt_ci(t) if t else ""),
                 "p_holm": fmt_p(t["p_holm"]) if t else "", "evidence": evidence,
-                "paper": _paper_value(paper, paper_name, claim)}
+                "paper": _paper_value(paper, claim)}
 
     def status_of(tests_lower_is_confirmed: list[dict], want: str) -> str:
         verdicts = [_sentence_verdict(t, "lower", "higher") for t in tests_lower_is_confirmed]

@@ -350,8 +350,6 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
     Returns (html, {figure name: Vega-Lite spec}, {model: compare.Analysis}); a synthetic grid can be
     rendered and timed without a study on disk.
     """
-    import vl_convert
-
     check_columns(results)
     k, suffix, ks = context["k"], context["suffix"], context["ks"]
     models = results["model"].unique(maintain_order=True).to_list()
@@ -528,7 +526,7 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
     intro = ("<p class=note>Does pruning make a language model forget what it memorized, and what does that cost? A "
              "sample is <em>extracted</em> when greedy decoding from its k-token prefix reproduces its "
              f"{suffix}-token suffix exactly. Rates are over members.</p>")
-    bundle = vl_convert.javascript_bundle(vl_version=charts.VL_VERSION).replace("</script", "<\\/script")
+    bundle = charts.javascript_bundle().replace("</script", "<\\/script")
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">"
             f"<title>prunemem report</title><style>{_CSS}</style></head><body><h1>prunemem report</h1>{intro}{toc}"
             f"{''.join(p.parts)}<script>{bundle}</script><script>{_JS}</script></body></html>\n")
