@@ -104,6 +104,7 @@ def test_report_is_offline_and_states_the_findings(pipeline):
     markup = re.sub(r"<script[^>]*>.*?</script>", "<script></script>", page, flags=re.S)
     assert page.count("data-chart=") >= 3 and not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", markup)
     assert "The dense model extracts 25.0% of 12 members at k=32" in page
+    assert "<dd>12: 6 canary, 6 train</dd>" in page and "3 held-out documents, 2016 scored tokens" in page  # methods
     assert "Every extracted member is a canary planted at least 256 times" in page
     assert "Nothing is extracted by the dense model at k = 16" in page and "Holm p" in page
     assert "<summary>k = 16</summary>" in page and "<summary>k = 32</summary>" in page

@@ -260,8 +260,8 @@ def methods_info(plan: Plan) -> dict:
                                       f"{plan.params['perplexity']['window']}, stride {plan.params['perplexity']['stride']}")
             ref = s.get("reference_perplexity")
             base = f"dense {s['perplexity']:.2f}"
-            if ref:
-                base += "; " + ", ".join(f"{name.replace('_', ' ')} {v:.2f}" for name, v in ref.items())
+            if ref:  # issue 19's trivial baselines on the same text: unigram, bigram, every block removed
+                base += "; " + ", ".join(f"{name.replace('_', ' ')} {_reference(v)}" for name, v in ref.items())
             else:
                 base += "; no trivial-model reference recorded by this evaluation"
             info["baselines"] = base
@@ -272,6 +272,13 @@ def methods_info(plan: Plan) -> dict:
             info["hardware"] = f"{s['device']} ({env.get('device', '')}), {s['dtype']}"
         out[model] = info
     return out
+
+
+def _reference(value) -> str:
+    """A reference perplexity as recorded: a number, or a record holding one under 'perplexity'."""
+    if isinstance(value, dict):
+        value = value.get("perplexity", value)
+    return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
 
 
 def _ppl_intervals(samples: compare.ModelSamples | None) -> dict:
