@@ -157,7 +157,8 @@ class Audit:
         for key, value in (("model", model), ("method", method), ("level", level)):
             self._expect(where, key, summary.get(key), value)
         files = {}
-        for name, key in (("memorization.parquet", "memorization_sha256"), ("mia.parquet", "mia_sha256")):
+        for name, key in (("memorization.parquet", "memorization_sha256"), ("mia.parquet", "mia_sha256"),
+                          ("perplexity_windows.parquet", "perplexity_sha256")):
             path = directory / name
             if not path.is_file():
                 self.fail(path, "missing")
