@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from prunemem.errors import PrunememError
-from prunemem.plan import Plan
+from prunemem.plan import FIGURES, Plan
 from prunemem.provenance import digest_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,9 @@ class Audit:
         if prov is not None:
             for name, recorded in prov.get("files", {}).items():
                 target = self.plan.reports_dir / name
+                self._same(target, "sha256", recorded, sha256_file(target) if target.is_file() else None)
+            for name, recorded in prov.get("figures", {}).items():  # figures/<name>.svg
+                target = self.plan.reports_dir / FIGURES / f"{name}.svg"
                 self._same(target, "sha256", recorded, sha256_file(target) if target.is_file() else None)
 
     def dvc(self) -> None:

@@ -32,9 +32,10 @@ SAMPLE_PROVENANCE = "provenance.json"
 # perplexity_windows.parquet: per-window NLL with its document, for the report's paired bootstrap
 METRICS_FILES = ("memorization.parquet", "mia.parquet", "perplexity_windows.parquet", "summary.json")
 # what the report stage writes under reports/ (results.csv ... its own provenance, written last)
+FIGURES = "figures"  # reports/figures/: one SVG per chart of the page, for papers
 REPORT_FILES = ("results.csv", "layer_sparsity.csv", "search_history.csv", "comparisons.csv", "claims.csv",
-                "metrics.json", "report.html", "figures", "provenance.json")
-REPORT_DIRECTORIES = ("figures",)  # figures/: one SVG per chart, for papers
+                "metrics.json", "report.html", FIGURES, "provenance.json")
+REPORT_DIRECTORIES = (FIGURES,)
 
 
 def schema() -> dict:

@@ -17,14 +17,13 @@ import polars as pl
 
 from prunemem.errors import PrunememError
 from prunemem.evaluate.mia import SCORES
-from prunemem.plan import DENSE, REPORT_FILES, Plan
+from prunemem.plan import DENSE, FIGURES, REPORT_DIRECTORIES, REPORT_FILES, Plan
 from prunemem.provenance import atomic_path, environment, read_json, record, sha256_file, write_json
 from prunemem.prune.registry import describe, order
 from prunemem.report import charts, compare, redaction, tables
 from prunemem.report.compare import fmt_ci, fmt_effect, fmt_p
 
 log = logging.getLogger(__name__)
-FIGURES = "figures"
 
 # the stage that writes each results.csv column the report reads (for the one-line error on a bad file)
 NEEDED = {**{c: "evaluate" for c in ("model", "method", "level", "k", "n_samples", "n_extracted", "extraction_rate",
@@ -519,10 +518,9 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
                                           for a, b in GLOSSARY.items()) + "</dl>"
     p.section("detail", "Detail per k", "<p class=note>Every row of results.csv, per k (rates in %).</p>", per_k,
               "<details><summary>Glossary of columns</summary>" + glossary + "</details>")
-    files = [*REPORT_FILES, "comparisons.csv", "claims.csv"]
+    files = [f for f in REPORT_FILES if f not in REPORT_DIRECTORIES and f != "report.html"]
     p.section("files", "Files beside this report",
-              "<ul>" + "".join(f"<li><a href=\"{html.escape(f)}\">{html.escape(f)}</a></li>"
-                               for f in dict.fromkeys(files) if f != "report.html")
+              "<ul>" + "".join(f"<li><a href=\"{html.escape(f)}\">{html.escape(f)}</a></li>" for f in files)
               + f"<li><a href=\"{FIGURES}/\">{FIGURES}/</a>: every chart as SVG</li></ul>")
     p.section("provenance", "Appendix: provenance",
               "<details><summary>Where every row of results.csv came from (hashes shortened here, full there; "
