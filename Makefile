@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv run test dvc-yaml
+.PHONY: venv run test test-browser dvc-yaml
 
 # torch first: the CPU wheel is on disk, and installing it first keeps the package's torch
 # range from pulling a multi-GB CUDA build.
@@ -25,6 +25,12 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# the report in headless Chromium: needs Debian's `chromium` (apt-get install chromium) or PRUNEMEM_CHROMIUM;
+# `make test` skips these tests, with the reason, where Playwright or a browser is missing
+test-browser: $(BIN)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,browser]"
+	$(BIN)/python -m pytest -q tests/test_report_browser.py -rs
 
 dvc-yaml: $(BIN)/.installed
 	$(BIN)/prunemem dvc-yaml

@@ -213,7 +213,7 @@ def test_a_new_method_is_one_function_and_one_registry_entry(pipeline, tmp_path,
     from prunemem.evaluate.run import evaluate
     from prunemem.prune.registry import REGISTRY, Entry
     from prunemem.prune.run import build_mask
-    from prunemem.report import charts, html
+    from prunemem.report import compare, html
 
     study = tmp_path / "study"
     shutil.copytree(pipeline, study, ignore=shutil.ignore_patterns(".snakemake"))
@@ -234,5 +234,5 @@ def test_a_new_method_is_one_function_and_one_registry_entry(pipeline, tmp_path,
     html.build(plan)  # the report
     rows = (study / "reports/results.csv").read_text().splitlines()
     assert sum(row.split(",")[1] == "rowwise" for row in rows) == len(levels) * len(plan.ks)
-    assert charts.family("rowwise") == "pruning"
+    assert compare.traits("rowwise") == compare.Traits("state of the art", "unstructured")  # from its traits
     assert Audit(plan).run(dvc=False) == []  # the audit walks it like any other method

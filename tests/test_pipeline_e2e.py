@@ -97,10 +97,22 @@ def test_evaluate_refuses_samples_from_another_tokenizer(pipeline, tmp_path):
 
 
 def test_report_is_offline_and_states_the_findings(pipeline):
+    import re
+
     page = (pipeline / "reports" / "report.html").read_text()
-    assert page.count("<svg") >= 3 and "pruning, quantization, low-rank" in page and "<script" not in page and "cdn" not in page.lower()
-    assert "the dense model extracts" in page and "canaries planted 256 times" in page
-    assert "Results at k=16" in page and "Results at k=32" in page
+    # self-contained: the charts' JavaScript is inlined, nothing is fetched (the browser test checks it live)
+    markup = re.sub(r"<script[^>]*>.*?</script>", "<script></script>", page, flags=re.S)
+    assert page.count("data-chart=") >= 3 and not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", markup)
+    assert "The dense model extracts 25.0% of 12 members at k=32" in page
+    assert "<dd>12: 6 canary, 6 train</dd>" in page and "3 held-out documents, 2016 scored tokens" in page  # methods
+    assert "Every extracted member is a canary planted at least 256 times" in page
+    assert "Nothing is extracted by the dense model at k = 16" in page and "Holm p" in page
+    assert "<summary>k = 16</summary>" in page and "<summary>k = 32</summary>" in page
+    claims = list(csv.DictReader(open(pipeline / "reports" / "claims.csv")))
+    assert len(claims) == 5 and {c["status"] for c in claims} <= {"confirmed", "refuted", "inconclusive"}
+    comparisons = list(csv.DictReader(open(pipeline / "reports" / "comparisons.csv")))
+    assert comparisons and all(0 <= float(c["p"]) <= float(c["p_holm"]) <= 1 for c in comparisons)
+    assert {p.name for p in (pipeline / "reports" / "figures").iterdir()} >= {"pareto-tiny.svg", "mia-tiny.svg"}
     with open(pipeline / "reports" / "layer_sparsity.csv") as fh:
         layers = list(csv.DictReader(fh))
     sleb = [float(r["sparsity"]) for r in layers if r["method"] == "sleb" and r["level"] == "0.5"]

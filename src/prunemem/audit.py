@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from prunemem.errors import PrunememError
-from prunemem.plan import Plan
+from prunemem.plan import FIGURES, Plan
 from prunemem.provenance import digest_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ class Audit:
         for key, value in (("model", model), ("method", method), ("level", level)):
             self._expect(where, key, summary.get(key), value)
         files = {}
-        for name, key in (("memorization.parquet", "memorization_sha256"), ("mia.parquet", "mia_sha256")):
+        for name, key in (("memorization.parquet", "memorization_sha256"), ("mia.parquet", "mia_sha256"),
+                          ("perplexity_windows.parquet", "perplexity_sha256")):
             path = directory / name
             if not path.is_file():
                 self.fail(path, "missing")
@@ -221,6 +222,9 @@ class Audit:
         if prov is not None:
             for name, recorded in prov.get("files", {}).items():
                 target = self.plan.reports_dir / name
+                self._same(target, "sha256", recorded, sha256_file(target) if target.is_file() else None)
+            for name, recorded in prov.get("figures", {}).items():  # figures/<name>.svg
+                target = self.plan.reports_dir / FIGURES / f"{name}.svg"
                 self._same(target, "sha256", recorded, sha256_file(target) if target.is_file() else None)
 
     def dvc(self) -> None:

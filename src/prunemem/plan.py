@@ -29,10 +29,13 @@ from prunemem.provenance import digest_json
 CHECKPOINT_PROVENANCE = "provenance.json"
 SAMPLE_FILES = ("members.parquet", "search.parquet", "nonmembers.parquet", "perplexity.parquet", "calibration.parquet")
 SAMPLE_PROVENANCE = "provenance.json"
-METRICS_FILES = ("memorization.parquet", "mia.parquet", "summary.json")
+# perplexity_windows.parquet: per-window NLL with its document, for the report's paired bootstrap
+METRICS_FILES = ("memorization.parquet", "mia.parquet", "perplexity_windows.parquet", "summary.json")
 # what the report stage writes under reports/ (results.csv ... its own provenance, written last)
-REPORT_FILES = ("results.csv", "layer_sparsity.csv", "search_history.csv", "metrics.json", "report.html",
-                "provenance.json")
+FIGURES = "figures"  # reports/figures/: one SVG per chart of the page, for papers
+REPORT_FILES = ("results.csv", "layer_sparsity.csv", "search_history.csv", "comparisons.csv", "claims.csv",
+                "metrics.json", "report.html", FIGURES, "provenance.json")
+REPORT_DIRECTORIES = (FIGURES,)
 
 
 def schema() -> dict:

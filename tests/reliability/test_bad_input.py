@@ -120,6 +120,9 @@ CASES = [
      ["data/metrics/tiny/global/0.5/summary.json", "corrupt evaluation summary"]),
     ("truncated-per-sample-results", truncate(Path("data/metrics/tiny/dense/0/memorization.parquet")),
      ("params.yaml",), ("report",), ["data/metrics/tiny/dense/0/memorization.parquet"]),
+    ("truncated-perplexity-windows", truncate(Path("data/metrics/tiny/global/0.5/perplexity_windows.parquet")),
+     ("params.yaml",), ("report",), ["data/metrics/tiny/global/0.5/perplexity_windows.parquet",
+                                     "corrupt perplexity windows"]),
 ]
 
 

@@ -10,7 +10,7 @@ from snakemake.utils import validate
 from prunemem.freshness import FRESH, HashCache, judge, settled
 from prunemem.dvcgen import write_dvc_yaml
 from prunemem.errors import PrunememError
-from prunemem.plan import METRICS_FILES, REPORT_FILES, SAMPLE_FILES, SAMPLE_PROVENANCE, Plan, read_params
+from prunemem.plan import METRICS_FILES, REPORT_DIRECTORIES, REPORT_FILES, SAMPLE_FILES, SAMPLE_PROVENANCE, Plan, read_params
 from prunemem.plan import validate as validate_params
 from prunemem.resources import job_resources, job_threads
 

@@ -93,7 +93,8 @@ rule report:
         unpack(inputs_of("report")),
     output:
         [report(str(PLAN.reports_dir / name), caption=f"../report/{CAPTIONS[name]}.rst", category="Report")
-         if name in CAPTIONS else str(PLAN.reports_dir / name) for name in REPORT_FILES],
+         if name in CAPTIONS else directory(str(PLAN.reports_dir / name)) if name in REPORT_DIRECTORIES
+         else str(PLAN.reports_dir / name) for name in REPORT_FILES],
     params:
         digest=params_digest("report"),
     threads: 1

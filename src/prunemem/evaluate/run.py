@@ -8,6 +8,8 @@ Writes to ``data/metrics/{model}/{method}/{level}/``:
 - ``memorization.parquet``: one row per (sample, k): exact extraction by one teacher-forced
   pass, near-ties re-checked with fp32 greedy ``generate()`` (``rechecked``, ``flipped``);
 - ``mia.parquet``: one row per sample: the four membership scores of ``prunemem.evaluate.mia``;
+- ``perplexity_windows.parquet``: one row per scored window: its summed NLL, scored tokens and the
+  perplexity document its first scored token lies in, so the report can bootstrap over documents;
 - ``summary.json``: per-k rates with Wilson 95% intervals, re-check and cross-check counts,
   perplexity, sparsity, MIA AUCs with bootstrap CIs and TPR at 1% FPR, device, provenance.
 
@@ -237,6 +239,10 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     nll = batched(store, "perplexity", len(todo), ppl_batch,
                   lambda lo, hi: {"nll": span_nll(model, ppl_tokens, todo[lo:hi])}, progress)["nll"]
     ppl, n_scored = combine(float(nll.sum()), todo)
+    doc_starts = np.cumsum([0] + [len(doc) for doc in ppl_docs])
+    ppl_frame = pl.DataFrame({
+        "document": np.searchsorted(doc_starts, [s.first_scored for s in todo], side="right").astype(np.int32) - 1,
+        "nll": nll.double().numpy(), "tokens": np.array([s.end - s.first_scored for s in todo], np.int32)})
     log.info("perplexity %.3f over %d tokens (%d batches resumed)", ppl, n_scored, store.resumed)
 
     reference = model if dtype == torch.float32 else None
@@ -266,6 +272,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
 
     write_parquet(per_sample, out_dir / "memorization.parquet")
     write_parquet(mia_frame, out_dir / "mia.parquet")
+    write_parquet(ppl_frame, out_dir / "perplexity_windows.parquet")
     summary = {
         "model": model_name, "method": method, "level": level, "perplexity": ppl, "perplexity_tokens": n_scored,
         **sp, "compression": compression, "per_k": rates, "mia": mia_rows,
@@ -273,6 +280,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
         "perplexity_batch_size": ppl_batch,
         "memorization_sha256": sha256_file(out_dir / "memorization.parquet"),
         "mia_sha256": sha256_file(out_dir / "mia.parquet"),
+        "perplexity_sha256": sha256_file(out_dir / "perplexity_windows.parquet"),
         "provenance": record("evaluate", inputs, plan.stage_params("evaluate")),
     }
     write_json(out_dir / "summary.json", summary)

@@ -75,6 +75,8 @@ class Entry:
     nm_score: bool = False  # '<name>-NofM' is an N:M variant scored like this method
     standalone: bool = True  # False: valid only inside the grammar ('magnitude' only as magnitude-NofM)
     reference: bool = False  # the paper's own method: drawn against the dense model by duplication count
+    paper: bool = False  # one of the paper's L1 magnitude strategies (arXiv 2502.15796), grouped so in the report
+    subset: bool = False  # prunes only part of the prunable weights (attention, MLP, first/last 25% of layers)
     calibrated_by: str | None = None  # the params key that decides whether it reads calibration (OWL's score)
 
 
@@ -99,6 +101,17 @@ class Method:
     twin_of: str | None = None  # '-ccds': the same method on random calibration, for paired comparison
     reference: bool = False
     replicate_of: str | None = None  # 'random-s2' -> 'random'
+    paper: bool = False  # one of the paper's own strategies
+    subset: bool = False  # prunes part of the prunable weights only
+
+    @property
+    def structure(self) -> str:
+        """What it removes or changes: none, unstructured, subset, N:M, blocks, quantization, low-rank."""
+        if self.kind == "dense":
+            return "none"
+        if self.kind == "transform":
+            return self.family
+        return "N:M" if self.nm else "blocks" if self.removes_units else "subset" if self.subset else "unstructured"
 
     @property
     def calibrated(self) -> bool:
@@ -133,10 +146,10 @@ def register(entry: Entry) -> Entry:
 
 
 _M = "prunemem.prune.methods"
-register(Entry("layerwise", f"{_M}:layerwise"))
+register(Entry("layerwise", f"{_M}:layerwise", paper=True))
 for _name in ("global", "attention", "mlp", "first25", "last25"):
-    register(Entry(_name, f"{_M}:{_name.replace('25', '')}_magnitude", reference=_name == "global",
-                   params=("prune.block_fraction",) if _name.endswith("25") else ()))
+    register(Entry(_name, f"{_M}:{_name.replace('25', '')}_magnitude", reference=_name == "global", paper=True,
+                   subset=_name != "global", params=("prune.block_fraction",) if _name.endswith("25") else ()))
 register(Entry("random", f"{_M}:random_control", family="control", params=("prune.seed",), replicates=True))
 register(Entry("magnitude", f"{_M}:magnitude_nm", nm_score=True, standalone=False))  # only as magnitude-NofM
 register(Entry("wanda", f"{_M}:wanda", calibrated=True, ccds_variant=True, nm_score=True))
@@ -165,7 +178,7 @@ def _from_entry(name: str, entry: Entry, params: dict, **changes) -> Method:
         (CLUSTER_KEYS if calibration == "cluster" else ()) + (SEARCH_SPLIT_KEYS if entry.search_split else ())
     method = Method(name, "mask", entry.family, entry.name, entry.target, tuple(dict.fromkeys(keys)), calibration,
                     entry.removes_units, entry.search, entry.search_split, threads=entry.threads,
-                    loads_model=calibrated, reference=entry.reference)
+                    loads_model=calibrated, reference=entry.reference, paper=entry.paper, subset=entry.subset)
     return replace(method, **changes)
 
 

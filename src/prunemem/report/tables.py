@@ -115,37 +115,64 @@ def paper_values() -> pl.DataFrame:
 
 
 def paper_comparison(results: pl.DataFrame, paper: pl.DataFrame, model_names: dict[str, str]) -> pl.DataFrame:
-    """Each published value beside ours where model and method match, else why not.
+    """Each published value beside ours, with the direction of each effect on both sides.
 
     ``model_names`` maps our model name to the paper's (``pythia-12b``) or to ``""`` for models
-    the paper never ran (the embedded one). The paper states no k for most values and no level
-    for any, so ours are listed per level at the paper's k when given, else at our k nearest 50.
+    the paper never ran (the embedded one). "ours" is filled where model and method match, at our
+    level nearest the paper's (its Table 1 range for that model, else 0.4) and at the paper's k,
+    else our k nearest 50, all said in "comparable". "direction here" compares the same method with
+    dense on our first model that ran it, whether or not the model is the paper's.
     """
     ours_by_paper_name = {paper_name: ours for ours, paper_name in model_names.items() if paper_name}
     ks = sorted(results["k"].unique().to_list())
+    ranges = {r["model"]: [float(x) for x in r["value"].split("-")] for r in
+              paper.filter(pl.col("metric") == "level_range").iter_rows(named=True)}
+    results_ = paper.filter(pl.col("metric").is_in(["extraction_rate", "perplexity"]))
+
+    def fmt(metric, v):
+        return f"{100 * v:.2f}%" if metric == "extraction_rate" else f"{v:.2f}"
+
+    def arrow(value, base):
+        return "=" if value == base else ("↓" if value < base else "↑")
+
     rows = []
-    for row in paper.iter_rows(named=True):
-        ours_model = ours_by_paper_name.get(row["model"])
-        entry = {**row, "ours": "", "comparable": ""}
-        if ours_model is None:
-            entry["comparable"] = "not comparable: model not in this study" if any(model_names.values()) else \
-                "not comparable: embedded model"
-        elif row["metric"] not in ("extraction_rate", "perplexity") or row["method"] == "*":
-            entry["comparable"] = "setting, not a result"
-        else:
-            k = int(row["k"]) if row["k"] else min(ks, key=lambda x: abs(x - 50))
-            mine = results.filter((pl.col("model") == ours_model) & (pl.col("method") == row["method"])
-                                  & (pl.col("k") == k)).sort("level")
-            if mine.height == 0:
-                entry["comparable"] = "method not run here"
+    for row in results_.iter_rows(named=True):
+        metric, value = row["metric"], float(row["value"])
+        paper_dense = results_.filter((pl.col("model") == row["model"]) & (pl.col("method") == DENSE)
+                                      & (pl.col("metric") == metric))
+        paper_dir = ("reference" if row["method"] == DENSE else
+                     f"{arrow(value, float(paper_dense['value'][0]))} vs dense {fmt(metric, float(paper_dense['value'][0]))}"
+                     if paper_dense.height else "no dense value given")
+        target_level = sum(ranges.get(row["model"], [0.4])) / len(ranges.get(row["model"], [0.4]))
+        k = int(row["k"]) if row["k"] else min(ks, key=lambda x: abs(x - 50))
+        entry = {"model": row["model"], "method": row["method"], "metric": metric, "paper": fmt(metric, value),
+                 "paper k": row["k"] or "not stated", "paper direction": paper_dir, "ours": "", "direction here": "",
+                 "comparable": "", "note": row["note"] or ""}
+        here = results.filter((pl.col("method") == row["method"]) & (pl.col("k") == k))
+        if here.height:
+            model = (ours_by_paper_name.get(row["model"]) if ours_by_paper_name.get(row["model"]) in
+                     set(here["model"]) else here["model"][0])
+            mine = here.filter(pl.col("model") == model)
+            pick = mine.sort((pl.col("level") - target_level).abs(), "level").row(0, named=True)
+            dense = results.filter((pl.col("model") == model) & (pl.col("method") == DENSE) & (pl.col("k") == k))
+            if row["method"] == DENSE:
+                entry["direction here"] = "reference"
+            elif dense.height:
+                entry["direction here"] = (f"{arrow(pick[metric], dense[metric][0])} vs dense "
+                                           f"{fmt(metric, dense[metric][0])} ({model}, level {pick['level']:g})")
+            if ours_by_paper_name.get(row["model"]) == model:
+                entry["ours"] = fmt(metric, pick[metric])
+                entry["comparable"] = (f"same model and method; ours at level {pick['level']:g} (nearest "
+                                       f"{target_level:g}), k={k}" + ("" if row["k"] else " (paper's k not stated)"))
             else:
-                fmt = (lambda v: f"{100 * v:.2f}%") if row["metric"] == "extraction_rate" else (lambda v: f"{v:.2f}")
-                entry["ours"] = "; ".join(f"{lv:g}: {fmt(v)}" for lv, v in zip(mine["level"], mine[row["metric"]]))
-                entry["comparable"] = f"same model and method; ours at k={k}" + ("" if row["k"] else
-                                                                                  " (paper's k not stated)")
+                entry["comparable"] = ("not comparable: model not in this study" if any(model_names.values())
+                                       else "not comparable: embedded model; direction only")
+        else:
+            entry["comparable"] = "method not run here"
         rows.append(entry)
-    return pl.DataFrame(rows, schema={**{c: pl.String for c in paper.columns}, "ours": pl.String,
-                                      "comparable": pl.String})
+    return pl.DataFrame(rows, schema={c: pl.String for c in ("model", "method", "metric", "paper", "paper k",
+                                                             "paper direction", "ours", "direction here",
+                                                             "comparable", "note")})
 
 
 def pareto_front(results: pl.DataFrame) -> pl.DataFrame:
@@ -153,24 +180,6 @@ def pareto_front(results: pl.DataFrame) -> pl.DataFrame:
     ordered = results.sort("model", "k", "perplexity", "extraction_rate")
     running_best = pl.col("extraction_rate").cum_min().shift(1, fill_value=float("inf")).over("model", "k")
     return ordered.filter(pl.col("extraction_rate") < running_best)
-
-
-def matched_perplexity(results: pl.DataFrame, k: int, budgets=(0.01, 0.05, 0.10, 0.25)) -> pl.DataFrame:
-    """For each model, method and perplexity budget: the lowest extraction any of its levels reaches
-    within that increase over the dense model (at ``k``), as 'rate (level)'; '-' when none fits."""
-    at_k = results.filter(pl.col("k") == k)
-    dense_ppl = at_k.filter(pl.col("method") == DENSE).select("model", pl.col("perplexity").alias("dense_ppl"))
-    joined = at_k.join(dense_ppl, on="model").with_columns(
-        (pl.col("perplexity") / pl.col("dense_ppl") - 1).alias("increase"))
-    rows = []
-    for (model, method), group in joined.group_by(["model", "method"], maintain_order=True):
-        row = {"model": model, "method": method}
-        for budget in budgets:
-            within = group.filter(pl.col("increase") <= budget).sort("extraction_rate", "perplexity")
-            row[f"<= +{100 * budget:g}% ppl"] = (f"{100 * within['extraction_rate'][0]:.1f}% ({within['level'][0]:g})"
-                                                 if within.height else "-")
-        rows.append(row)
-    return pl.DataFrame(rows)
 
 
 def provenance_appendix(results: pl.DataFrame, checkpoint_ids: dict[str, str]) -> pl.DataFrame:
@@ -272,39 +281,3 @@ def structured_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
     return results.filter((pl.col("k") == k) & pl.col("method").is_in(structured)).select(
         "model", "level", "method", "achieved_sparsity", "perplexity", "extraction_rate", "ci_low", "ci_high"
     ).sort("model", "level", pl.col("method").replace_strict({m: i for i, m in enumerate(structured)}))
-
-
-def search_verdicts(results: pl.DataFrame, k: int, tolerance: float = 0.01) -> list[str]:
-    """Does the memorization-aware search forget more than SLEB or plain EvoP at equal perplexity?
-
-    Per model and level: evop-mem 'forgets more at equal perplexity' than another method when its
-    extraction rate is lower and its perplexity is at most ``tolerance`` above the other's
-    ('at lower perplexity' when below it).
-    """
-    at_k = results.filter(pl.col("k") == k)
-    methods = sorted(at_k["method"].unique(), key=order)
-    aware = [m for m in methods if describe(m).search_split]  # the search that also scores extraction
-    others = [m for m in methods if describe(m).removes_units and not describe(m).search_split
-              and describe(m).twin_of is None]
-    lines = []
-    for model, name in ((model, name) for model in at_k["model"].unique(maintain_order=True) for name in aware):
-        rows = at_k.filter(pl.col("model") == model)
-        mem = {r["level"]: r for r in rows.filter(pl.col("method") == name).iter_rows(named=True)}
-        for other in others:
-            theirs = {r["level"]: r for r in rows.filter(pl.col("method") == other).iter_rows(named=True)}
-            for level in sorted(set(mem) & set(theirs)):
-                a, b = mem[level], theirs[level]
-                cost = 100 * (a["perplexity"] / b["perplexity"] - 1)
-                ext = f"{percent(a['extraction_rate'])} vs {percent(b['extraction_rate'])}"
-                if a["extraction_rate"] < b["extraction_rate"]:
-                    verdict = ("forgets more at lower perplexity" if cost < 0 else
-                               "forgets more at equal perplexity" if cost <= 100 * tolerance
-                               else f"forgets more, at {cost:+.1f}% perplexity,")
-                elif a["extraction_rate"] == b["extraction_rate"]:
-                    verdict = f"extracts as much, at {cost:+.1f}% perplexity,"
-                else:
-                    verdict = f"extracts more, at {cost:+.1f}% perplexity,"
-                ppl = f"{a['perplexity']:.2f} vs {b['perplexity']:.2f}"
-                lines.append(f"{model}, level {level:g}: {name} {verdict} than {other} "
-                             f"(extraction at k={k}: {ext}; perplexity {ppl}).")
-    return lines
