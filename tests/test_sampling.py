@@ -1,4 +1,4 @@
-"""Sample sources (local files, hf streaming, preshuffled memmap, embedded) and the sampling rules."""
+"""Sample sources (local files, preshuffled memmap, embedded) and the sampling rules (hf: test_fetch.py)."""
 
 from __future__ import annotations
 
@@ -133,18 +133,6 @@ def test_txt_and_embedded_sources(tmp_path, ckpt, corpus):
     sets, prov = _build(ckpt, tmp_path / "out", _params(txt, {"kind": "embedded", "split": "heldout"}))
     assert sets["members.parquet"]["source"].str.starts_with("line ").all()
     assert prov["sources"]["heldout"]["corpus_sha256"] == embedded.CORPUS_SHA256
-
-
-def test_hf_source_streams_a_dataset_offline(tmp_path, ckpt, corpus):
-    texts, _ = corpus
-    ds = tmp_path / "ds"
-    ds.mkdir()
-    _write(ds / "validation.jsonl", texts[200:], "jsonl")
-    heldout = {"kind": "hf", "dataset": str(ds), "revision": "main", "split": "validation", "text_field": "text"}
-    members = _local(_write(tmp_path / "train.jsonl", texts[:200], "jsonl"))
-    sets, prov = _build(ckpt, tmp_path / "out", _params(members, heldout))
-    assert sets["nonmembers.parquet"]["source"].str.starts_with("validation[").all()
-    assert prov["sources"]["heldout"]["resolved_sha"] == "main"
 
 
 @pytest.fixture(scope="module")

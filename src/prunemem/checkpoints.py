@@ -175,3 +175,74 @@ def build_embedded(out_dir: str | Path, params: dict, progress=None) -> Path:
                     training_rows_sha256=sha256_file(tmp / embedded.TRAINING_ROWS))
         write_json(tmp / PROVENANCE, prov)
     return out_dir
+
+
+def _copy_hashing(src: Path, dst: Path, chunk: int = 1 << 22) -> str:
+    """Copy ``src`` to ``dst`` and return its sha256, reading it once."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while block := fin.read(chunk):
+            digest.update(block)
+            fout.write(block)
+    return digest.hexdigest()
+
+
+def adopt_local(path: str | Path, out_dir: str | Path, params: dict, sha256: str | None = None) -> Path:
+    """Adopt a checkpoint directory already on disk (``source: local``) as ``out_dir``.
+
+        models: {pythia-12b: {source: local, path: /models/pythia-12b, revision: step143000,
+                              sha256: <optional pin>, members: ..., heldout: ...}}
+
+    The directory is what ``save_pretrained`` or ``hf download`` leaves: config.json, tokenizer
+    files and ``model.safetensors`` (or safetensors shards with their index, or
+    ``pytorch_model*.bin``, read with ``weights_only=True`` and converted as for the hub). The
+    weights are hashed once, while they are copied; that sha256 is the checkpoint's identity, is
+    recorded, and must equal ``sha256`` when the config pins one (one mechanism for a site's
+    model store and for a checkpoint shipped with a known hash). Nothing is written unless every
+    check passes.
+    """
+    from prunemem.hub import AUX_FILES, WEIGHT_FORMATS, _write_weights
+
+    src = Path(path)
+    if not src.is_dir():
+        raise PrunememError(f"{src}: local checkpoint directory not found (models.*.path)")
+    if not (src / "config.json").is_file():
+        raise PrunememError(f"{src}: no config.json; a local checkpoint is a Hugging Face model directory "
+                            "(config.json, tokenizer.json, model.safetensors)")
+    if not any((src / name).is_file() for name in TOKENIZER_FILES):
+        raise PrunememError(f"{src}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    found = next(((single, entry) for single, index in WEIGHT_FORMATS for entry in (single, index)
+                  if (src / entry).is_file()), None)
+    if found is None:
+        raise PrunememError(f"{src}: no weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin "
+                            "or pytorch_model.bin.index.json)")
+    fmt, entry = found
+    out_dir = Path(out_dir)
+    with _AtomicDir(out_dir) as tmp:
+        for name in dict.fromkeys((*AUX_FILES, *TOKENIZER_FILES)):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        if entry == WEIGHTS:
+            digest, conversion = _copy_hashing(src / WEIGHTS, tmp / WEIGHTS), {"conversion": None}
+        else:
+            shards = [entry]
+            if entry.endswith(".index.json"):
+                weight_map = read_json(src / entry, "weights index").get("weight_map", {})
+                shards = sorted(set(weight_map.values()))
+                missing = [s for s in shards if not (src / s).is_file()]
+                if missing or not shards:
+                    raise PrunememError(f"{src / entry}: names {missing[0] if missing else 'no shards'}, which the "
+                                        "directory does not have")
+            conversion = _write_weights([src / s for s in shards], fmt, tmp / WEIGHTS, tmp / "config.json")
+            digest = sha256_file(tmp / WEIGHTS)
+        if sha256 is not None and digest != sha256:
+            raise PrunememError(f"{src}: model.safetensors has sha256 {digest[:12]}..., not the pinned {sha256[:12]}... "
+                                "(models.*.sha256); a different or damaged checkpoint")
+        prov = record("checkpoint", {f"local:{src}/{entry}": digest}, params)
+        prov.update(source="local", path=str(src.resolve()), weights_from=fmt, **conversion, checkpoint_sha256=digest,
+                    pinned=sha256 is not None)
+        write_json(tmp / PROVENANCE, prov)
+    log.info("%s adopted as %s (sha256 %s)", src, out_dir, digest)
+    return out_dir

@@ -173,7 +173,7 @@ def validate(params: dict, source: str = "params") -> None:
 SOURCE_KEYS = {
     "embedded": ({"split"}, set()),                                   # (required, optional)
     "local": ({"path"}, {"format", "text_field", "max_documents"}),
-    "hf": ({"dataset", "revision", "split", "text_field"}, {"config", "max_documents"}),
+    "hf": ({"dataset", "revision", "split", "text_field", "split_files"}, {"format", "max_documents"}),
     "pythia-preshuffled": ({"path"}, set()),
 }
 PRESHUFFLED_ROW = 2049  # tokens per row of Pythia's preshuffled memmap (2048 context + 1 label)
@@ -192,10 +192,15 @@ def local_format(spec: dict) -> str:
 
 def _validate_model_sources(name: str, model: dict, window: int, source: str) -> None:
     """Hub models need both sample sources; each source has exactly the keys of its kind."""
-    hub_only = [k for k in ("repo", "revision", "members", "heldout") if k in model]
+    hub_only = [k for k in ("repo", "revision", "members", "heldout", "path", "sha256") if k in model]
     if model["source"] == "embedded" and hub_only:
-        raise PrunememError(f"{source}: models.{name}.{hub_only[0]}: only for source: hub; an embedded model "
-                            "draws its samples from its own training stream")
+        raise PrunememError(f"{source}: models.{name}.{hub_only[0]}: only for source: hub or local; an embedded "
+                            "model draws its samples from its own training stream")
+    wrong = [k for k in ({"hub": ("path", "sha256"), "local": ("repo",)}.get(model["source"], ())) if k in model]
+    if wrong:
+        allowed = "repo, revision" if model["source"] == "hub" else "path, sha256, revision (the training step)"
+        raise PrunememError(f"{source}: models.{name}.{wrong[0]}: not a key of source {model['source']}; allowed: "
+                            f"{allowed}")
     for role in ("members", "heldout"):
         spec = model.get(role)
         if spec is None:
@@ -215,6 +220,14 @@ def _validate_model_sources(name: str, model: dict, window: int, source: str) ->
             missing += ["text_field"] if fmt != "txt" and "text_field" not in spec else []
         if missing:
             raise PrunememError(f"{source}: {key}: kind {spec['kind']} needs {', '.join(missing)}")
+        if spec["kind"] == "hf" and spec["split"] not in spec["split_files"]:
+            raise PrunememError(f"{source}: {key}.split: {spec['split']!r} is not a key of split_files; allowed: "
+                                f"{', '.join(sorted(spec['split_files']))}")
+        if spec["kind"] == "hf":
+            for split, pattern in spec["split_files"].items():
+                if "format" not in spec and not pattern.endswith((".jsonl", ".jsonl.zst", ".parquet", ".txt")):
+                    raise PrunememError(f"{source}: {key}.split_files.{split}: {pattern!r} names no known file "
+                                        "type; allowed: .jsonl, .jsonl.zst, .parquet, .txt, or set format")
         if spec["kind"] == "embedded" and spec["split"] not in ("train", "heldout"):
             raise PrunememError(f"{source}: {key}.split: {spec['split']!r} is not allowed; allowed: train, heldout")
         if spec["kind"] == "pythia-preshuffled":
@@ -408,6 +421,12 @@ class Plan:
     def source(self, model: str) -> str:
         return self.params["models"][model]["source"]
 
+    def fetches(self, model: str) -> bool:
+        """Whether a model has a fetch stage: a ``kind: hf`` sample source, whose files it downloads."""
+        from prunemem.data.fetch import hf_specs
+
+        return bool(hf_specs(self.params["models"][model]))
+
     def local_source_files(self, model: str) -> dict[str, Path]:
         """The local corpus files a model's sample sources read, by role (members, heldout)."""
         spec = self.params["models"][model]
@@ -415,6 +434,9 @@ class Plan:
                 if role in spec and spec[role]["kind"] == "local"}
 
     # -- paths (the artifact contract, DESIGN.md section 4) ------------------------------------
+    def fetch_path(self, model: str) -> Path:
+        return self.root / "data" / "fetched" / f"{model}.json"
+
     def checkpoint_dir(self, model: str) -> Path:
         return self.root / "data" / "checkpoints" / model
 
@@ -445,8 +467,12 @@ class Plan:
     def stage_params(self, stage: str, model: str | None = None, method: str | None = None,
                      level: str | None = None) -> dict[str, Any]:
         p = self.params
+        if stage == "fetch":
+            from prunemem.data.fetch import stage_params
+
+            return stage_params(p, model)
         if stage == "checkpoint":
-            spec = {k: v for k, v in p["models"][model].items() if k in ("source", "repo", "revision")}
+            spec = {k: v for k, v in p["models"][model].items() if k in ("source", "repo", "revision", "path", "sha256")}
             if spec["source"] == "embedded":
                 spec["embedded"] = p["embedded"]
             return spec

@@ -153,7 +153,9 @@ def _calibration_windows(docs: list[tuple[str, list[int]]], eos: int, cfg: dict)
     return windows
 
 
-def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_name: str) -> dict:
+def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_name: str,
+          fetch_record: str | Path | None = None, fetch_command: str = "prunemem fetch") -> dict:
+    """Build a model's sample sets; ``fetch_record`` is the fetch stage's record when a source is kind hf."""
     from prunemem.checkpoints import checkpoint_hash, tokenizer_hash
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
@@ -162,12 +164,19 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
                             f"{model_name}) or fetch it (dvc pull)")
     source = params["models"][model_name]["source"]
     sources = {}
+    inputs = {"checkpoint": checkpoint_hash(checkpoint_dir)}
     if source == "embedded":
         sets = embedded_sets(checkpoint_dir, params)
     else:  # hub: members / heldout sources, plus manifest.parquet tracing every sample to its document
+        from prunemem.data import fetch
         from prunemem.data.sampling import hub_sets
 
-        sets, sources = hub_sets(checkpoint_dir, params, model_name)
+        if fetch.hf_specs(params["models"][model_name]):
+            fetched = fetch.read_record(fetch_record, fetch_command)
+            inputs["fetch"] = fetched["sources_sha256"]
+            sets, sources = hub_sets(checkpoint_dir, params, model_name, fetched["sources"], fetch_command)
+        else:
+            sets, sources = hub_sets(checkpoint_dir, params, model_name)
     for name, frame in sets.items():
         write_parquet(frame, out_dir / name)
         log.info("%s: %d rows", name, frame.height)
@@ -175,7 +184,7 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
     prov_params = {"samples": params["samples"], "source": source}  # = Plan.stage_params("samples", model)
     if sources:
         prov_params.update({role: params["models"][model_name][role] for role in ("members", "heldout")})
-    prov = record("samples", {"checkpoint": checkpoint_hash(checkpoint_dir)}, prov_params)
+    prov = record("samples", inputs, prov_params)
     prov.update(files=hashes, samples_sha256=digest_json(hashes), tokenizer_sha256=tokenizer_hash(checkpoint_dir),
                 **({"sources": sources} if sources else {}))
     write_json(out_dir / PROVENANCE, prov)
