@@ -2,6 +2,7 @@
 # Every rule calls the `prunemem` CLI, exactly as the matching stage in dvc.yaml does.
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/fetch.smk"
 include: "workflow/rules/checkpoint.smk"
 include: "workflow/rules/samples.smk"
 include: "workflow/rules/masks.smk"

@@ -61,8 +61,9 @@ def test_snakemake_dry_run_lists_every_job_offline(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", run.stdout + run.stderr, re.MULTILINE))
     n_masks = 6 * 6 * 3
-    assert counts == {"checkpoint": "6", "samples": "6", "mask": str(n_masks), "evaluate": str(n_masks + 6),
-                      "report": "1", "all": "1", "total": str(6 + 6 + n_masks + n_masks + 6 + 2)}
+    assert counts == {"fetch": "6", "checkpoint": "6", "samples": "6", "mask": str(n_masks),
+                      "evaluate": str(n_masks + 6), "report": "1", "all": "1",
+                      "total": str(6 + 6 + 6 + n_masks + n_masks + 6 + 2)}
     assert not (tmp_path / "data").exists()
 
 
@@ -78,7 +79,7 @@ def test_slurm_profile_dry_run_gives_every_job_resources_scaled_by_model(tmp_pat
     assert run.returncode == 0, run.stderr[-2000:]
     jobs = re.findall(r"^rule (\w+):.*?wildcards: model=([\w-]+)(?:, method=([\w-]+))?.*?resources: (.*?)$",
                       run.stdout + run.stderr, re.MULTILINE | re.DOTALL)
-    assert len(jobs) == 6 + 6 + 2 * 6 * 6 * 3 + 6  # every job but the report and `all` names a model
+    assert len(jobs) == 6 + 6 + 6 + 2 * 6 * 6 * 3 + 6  # every job but the report and `all` names a model
     res = {}
     for rule, model, method, text in jobs:
         fields = dict(re.findall(r"(\w+)=([^,]+)", text))
@@ -88,7 +89,7 @@ def test_slurm_profile_dry_run_gives_every_job_resources_scaled_by_model(tmp_pat
     assert all(r["gpu"] == 1 for r in evaluations.values())
     assert evaluations["pythia-12b"]["runtime"] > evaluations["pythia-160m"]["runtime"]
     assert evaluations["pythia-12b"]["mem_mb"] > evaluations["pythia-1_4b"]["mem_mb"] > evaluations["pythia-160m"]["mem_mb"]
-    assert all(r["gpu"] == 0 for (rule, *_), r in res.items() if rule in ("samples", "checkpoint", "mask"))
+    assert all(r["gpu"] == 0 for (rule, *_), r in res.items() if rule in ("fetch", "samples", "checkpoint", "mask"))
     assert elapsed < 30  # the DAG of the paper's grid builds in seconds (issue target: 10 s; CI machines vary)
 
 

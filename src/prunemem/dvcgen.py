@@ -30,6 +30,8 @@ def _params(params_file: str, keys: list[str]) -> list:
 
 def code_deps(plan: Plan, stage: str, model: str | None = None) -> list[str]:
     """The package code a stage's outputs depend on (DVC deps here, Snakemake inputs in common.smk)."""
+    if stage == "fetch":
+        return [f"{CODE}/data/fetch.py", f"{CODE}/data/sources.py", f"{CODE}/hub.py"]
     if stage == "checkpoint":
         if plan.source(model) == "embedded":
             return [f"{CODE}/checkpoints.py", f"{CODE}/embedded.py", f"{CODE}/resources/stdlib311.jsonl.xz"]
@@ -60,10 +62,22 @@ def stages(plan: Plan, params_file: str = "params.yaml") -> dict:
         if plan.source(model) == "embedded":
             ckpt_params = [f"models.{model}", "embedded"]
             samples_params = ["samples", "embedded.split", "embedded.seed"]
-        else:  # hub: the checkpoint is the pinned download; samples read their sources
-            ckpt_params = [f"models.{model}.{key}" for key in ("source", "repo", "revision")]
+        else:  # hub or local: the checkpoint is the pinned download or directory; samples read their sources
+            spec = plan.params["models"][model]
+            ckpt_params = [f"models.{model}.{key}" for key in ("source", "repo", "revision", "path", "sha256")
+                           if key in spec]
             samples_deps += [p.as_posix() for p in plan.local_source_files(model).values()]
             samples_params = ["samples", f"models.{model}.members", f"models.{model}.heldout"]
+        if plan.fetches(model):  # the hub dataset files its samples read, pinned and cached
+            fetched = plan.fetch_path(model).as_posix()
+            samples_deps.insert(1, fetched)
+            out[stage_name("fetch", model)] = {
+                "cmd": f"prunemem{flag} fetch --model {model}",
+                "deps": code_deps(plan, "fetch"),
+                "params": _params(params_file, [f"models.{model}.{role}" for role in ("members", "heldout")
+                                                if spec[role]["kind"] == "hf"]),
+                "outs": [fetched],
+            }
         out[stage_name("checkpoint", model)] = {
             "cmd": f"prunemem{flag} checkpoint --model {model}",
             "deps": ckpt_deps,

@@ -25,14 +25,15 @@ from prunemem.errors import PrunememError
 from prunemem.plan import REPORT_FILES, Plan
 from prunemem.provenance import sha256_file
 
-STAGE_ARGS = {"checkpoint": 1, "samples": 1, "mask": 3, "transform": 3, "evaluate": 0, "report": 0}
+STAGE_ARGS = {"fetch": 1, "checkpoint": 1, "samples": 1, "mask": 3, "transform": 3, "evaluate": 0, "report": 0}
 
 
 def _record(plan: Plan, stage: str, model, method, level) -> dict | str | None:
     """An existing artifact's provenance record; None when there is no artifact, "unreadable" when broken."""
     from prunemem.prune.masks import header
 
-    path = {"checkpoint": lambda: plan.checkpoint_dir(model) / "provenance.json",
+    path = {"fetch": lambda: plan.fetch_path(model),
+            "checkpoint": lambda: plan.checkpoint_dir(model) / "provenance.json",
             "samples": lambda: plan.samples_dir(model) / "provenance.json",
             "mask": lambda: plan.mask_path(model, method, level),
             "transform": lambda: plan.transform_path(model, method, level),
@@ -54,12 +55,16 @@ def _current_inputs(plan: Plan, stage: str, model, method, level, file_hash) -> 
     from prunemem.checkpoints import checkpoint_hash
     from prunemem.data.samples import samples_hash
 
-    if stage == "checkpoint":
+    if stage in ("fetch", "checkpoint"):
         return {}  # its inputs (corpus or hub files) are pinned by its params
     if stage == "report":
         return {f"{m}/{me}/{lv}": file_hash(plan.metrics_dir(m, me, lv) / "summary.json")
                 for m in plan.models for me, lv in plan.variants(m)}
     inputs = {"checkpoint": checkpoint_hash(plan.checkpoint_dir(model))}
+    if stage == "samples" and plan.fetches(model):
+        from prunemem.data.fetch import fetched_hash
+
+        inputs["fetch"] = fetched_hash(plan.fetch_path(model))
     if stage == "evaluate" or (stage in ("mask", "transform") and plan.calibrated(method)):
         inputs["samples"] = samples_hash(plan.samples_dir(model))
     artifact = plan.variant_artifact(model, method, level) if stage == "evaluate" else None
@@ -134,10 +139,13 @@ def _paths(plan: Plan, stage: str, model, method, level) -> tuple[list[Path], li
 
     ckpt = [plan.checkpoint_dir(m) for m in ([model] if model else plan.models)]
     samples = [plan.samples_dir(m) / PROVENANCE for m in ([model] if model else plan.models)]
+    if stage == "fetch":
+        return [plan.fetch_path(model)], []
     if stage == "checkpoint":
         return ckpt, []
     if stage == "samples":
-        return [plan.samples_dir(model) / name for name in (*FILES, PROVENANCE)], ckpt
+        fetched = [plan.fetch_path(model)] if plan.fetches(model) else []
+        return [plan.samples_dir(model) / name for name in (*FILES, PROVENANCE)], ckpt + fetched
     if stage in ("mask", "transform"):
         out = plan.mask_path(model, method, level) if stage == "mask" else plan.transform_path(model, method, level)
         return [out], ckpt + (samples if plan.calibrated(method) else [])
@@ -160,6 +168,8 @@ def _mtime(path: Path) -> float:
 def jobs(plan: Plan):
     """Every job as (stage, model, method, level), upstream before downstream."""
     for model in plan.models:
+        if plan.fetches(model):
+            yield "fetch", model, None, None
         yield "checkpoint", model, None, None
         yield "samples", model, None, None
     for model in plan.models:

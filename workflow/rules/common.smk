@@ -88,8 +88,10 @@ def checkpoint_threads(wildcards):
 
 
 def samples_inputs(wildcards):
-    """The checkpoint (its tokenizer), and a local corpus file when a sample source reads one."""
+    """The checkpoint (its tokenizer), the fetch record of hub datasets, and local corpus files."""
     inputs = {"checkpoint": PLAN.checkpoint_dir(wildcards.model)}
+    if PLAN.fetches(wildcards.model):
+        inputs["fetched"] = PLAN.fetch_path(wildcards.model)
     inputs.update({role: path for role, path in PLAN.local_source_files(wildcards.model).items()})
     return inputs
 
