@@ -225,3 +225,36 @@ def test_bad_source_specs(change, fragment):
     params["models"]["m"] = model
     with pytest.raises(PrunememError, match=fragment):
         validate(params)
+
+
+def _shard(prefix, parts: int, cuts=None):
+    """The hub's layout: document.idx plus document-000NN-of-000MM.bin, cut at odd byte offsets."""
+    data = prefix.with_suffix(".bin").read_bytes()
+    cuts = cuts or [len(data) * i // parts + (i % 2) for i in range(parts + 1)]
+    cuts[0], cuts[-1] = 0, len(data)
+    out = prefix.parent / "sharded"
+    out.mkdir()
+    for i in range(parts):
+        (out / f"document-{i:05d}-of-{parts:05d}.bin").write_bytes(data[cuts[i]:cuts[i + 1]])
+    (out / "document.idx").write_bytes(prefix.with_suffix(".idx").read_bytes())
+    return out
+
+
+def test_sharded_memmap_reads_as_one_without_unsharding(tmp_path, memmap):
+    import shutil
+
+    prefix, rows = memmap
+    work = tmp_path / "document"
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(f"{prefix}{ext}", f"{work}{ext}")
+    out = _shard(work, 7)  # cuts fall inside rows and inside tokens (odd offsets of uint16 data)
+    for path in (out / "document", out / "document.idx", out / "document-00003-of-00007.bin"):
+        data = mmap.MMapIndexedDataset(path)
+        assert len(data) == len(rows) and data.bin_size == work.with_suffix(".bin").stat().st_size
+        for i in (0, 1, 156, 157, 500, 941, 1099):
+            assert np.array_equal(data[i], rows[i])
+    # a path ending .bin is the prefix, as Pythia's tools take it
+    assert np.array_equal(mmap.MMapIndexedDataset(f"{work}.bin")[5], rows[5])
+    (out / "document-00004-of-00007.bin").unlink()
+    with pytest.raises(PrunememError, match=r"document-00004-of-00007.bin: shard 4 of 7 is missing"):
+        mmap.MMapIndexedDataset(out / "document")

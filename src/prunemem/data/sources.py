@@ -287,7 +287,8 @@ class PreshuffledSource(Source):
 
     def identity(self) -> dict:
         return {**self.spec, "step": self.step, "rows": list(self.rows), "index_rows": len(self.data),
-                "idx_sha256": sha256_file(self.data.idx_path), "bin_bytes": self.data.bin_size}
+                "idx_sha256": sha256_file(self.data.idx_path), "bin_bytes": self.data.bin_size,
+                "bin_files": [p.name for p in self.data.bin_paths]}
 
     def label(self) -> str:
         return f"pythia-preshuffled:{self.data.prefix.name}"
