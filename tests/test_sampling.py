@@ -258,3 +258,23 @@ def test_sharded_memmap_reads_as_one_without_unsharding(tmp_path, memmap):
     (out / "document-00004-of-00007.bin").unlink()
     with pytest.raises(PrunememError, match=r"document-00004-of-00007.bin: shard 4 of 7 is missing"):
         mmap.MMapIndexedDataset(out / "document")
+
+
+def test_readers_agree_on_lines_blank_lines_and_carriage_returns(tmp_path, corpus):
+    import zstandard
+
+    from prunemem.data.sources import read_texts
+
+    texts, _ = corpus
+    raw = "".join(json.dumps({"text": t}) + "\n" for t in texts[:50]).encode() + b"\n  \n"  # trailing blank lines
+    (tmp_path / "a.jsonl").write_bytes(raw)
+    cuts = [0, 7, len(raw) // 3, len(raw) // 3 + 1, len(raw)]  # frames that end mid-line and mid-character
+    cctx = zstandard.ZstdCompressor()
+    (tmp_path / "a.jsonl.zst").write_bytes(b"".join(cctx.compress(raw[a:b]) for a, b in zip(cuts, cuts[1:])))
+    plain = list(read_texts(tmp_path / "a.jsonl", "jsonl", "text"))
+    assert plain == list(read_texts(tmp_path / "a.jsonl.zst", "jsonl.zst", "text"))
+    assert [t for _, t in plain] == texts[:50] and plain[-1][0] == "line 50"
+    # a lone CR stays in its line, so `line n` is what `sed -n np` prints; CRLF endings lose the CR
+    (tmp_path / "a.txt").write_bytes(b"a\rb\nc\r\n\nd")
+    assert list(read_texts(tmp_path / "a.txt", "txt", None)) == [("line 1", "a\rb"), ("line 2", "c"),
+                                                                  ("line 3", ""), ("line 4", "d")]

@@ -97,6 +97,30 @@ def _utf8(text: str, where: str, field: str | None) -> str:
     return text
 
 
+def _zstd_blocks(raw, path: Path) -> Iterator[bytes]:
+    """The decompressed bytes of every zstd frame in ``raw``, in order; a cut or foreign stream is an error.
+
+    Written with ``decompressobj`` rather than ``stream_reader``: the reader ends quietly at a frame
+    cut short (a truncated download), which would silently drop the documents after the cut.
+    """
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    frame, fed = dctx.decompressobj(), False
+    while block := raw.read(1 << 20):
+        while block:  # a block may end one frame and start the next: the Pile's shards are many frames
+            fed = True
+            out = frame.decompress(block)
+            if out:
+                yield out
+            if frame.eof:
+                block, frame, fed = frame.unused_data, dctx.decompressobj(), False
+            else:
+                block = b""
+    if fed:
+        raise zstandard.ZstdError("the last frame is cut short")
+
+
 def _binary_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes without its newline) of a text or zstd file, split on LF only.
 
@@ -105,22 +129,21 @@ def _binary_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes]]:
     """
     import zstandard
 
-    n = 0
+    n, rest = 0, b""
     try:
         with open(path, "rb") as raw:
-            if fmt == "jsonl.zst":
-                # read_across_frames: the Pile's shards are many concatenated zstd frames
-                fh = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
-                                       buffer_size=1 << 20)
-            else:
-                fh = io.BufferedReader(raw, buffer_size=1 << 20)
-            for n, line in enumerate(fh, start=1):
-                if line.endswith(b"\n"):
-                    line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-                yield n, line
+            blocks = _zstd_blocks(raw, path) if fmt == "jsonl.zst" else iter(lambda: raw.read(1 << 20), b"")
+            for block in blocks:
+                lines = (rest + block).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    n += 1
+                    yield n, line[:-1] if line.endswith(b"\r") else line
     except zstandard.ZstdError as err:
         raise PrunememError(f"{path}: corrupt zstd stream after line {n} ({err}); a truncated download or not "
                             "a .zst file (fetch it again)") from None
+    if rest:  # a last line without its newline
+        yield n + 1, rest[:-1] if rest.endswith(b"\r") else rest
 
 
 def _decode(line: bytes, where: str) -> str:
