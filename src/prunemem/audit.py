@@ -104,6 +104,13 @@ class Audit:
                 self._same(path, "sha256", recorded, sha256_file(path))
         self._same(directory / PROVENANCE, "samples digest", prov.get("samples_sha256"), digest_json(files))
         self._same(directory / PROVENANCE, "input checkpoint", prov.get("inputs", {}).get("checkpoint"), checkpoint)
+        if self.plan.fetches(model):  # the hub dataset files the samples were drawn from
+            fetched = self._json(self.plan.fetch_path(model))
+            if fetched is not None:
+                self.checked += 1
+                self._params(self.plan.fetch_path(model), fetched, "fetch", model)
+                self._same(directory / PROVENANCE, "input fetch", prov.get("inputs", {}).get("fetch"),
+                           fetched.get("sources_sha256"))
         self._params(directory / PROVENANCE, prov, "samples", model)
         return prov.get("samples_sha256")
 
