@@ -99,3 +99,10 @@ def test_the_shrunk_preset_runs_offline_through_snakemake_and_dvc_and_audits(mir
         "main"][0]
     ckpt = json.loads((origin / "data/checkpoints/pythia-160m/provenance.json").read_text())
     assert ckpt["commit_sha"] == server.repos[REPO_ID][REV][0] and ckpt["offline"] is True
+
+    # A partial run (--until) must not `dvc commit` half a study, and says why in one line.
+    lock = (origin / "dvc.lock").read_text()
+    (origin / "reports" / "report.html").unlink()
+    partial = run(origin, env, sys.executable, "-m", "snakemake", "--cores", "1", "--until", "evaluate")
+    assert "prunemem: dvc.lock not updated: 1 of " in partial.stderr and "e.g. reports/report.html" in partial.stderr
+    assert (origin / "dvc.lock").read_text() == lock
