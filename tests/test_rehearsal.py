@@ -12,6 +12,7 @@ runs through `snakemake` in one clone and `dvc repro` in another: the bytes agre
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -104,5 +105,6 @@ def test_the_shrunk_preset_runs_offline_through_snakemake_and_dvc_and_audits(mir
     lock = (origin / "dvc.lock").read_text()
     (origin / "reports" / "report.html").unlink()
     partial = run(origin, env, sys.executable, "-m", "snakemake", "--cores", "1", "--until", "evaluate")
+    assert re.search(r"^total\s+0$", partial.stderr, re.MULTILINE), partial.stderr[-3000:]  # all fresh, fetch too
     assert "prunemem: dvc.lock not updated: 1 of " in partial.stderr and "e.g. reports/report.html" in partial.stderr
     assert (origin / "dvc.lock").read_text() == lock
