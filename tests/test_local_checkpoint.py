@@ -90,6 +90,7 @@ def test_local_models_validate_like_hub_models():
     assert Plan(params).stage_params("checkpoint", "m") == {"models.m.source": "local",
                                                             "models.m.path": "/models/pythia-160m",
                                                             "models.m.revision": "step143000"}
+    assert "src/prunemem/hub.py" in Plan(params).job("checkpoint", "m").code  # adopt_local's module
     with pytest.raises(PrunememError, match="models.m.repo: not a key of source local"):
         validate({**params, "models": {"m": {**params["models"]["m"], "repo": "a/b"}}})
     del params["models"]["m"]["path"]

@@ -38,6 +38,15 @@ def test_dvc_stages_for_hub_models():
     assert ckpt["params"] == [{"workflow/configs/pythia.yaml": [f"models.pythia-1_4b.{k}"
                                                                  for k in ("source", "repo", "revision")]}]
     assert "evaluate-pythia-12b-global-0_45" in out and "evaluate-pythia-160m-global-0_45" not in out
+    # the fetch stage, from the same job table: the hf sources' keys, its own closure, read by samples
+    fetch = out["fetch-pythia-1_4b"]
+    assert fetch["cmd"] == "prunemem --params workflow/configs/pythia.yaml fetch --model pythia-1_4b"
+    assert fetch["params"] == [{"workflow/configs/pythia.yaml": ["models.pythia-1_4b.members",
+                                                                  "models.pythia-1_4b.heldout"]}]
+    assert fetch["outs"] == ["data/fetched/pythia-1_4b.json"]
+    assert {"src/prunemem/data/fetch.py", "src/prunemem/data/sources.py", "src/prunemem/hub.py"} <= set(fetch["deps"])
+    assert "data/fetched/pythia-1_4b.json" in out["samples-pythia-1_4b"]["deps"]
+    assert "src/prunemem/data/fetch.py" not in out["samples-pythia-1_4b"]["deps"]  # samples read the record only
 
 
 @pytest.mark.parametrize("mutate,fragment", [
