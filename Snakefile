@@ -12,7 +12,4 @@ rule all:
 
 
 onsuccess:
-    if DVC_TRACKED:
-        write_dvc_yaml(PLAN, PARAMS_FILES)  # the grid in params.yaml may have changed
-        shell("dvc commit --force --quiet > logs/dvc-commit.log 2>&1 "
-              "|| echo 'prunemem: dvc.lock not updated; see logs/dvc-commit.log' >&2")
+    dvc_commit_after_run()

@@ -1,8 +1,9 @@
 """A local stand-in for the Hugging Face Hub: the endpoints huggingface_hub's download code calls.
 
     GET  /api/models/{repo}/revision/{rev}?blobs=true      model_info(files_metadata=True)
+    GET  /api/datasets/{repo}/revision/{rev}?blobs=true    dataset_info(files_metadata=True)
     HEAD /{repo}/resolve/{rev}/{file}                     hf_hub_download: commit sha, etag, size
-    GET  /{repo}/resolve/{rev}/{file}  (Range honoured)   the bytes
+    GET  /{repo}/resolve/{rev}/{file}  (Range honoured)   the bytes (datasets: /datasets/{repo}/...)
 
 LFS files carry their sha256 as etag and in ``lfs`` metadata, other files their git blob id,
 as on the hub. ``corrupt`` serves wrong bytes under the right hash; ``drop_once`` cuts the first
@@ -19,7 +20,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-LFS_SUFFIXES = (".safetensors", ".bin", ".msgpack")
+LFS_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".zst", ".parquet", ".idx")  # as the hub's .gitattributes
 
 
 def git_oid(data: bytes) -> str:
@@ -53,10 +54,11 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def add(self, repo: str, revision: str, files: dict[str, bytes]) -> str:
-        """Publish ``files`` as ``repo@revision``; returns the commit sha."""
-        sha = hashlib.sha1(json.dumps([repo, revision, sorted(files)]).encode()).hexdigest()
-        self.repos.setdefault(repo, {})[revision] = (sha, files)
+    def add(self, repo: str, revision: str, files: dict[str, bytes], repo_type: str = "model") -> str:
+        """Publish ``files`` as ``repo@revision`` (a model, or a dataset); returns the commit sha."""
+        key = f"datasets/{repo}" if repo_type == "dataset" else repo
+        sha = hashlib.sha1(json.dumps([key, revision, sorted(files)]).encode()).hexdigest()
+        self.repos.setdefault(key, {})[revision] = (sha, files)
         return sha
 
     @staticmethod
@@ -89,13 +91,14 @@ class FakeHub:
     def _serve(self, h, body: bool):
         path = h.path.split("?")[0]
         self.requests.append((h.command, path, h.headers.get("Range")))
-        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", path)
+        api = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/revision/([^/]+)", path)
         if api:
-            found, err = self._lookup(api[1], api[2])
+            key = api[2] if api[1] == "models" else f"datasets/{api[2]}"
+            found, err = self._lookup(key, api[3])
             if err:
                 return self._error(h, err)
             sha, files = found
-            data = json.dumps({"id": api[1], "sha": sha,
+            data = json.dumps({"id": api[2], "sha": sha,
                                "siblings": [self.meta(n, b) for n, b in sorted(files.items())]}).encode()
             h.send_response(200)
             h.send_header("Content-Type", "application/json")
@@ -104,7 +107,7 @@ class FakeHub:
             if body:
                 h.wfile.write(data)
             return
-        res = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        res = re.fullmatch(r"/((?:datasets/)?[^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if not res:
             return self._error(h, "RepoNotFound")
         found, err = self._lookup(res[1], res[2])

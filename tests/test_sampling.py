@@ -1,4 +1,4 @@
-"""Sample sources (local files, hf streaming, preshuffled memmap, embedded) and the sampling rules."""
+"""Sample sources (local files, preshuffled memmap, embedded) and the sampling rules (hf: test_fetch.py)."""
 
 from __future__ import annotations
 
@@ -135,18 +135,6 @@ def test_txt_and_embedded_sources(tmp_path, ckpt, corpus):
     assert prov["sources"]["heldout"]["corpus_sha256"] == embedded.CORPUS_SHA256
 
 
-def test_hf_source_streams_a_dataset_offline(tmp_path, ckpt, corpus):
-    texts, _ = corpus
-    ds = tmp_path / "ds"
-    ds.mkdir()
-    _write(ds / "validation.jsonl", texts[200:], "jsonl")
-    heldout = {"kind": "hf", "dataset": str(ds), "revision": "main", "split": "validation", "text_field": "text"}
-    members = _local(_write(tmp_path / "train.jsonl", texts[:200], "jsonl"))
-    sets, prov = _build(ckpt, tmp_path / "out", _params(members, heldout))
-    assert sets["nonmembers.parquet"]["source"].str.starts_with("validation[").all()
-    assert prov["sources"]["heldout"]["resolved_sha"] == "main"
-
-
 @pytest.fixture(scope="module")
 def memmap(tmp_path_factory):
     """1,100 preshuffled rows of 2049 tokens: rows 0-1023 were trained at step 0."""
@@ -237,3 +225,56 @@ def test_bad_source_specs(change, fragment):
     params["models"]["m"] = model
     with pytest.raises(PrunememError, match=fragment):
         validate(params)
+
+
+def _shard(prefix, parts: int, cuts=None):
+    """The hub's layout: document.idx plus document-000NN-of-000MM.bin, cut at odd byte offsets."""
+    data = prefix.with_suffix(".bin").read_bytes()
+    cuts = cuts or [len(data) * i // parts + (i % 2) for i in range(parts + 1)]
+    cuts[0], cuts[-1] = 0, len(data)
+    out = prefix.parent / "sharded"
+    out.mkdir()
+    for i in range(parts):
+        (out / f"document-{i:05d}-of-{parts:05d}.bin").write_bytes(data[cuts[i]:cuts[i + 1]])
+    (out / "document.idx").write_bytes(prefix.with_suffix(".idx").read_bytes())
+    return out
+
+
+def test_sharded_memmap_reads_as_one_without_unsharding(tmp_path, memmap):
+    import shutil
+
+    prefix, rows = memmap
+    work = tmp_path / "document"
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(f"{prefix}{ext}", f"{work}{ext}")
+    out = _shard(work, 7)  # cuts fall inside rows and inside tokens (odd offsets of uint16 data)
+    for path in (out / "document", out / "document.idx", out / "document-00003-of-00007.bin"):
+        data = mmap.MMapIndexedDataset(path)
+        assert len(data) == len(rows) and data.bin_size == work.with_suffix(".bin").stat().st_size
+        for i in (0, 1, 156, 157, 500, 941, 1099):
+            assert np.array_equal(data[i], rows[i])
+    # a path ending .bin is the prefix, as Pythia's tools take it
+    assert np.array_equal(mmap.MMapIndexedDataset(f"{work}.bin")[5], rows[5])
+    (out / "document-00004-of-00007.bin").unlink()
+    with pytest.raises(PrunememError, match=r"document-00004-of-00007.bin: shard 4 of 7 is missing"):
+        mmap.MMapIndexedDataset(out / "document")
+
+
+def test_readers_agree_on_lines_blank_lines_and_carriage_returns(tmp_path, corpus):
+    import zstandard
+
+    from prunemem.data.sources import read_texts
+
+    texts, _ = corpus
+    raw = "".join(json.dumps({"text": t}) + "\n" for t in texts[:50]).encode() + b"\n  \n"  # trailing blank lines
+    (tmp_path / "a.jsonl").write_bytes(raw)
+    cuts = [0, 7, len(raw) // 3, len(raw) // 3 + 1, len(raw)]  # frames that end mid-line and mid-character
+    cctx = zstandard.ZstdCompressor()
+    (tmp_path / "a.jsonl.zst").write_bytes(b"".join(cctx.compress(raw[a:b]) for a, b in zip(cuts, cuts[1:])))
+    plain = list(read_texts(tmp_path / "a.jsonl", "jsonl", "text"))
+    assert plain == list(read_texts(tmp_path / "a.jsonl.zst", "jsonl.zst", "text"))
+    assert [t for _, t in plain] == texts[:50] and plain[-1][0] == "line 50"
+    # a lone CR stays in its line, so `line n` is what `sed -n np` prints; CRLF endings lose the CR
+    (tmp_path / "a.txt").write_bytes(b"a\rb\nc\r\n\nd")
+    assert list(read_texts(tmp_path / "a.txt", "txt", None)) == [("line 1", "a\rb"), ("line 2", "c"),
+                                                                  ("line 3", ""), ("line 4", "d")]

@@ -87,7 +87,17 @@ class Audit:
         self._params(directory / PROVENANCE, prov, "checkpoint", model)
         return prov.get("checkpoint_sha256")
 
-    def samples(self, model: str, checkpoint: str | None) -> str | None:
+    def fetch(self, model: str) -> str | None:
+        """The fetch record: its params against params.yaml; its identity is what the samples were drawn from."""
+        path = self.plan.fetch_path(model)
+        prov = self._json(path)
+        if prov is None:
+            return None
+        self.checked += 1
+        self._params(path, prov, "fetch", model)
+        return prov.get("sources_sha256")
+
+    def samples(self, model: str, checkpoint: str | None, fetched: str | None = None) -> str | None:
         from prunemem.data.samples import PROVENANCE
 
         directory = self.plan.samples_dir(model)
@@ -104,6 +114,8 @@ class Audit:
                 self._same(path, "sha256", recorded, sha256_file(path))
         self._same(directory / PROVENANCE, "samples digest", prov.get("samples_sha256"), digest_json(files))
         self._same(directory / PROVENANCE, "input checkpoint", prov.get("inputs", {}).get("checkpoint"), checkpoint)
+        if self.plan.fetches(model):  # the hub dataset files the samples were drawn from
+            self._same(directory / PROVENANCE, "input fetch", prov.get("inputs", {}).get("fetch"), fetched)
         self._params(directory / PROVENANCE, prov, "samples", model)
         return prov.get("samples_sha256")
 
@@ -272,12 +284,15 @@ class Audit:
         """Every job of the job table, upstream first; then dvc.yaml against the table, then dvc.lock."""
         hashes: dict[tuple, str | None] = {}
         for job in self.plan.jobs():
-            upstream = {j.stage: hashes.get(j.id) for j in self.plan.upstream(job) if j.stage in ("checkpoint", "samples")}
+            upstream = {j.stage: hashes.get(j.id) for j in self.plan.upstream(job)
+                        if j.stage in ("fetch", "checkpoint", "samples")}
             ckpt, samples = upstream.get("checkpoint"), upstream.get("samples")
-            if job.stage == "checkpoint":
+            if job.stage == "fetch":
+                hashes[job.id] = self.fetch(job.model)
+            elif job.stage == "checkpoint":
                 hashes[job.id] = self.checkpoint(job.model)
             elif job.stage == "samples":
-                hashes[job.id] = self.samples(job.model, ckpt)
+                hashes[job.id] = self.samples(job.model, ckpt, upstream.get("fetch"))
             elif job.stage == "mask":
                 self.mask(job.model, job.method, job.level, ckpt, samples)
             elif job.stage == "transform":

@@ -1,6 +1,7 @@
 """``prunemem <verb>``: one subcommand per pipeline stage. Snakemake rules and DVC stages call these.
 
     prunemem validate                               # check params.yaml, print the plan size
+    prunemem fetch      --model pythia-160m         # data/fetched/pythia-160m.json (hub datasets -> HF cache)
     prunemem checkpoint --model tiny                # data/checkpoints/tiny/
     prunemem samples    --model tiny                # data/samples/tiny/
     prunemem mask       --model tiny --method global --level 0.5
@@ -54,9 +55,30 @@ def cmd_validate(plan: Plan, args) -> None:
           f"{n * len(plan.ks)} result rows")
 
 
+def fetch_command(args, model: str) -> str:
+    """The command line that fetches ``model``'s sample sources, as errors tell the user to run it."""
+    import shlex
+
+    return " ".join(["prunemem", *(f"--params {shlex.quote(p)}" for p in args.params), "fetch", "--model", model])
+
+
+def cmd_fetch(plan: Plan, args) -> None:
+    from prunemem.data.fetch import fetch
+
+    _check_model(plan, args.model)
+    print(fetch(plan.params, args.model, plan.fetch_path(args.model), fetch_command(args, args.model),
+                prov_params=plan.stage_params("fetch", args.model)))
+
+
 def cmd_checkpoint(plan: Plan, args) -> None:
     _check_model(plan, args.model)
-    if plan.source(args.model) == "hub":
+    if plan.source(args.model) == "local":
+        from prunemem.hub import adopt_local
+
+        spec = plan.params["models"][args.model]
+        out = adopt_local(spec["path"], plan.checkpoint_dir(args.model), plan.stage_params("checkpoint", args.model),
+                          spec.get("sha256"))
+    elif plan.source(args.model) == "hub":
         from prunemem.hub import fetch_checkpoint
 
         spec = plan.params["models"][args.model]
@@ -75,7 +97,8 @@ def cmd_samples(plan: Plan, args) -> None:
 
     _check_model(plan, args.model)
     samples.build(plan.checkpoint_dir(args.model), plan.samples_dir(args.model), plan.params, args.model,
-                  prov_params=plan.stage_params("samples", args.model))
+                  prov_params=plan.stage_params("samples", args.model), fetch_record=plan.fetch_path(args.model),
+                  fetch_command=fetch_command(args, args.model))
     print(plan.samples_dir(args.model))
 
 
@@ -143,7 +166,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--params", action="append", help="params YAML (repeatable; default params.yaml)")
     sub = ap.add_subparsers(dest="verb", required=True)
     sub.add_parser("validate", help="check params and print the plan size").set_defaults(fn=cmd_validate)
-    for name, fn, helptext in (("checkpoint", cmd_checkpoint, "build or fetch a model checkpoint"),
+    for name, fn, helptext in (("fetch", cmd_fetch, "download the dataset files a model's samples read"),
+                               ("checkpoint", cmd_checkpoint, "build, fetch or adopt a model checkpoint"),
                                ("samples", cmd_samples, "build member / non-member / perplexity sets")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)

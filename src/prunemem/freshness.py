@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from prunemem.errors import PrunememError
-from prunemem.identity import checkpoint_hash, mask_provenance, samples_hash
+from prunemem.identity import checkpoint_hash, fetched_hash, mask_provenance, samples_hash
 from prunemem.plan import Job, Plan
 from prunemem.provenance import sha256_file
 
@@ -45,8 +45,8 @@ def _record(plan: Plan, job: Job) -> dict | str | None:
 
 def _current_inputs(plan: Plan, job: Job, file_hash) -> dict[str, str]:
     """What the job's artifact would record as its inputs if it were built now (from the job table)."""
-    if job.stage == "checkpoint":
-        return {}  # its inputs (corpus or hub files) are pinned by its params
+    if job.stage in ("fetch", "checkpoint"):
+        return {}  # its inputs (corpus, hub or dataset files) are pinned by its params
     if job.stage == "report":
         return {f"{e.model}/{e.method}/{e.level}": file_hash(e.record) for e in plan.upstream(job, "summaries")}
     inputs = {}
@@ -56,6 +56,8 @@ def _current_inputs(plan: Plan, job: Job, file_hash) -> dict[str, str]:
                 inputs[role] = checkpoint_hash(up.out[0])
             elif role == "samples":
                 inputs[role] = samples_hash(up.out[0])
+            elif role == "fetch":  # the hub dataset files the samples were drawn from
+                inputs[role] = fetched_hash(up.record)
             else:  # the mask or transform an evaluation applies
                 inputs[role] = file_hash(up.record)
     return inputs

@@ -33,7 +33,7 @@ import shutil
 from pathlib import Path
 
 from prunemem.errors import PrunememError
-from prunemem.provenance import record, sha256_file, write_json
+from prunemem.provenance import read_json, record, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,18 @@ def git_blob_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve(repo: str, revision: str, cache_dir: str | None = None) -> tuple[str, dict[str, dict], bool]:
+def resolve(repo: str, revision: str, cache_dir: str | None = None, repo_type: str = "model",
+            hint: str | None = None) -> tuple[str, dict[str, dict], bool]:
     """(commit sha, {file: expected hashes}, offline) for ``repo`` at ``revision``.
 
     Online the listing comes from the hub with its LFS metadata; offline from the cached
-    snapshot, whose blob names are the same hashes.
+    snapshot, whose blob names are the same hashes. ``hint`` is what to run when the cache
+    lacks it (default: the ``hf download`` of a model).
     """
     hf, constants = _hub()
+    hint = hint or prefetch_hint(repo, revision)
     if constants.HF_HUB_OFFLINE:
-        return (*_resolve_cached(repo, revision, cache_dir), True)
+        return (*_resolve_cached(repo, revision, cache_dir, repo_type, hint), True)
     from huggingface_hub.errors import (
         HfHubHTTPError,
         RepositoryNotFoundError,
@@ -91,20 +94,20 @@ def resolve(repo: str, revision: str, cache_dir: str | None = None) -> tuple[str
     )
 
     try:
-        info = hf.HfApi().model_info(repo, revision=revision, files_metadata=True)
+        info = hf.HfApi().repo_info(repo, repo_type=repo_type, revision=revision, files_metadata=True)
     except RevisionNotFoundError:
         raise PrunememError(f"{repo}: no revision {revision!r} on {constants.ENDPOINT}") from None
     except RepositoryNotFoundError:
-        raise PrunememError(f"{repo}: no such model on {constants.ENDPOINT} (or it is private or gated)") from None
+        raise PrunememError(f"{repo}: no such {repo_type} on {constants.ENDPOINT} (or it is private or gated)") from None
     except HfHubHTTPError as err:
         raise PrunememError(f"{repo}@{revision}: the hub answered {str(err).splitlines()[0]}") from None
     except _TRANSPORT_ERRORS as err:  # no route to the hub: the cache may still have it
         log.warning("hub unreachable (%s); trying the cache", err)
         try:
-            return (*_resolve_cached(repo, revision, cache_dir), True)
+            return (*_resolve_cached(repo, revision, cache_dir, repo_type, hint), True)
         except PrunememError:
             raise PrunememError(f"{repo}@{revision}: the hub is unreachable ({err.__class__.__name__}) and the "
-                                f"cache does not have it; {prefetch_hint(repo, revision)}") from None
+                                f"cache does not have it; {hint}") from None
     files = {}
     for s in info.siblings or []:
         files[s.rfilename] = ({"size": s.size, "sha256": s.lfs.sha256, "lfs": True} if s.lfs
@@ -112,14 +115,26 @@ def resolve(repo: str, revision: str, cache_dir: str | None = None) -> tuple[str
     return info.sha, files, False
 
 
-def _resolve_cached(repo: str, revision: str, cache_dir: str | None) -> tuple[str, dict[str, dict]]:
-    hf, constants = _hub()
-    config = hf.try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision)
-    if not isinstance(config, str):
+def cached_snapshot(repo: str, revision: str, cache_dir: str | None, repo_type: str = "model") -> Path | None:
+    """The cached snapshot directory of ``repo`` at ``revision`` (a ref such as ``main`` or a commit sha)."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    _, constants = _hub()
+    root = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type=repo_type)
+    ref = root / "refs" / revision
+    sha = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = root / "snapshots" / sha
+    return snapshot if snapshot.is_dir() else None
+
+
+def _resolve_cached(repo: str, revision: str, cache_dir: str | None, repo_type: str = "model",
+                    hint: str | None = None) -> tuple[str, dict[str, dict]]:
+    _, constants = _hub()
+    snapshot = cached_snapshot(repo, revision, cache_dir, repo_type)
+    if snapshot is None or (repo_type == "model" and not (snapshot / "config.json").is_file()):
         raise PrunememError(f"{repo}@{revision} is not in the Hugging Face cache "
                             f"({cache_dir or constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1; "
-                            f"{prefetch_hint(repo, revision)}")
-    snapshot = Path(config).parent
+                            f"{hint or prefetch_hint(repo, revision)}")
     files = {}
     for path in sorted(snapshot.rglob("*")):
         if path.is_file():
@@ -143,15 +158,17 @@ def choose_files(files: dict[str, dict], repo: str, revision: str, offline: bool
                         f"pytorch_model.bin (files: {', '.join(sorted(files)) or 'none'}){hint}")
 
 
-def _download(repo: str, revision: str, filename: str, sha: str, cache_dir: str | None) -> Path:
+def download(repo: str, revision: str, filename: str, sha: str, cache_dir: str | None, repo_type: str = "model",
+             hint: str | None = None) -> Path:
+    """One file of ``repo`` at the resolved commit ``sha`` into the cache (resumed when cut); its cached path."""
     hf, _ = _hub()
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        path = Path(hf.hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir))
+        path = Path(hf.hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir, repo_type=repo_type))
     except LocalEntryNotFoundError:
         raise PrunememError(f"{repo}@{revision}: {filename} is not in the cache and HF_HUB_OFFLINE=1; "
-                            f"{prefetch_hint(repo, revision)}") from None
+                            f"{hint or prefetch_hint(repo, revision)}") from None
     except (HfHubHTTPError, *_TRANSPORT_ERRORS) as err:
         raise PrunememError(f"{repo}@{revision}: download of {filename} failed ({str(err).splitlines()[0]}); "
                             "rerun to resume, files already in the cache are kept") from None
@@ -186,14 +203,14 @@ def fetch_checkpoint(repo: str, revision: str, out_dir: str | Path, params: dict
     sha, listing, offline = resolve(repo, revision, cache_dir)
     aux, fmt, entry = choose_files(listing, repo, revision, offline)
     names = [*aux, entry]
-    paths = {name: _download(repo, revision, name, sha, cache_dir) for name in names}
+    paths = {name: download(repo, revision, name, sha, cache_dir) for name in names}
     weights = [entry]
     if entry.endswith(".index.json"):
         weights = sorted(set(json.loads(paths[entry].read_text())["weight_map"].values()))
         missing = [s for s in weights if s not in listing]
         if missing:
             raise PrunememError(f"{repo}@{revision}: {entry} names {missing[0]}, which the revision does not have")
-        paths.update({s: _download(repo, revision, s, sha, cache_dir) for s in weights})
+        paths.update({s: download(repo, revision, s, sha, cache_dir) for s in weights})
     hashes = {name: verify(path, listing[name], repo, name) for name, path in paths.items()}
     log.info("%s@%s = %s: %s verified", repo, revision, sha, ", ".join(paths))
 
@@ -256,3 +273,74 @@ def _expected_keys(config_path: Path) -> set[str]:
     if model.config.tie_word_embeddings:
         keys.discard("embed_out.weight")
     return keys
+
+
+def _copy_hashing(src: Path, dst: Path, chunk: int = 1 << 22) -> str:
+    """Copy ``src`` to ``dst`` and return its sha256, reading it once."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while block := fin.read(chunk):
+            digest.update(block)
+            fout.write(block)
+    return digest.hexdigest()
+
+
+def adopt_local(path: str | Path, out_dir: str | Path, params: dict, sha256: str | None = None) -> Path:
+    """Adopt a checkpoint directory already on disk (``source: local``) as ``out_dir``.
+
+        models: {pythia-12b: {source: local, path: /models/pythia-12b, revision: step143000,
+                              sha256: <optional pin>, members: ..., heldout: ...}}
+
+    The directory is what ``save_pretrained`` or ``hf download`` leaves: config.json, tokenizer
+    files and ``model.safetensors`` (or safetensors shards with their index, or
+    ``pytorch_model*.bin``, read with ``weights_only=True`` and converted as for the hub). The
+    weights are hashed once, while they are copied; that sha256 is the checkpoint's identity, is
+    recorded, and must equal ``sha256`` when the config pins one (one mechanism for a site's
+    model store and for a checkpoint shipped with a known hash). Nothing is written unless every
+    check passes.
+    """
+    from prunemem.checkpoints import PROVENANCE, TOKENIZER_FILES, WEIGHTS, _AtomicDir
+
+    src = Path(path)
+    if not src.is_dir():
+        raise PrunememError(f"{src}: local checkpoint directory not found (models.*.path)")
+    if not (src / "config.json").is_file():
+        raise PrunememError(f"{src}: no config.json; a local checkpoint is a Hugging Face model directory "
+                            "(config.json, tokenizer.json, model.safetensors)")
+    if not any((src / name).is_file() for name in TOKENIZER_FILES):
+        raise PrunememError(f"{src}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    found = next(((single, entry) for single, index in WEIGHT_FORMATS for entry in (single, index)
+                  if (src / entry).is_file()), None)
+    if found is None:
+        raise PrunememError(f"{src}: no weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin "
+                            "or pytorch_model.bin.index.json)")
+    fmt, entry = found
+    out_dir = Path(out_dir)
+    with _AtomicDir(out_dir) as tmp:
+        for name in dict.fromkeys((*AUX_FILES, *TOKENIZER_FILES)):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        if entry == WEIGHTS:
+            digest, conversion = _copy_hashing(src / WEIGHTS, tmp / WEIGHTS), {"conversion": None}
+        else:
+            shards = [entry]
+            if entry.endswith(".index.json"):
+                weight_map = read_json(src / entry, "weights index").get("weight_map", {})
+                shards = sorted(set(weight_map.values()))
+                missing = [s for s in shards if not (src / s).is_file()]
+                if missing or not shards:
+                    raise PrunememError(f"{src / entry}: names {missing[0] if missing else 'no shards'}, which the "
+                                        "directory does not have")
+            conversion = _write_weights([src / s for s in shards], fmt, tmp / WEIGHTS, tmp / "config.json")
+            digest = sha256_file(tmp / WEIGHTS)
+        if sha256 is not None and digest != sha256:
+            raise PrunememError(f"{src}: model.safetensors has sha256 {digest[:12]}..., not the pinned {sha256[:12]}... "
+                                "(models.*.sha256); a different or damaged checkpoint")
+        prov = record("checkpoint", {f"local:{src}/{entry}": digest}, params)
+        prov.update(source="local", path=str(src.resolve()), weights_from=fmt, **conversion, checkpoint_sha256=digest,
+                    pinned=sha256 is not None)
+        write_json(tmp / PROVENANCE, prov)
+    log.info("%s adopted as %s (sha256 %s)", src, out_dir, digest)
+    return out_dir

@@ -46,6 +46,26 @@ def samples_hash(samples_dir: str | Path) -> str:
     return record_["samples_sha256"]
 
 
+def read_fetch_record(path: str | Path | None, command: str) -> dict:
+    """A fetch record (``data/fetched/<model>.json``); a missing one names ``command``, which makes it."""
+    if path is None or not Path(path).is_file():
+        raise PrunememError(f"{path or 'data/fetched'}: fetch record not found; run `{command}` (where the hub is "
+                            "reachable) first")
+    path = Path(path)
+    prov = read_json(path, "fetch record")
+    if "sources" not in prov:
+        raise PrunememError(f"{path}: corrupt fetch record (no sources)")
+    return prov
+
+
+def fetched_hash(path: str | Path) -> str:
+    """The identity of what a fetch downloaded (its record's ``sources_sha256``): a samples artifact's fetch input."""
+    prov = read_json(path, "fetch record")
+    if "sources_sha256" not in prov:
+        raise PrunememError(f"{path}: corrupt fetch record (no sources_sha256)")
+    return prov["sources_sha256"]
+
+
 def mask_provenance(path: str | Path) -> dict:
     """A mask's provenance record from its safetensors header (``prunemem.prune.masks.header`` reads the rest)."""
     from safetensors import safe_open

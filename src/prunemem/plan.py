@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import yaml
 
 from prunemem.codedeps import closure
-from prunemem.data.layout import PRESHUFFLED_ROW, local_format, preshuffled_step  # noqa: F401 (re-exported)
+from prunemem.data.layout import PRESHUFFLED_ROW, hf_specs, local_format, preshuffled_step  # noqa: F401 (re-exported)
 from prunemem.errors import PrunememError
 from prunemem.prune import registry
 from prunemem.prune.registry import DENSE, DENSE_LEVEL, LOWRANK, level_name, uses_calibration  # noqa: F401
@@ -177,15 +177,20 @@ def validate(params: dict, source: str = "params") -> None:
 SOURCE_KEYS = {
     "embedded": ({"split"}, set()),                                   # (required, optional)
     "local": ({"path"}, {"format", "text_field", "max_documents"}),
-    "hf": ({"dataset", "revision", "split", "text_field"}, {"config", "max_documents"}),
+    "hf": ({"dataset", "revision", "split", "text_field", "split_files"}, {"format", "max_documents"}),
     "pythia-preshuffled": ({"path"}, set()),
 }
 def _validate_model_sources(name: str, model: dict, window: int, source: str) -> None:
     """Hub models need both sample sources; each source has exactly the keys of its kind."""
-    hub_only = [k for k in ("repo", "revision", "members", "heldout") if k in model]
+    hub_only = [k for k in ("repo", "revision", "members", "heldout", "path", "sha256") if k in model]
     if model["source"] == "embedded" and hub_only:
-        raise PrunememError(f"{source}: models.{name}.{hub_only[0]}: only for source: hub; an embedded model "
-                            "draws its samples from its own training stream")
+        raise PrunememError(f"{source}: models.{name}.{hub_only[0]}: only for source: hub or local; an embedded "
+                            "model draws its samples from its own training stream")
+    wrong = [k for k in ({"hub": ("path", "sha256"), "local": ("repo",)}.get(model["source"], ())) if k in model]
+    if wrong:
+        allowed = "repo, revision" if model["source"] == "hub" else "path, sha256, revision (the training step)"
+        raise PrunememError(f"{source}: models.{name}.{wrong[0]}: not a key of source {model['source']}; allowed: "
+                            f"{allowed}")
     for role in ("members", "heldout"):
         spec = model.get(role)
         if spec is None:
@@ -205,6 +210,14 @@ def _validate_model_sources(name: str, model: dict, window: int, source: str) ->
             missing += ["text_field"] if fmt != "txt" and "text_field" not in spec else []
         if missing:
             raise PrunememError(f"{source}: {key}: kind {spec['kind']} needs {', '.join(missing)}")
+        if spec["kind"] == "hf" and spec["split"] not in spec["split_files"]:
+            raise PrunememError(f"{source}: {key}.split: {spec['split']!r} is not a key of split_files; allowed: "
+                                f"{', '.join(sorted(spec['split_files']))}")
+        if spec["kind"] == "hf":
+            for split, pattern in spec["split_files"].items():
+                if "format" not in spec and not pattern.endswith((".jsonl", ".jsonl.zst", ".parquet", ".txt")):
+                    raise PrunememError(f"{source}: {key}.split_files.{split}: {pattern!r} names no known file "
+                                        "type; allowed: .jsonl, .jsonl.zst, .parquet, .txt, or set format")
         if spec["kind"] == "embedded" and spec["split"] not in ("train", "heldout"):
             raise PrunememError(f"{source}: {key}.split: {spec['split']!r} is not allowed; allowed: train, heldout")
         if spec["kind"] == "pythia-preshuffled":
@@ -335,10 +348,14 @@ class Job:
 
 
 # Each stage: its CLI verb's entry module (what the job runs, for its code deps). Adding a stage =
-# one builder in Plan._jobs_of (paths, inputs, keys), one rule file and one CLI verb.
-STAGE_ENTRY = {"checkpoint": ("prunemem.checkpoints",), "samples": ("prunemem.data.samples",),
+# one builder in Plan._jobs_of (paths, inputs, keys), one rule in stages.smk and one CLI verb.
+STAGE_ENTRY = {"fetch": ("prunemem.data.fetch",), "checkpoint": ("prunemem.checkpoints",),
+               "samples": ("prunemem.data.samples",),
                "mask": ("prunemem.prune.run",), "transform": ("prunemem.compress.run",),
                "evaluate": ("prunemem.evaluate.run",), "report": ("prunemem.report.html",)}
+# a checkpoint job's entry by the model's source: the embedded build lives in prunemem.checkpoints;
+# the pinned hub download and adopting a local directory (the same weight conversion) in prunemem.hub
+CHECKPOINT_ENTRY = {"embedded": ("prunemem.checkpoints",), "hub": ("prunemem.hub",), "local": ("prunemem.hub",)}
 # the params keys each stage reads besides its method's (registry.Method.params)
 EVALUATE_KEYS = ("samples.k", "samples.suffix_tokens", "perplexity", "evaluate")
 SAMPLES_KEYS = tuple(f"samples.{k}" for k in ("seed", "suffix_tokens", "k", "training_members", "perplexity_tokens",
@@ -453,6 +470,10 @@ class Plan:
     def source(self, model: str) -> str:
         return self.params["models"][model]["source"]
 
+    def fetches(self, model: str) -> bool:
+        """Whether a model has a fetch stage: a ``kind: hf`` sample source, whose files it downloads."""
+        return bool(hf_specs(self.params["models"][model]))
+
     def local_source_files(self, model: str) -> dict[str, Path]:
         """The local corpus files a model's sample sources read, by role (members, heldout)."""
         spec = self.params["models"][model]
@@ -460,6 +481,9 @@ class Plan:
                 if role in spec and spec[role]["kind"] == "local"}
 
     # -- paths (the artifact contract, docs/architecture.md "Artifacts") ------------------------
+    def fetch_path(self, model: str) -> Path:
+        return self.root / "data" / "fetched" / f"{model}.json"
+
     def checkpoint_dir(self, model: str) -> Path:
         return self.root / "data" / "checkpoints" / model
 
@@ -502,14 +526,21 @@ class Plan:
         """The jobs of one model, upstream first."""
         ckpt_dir, samples_dir = self.checkpoint_dir(model), self.samples_dir(model)
         ckpt, samples = ("checkpoint", model, None, None), ("samples", model, None, None)
-        embedded = self.source(model) == "embedded"
+        source = self.source(model)
+        embedded = source == "embedded"
+        fetch = ("fetch", model, None, None) if self.fetches(model) else None
+        if fetch:  # the hub dataset files its samples read: pinned, verified, in the HF cache
+            yield self._job("fetch", model, outputs=[self.fetch_path(model)], record=self.fetch_path(model),
+                            keys=[f"models.{model}.{role}" for role in hf_specs(self.params["models"][model])])
+        # hub: the pinned download; local: the directory, hashed while copied (an optional sha256 pinned)
         ckpt_keys = ([f"models.{model}.source", "embedded"] if embedded else
-                     [f"models.{model}.{k}" for k in ("source", "repo", "revision")])
+                     [f"models.{model}.{k}" for k in ("source", "repo", "revision", "path", "sha256")])
         yield self._job("checkpoint", model, outputs=[ckpt_dir], record=ckpt_dir / CHECKPOINT_PROVENANCE,
-                        keys=ckpt_keys, entry=("prunemem.checkpoints",) if embedded else ("prunemem.hub",),
+                        keys=ckpt_keys, entry=CHECKPOINT_ENTRY[source],
                         threads="embedded.training.threads" if embedded else None)
         yield self._job("samples", model, outputs=[samples_dir / f for f in (*SAMPLE_FILES, SAMPLE_PROVENANCE)],
-                        out=[samples_dir], record=samples_dir / SAMPLE_PROVENANCE, inputs=[("checkpoint", [ckpt])],
+                        out=[samples_dir], record=samples_dir / SAMPLE_PROVENANCE,
+                        inputs=[("checkpoint", [ckpt]), ("fetch", [fetch] if fetch else [])],
                         files=self.local_source_files(model).values(),
                         keys=[f"models.{model}.source", *SAMPLES_KEYS, self._pool_key,
                               *(["embedded.split", "embedded.seed"] if embedded else

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 from prunemem.plan import Job, Plan, lookup
 from prunemem.prune.registry import Method
@@ -37,7 +38,8 @@ def parameter_count(plan: Plan, model: str) -> float:
     if spec["source"] == "embedded":
         arch, vocab = plan.params["embedded"]["architecture"], plan.params["embedded"]["tokenizer"]["vocab_size"]
         return 12 * arch["num_layers"] * arch["hidden_size"] ** 2 + 2 * vocab * arch["hidden_size"]
-    match = re.search(r"(\d+(?:\.\d+)?)([mb])\b", spec["repo"].lower().replace("-deduped", ""))
+    name = spec.get("repo") or Path(spec["path"]).name  # source: local names its directory
+    match = re.search(r"(\d+(?:\.\d+)?)([mb])\b", name.lower().replace("-deduped", ""))
     if not match:
         return 12e9  # unknown size: plan for the largest Pythia
     return float(match.group(1)) * (1e6 if match.group(2) == "m" else 1e9)
@@ -99,6 +101,8 @@ def job_resources(plan: Plan, job: Job) -> dict[str, int]:
         mem_gb, minutes = 4 + 2 * weights_gb, 30 + 2 * n / 50e6 / 60  # a download at 50 MB/s, then a conversion
     elif job.stage == "samples":
         mem_gb, minutes = 8, 120
+    elif job.stage == "fetch":  # a download (the login node runs it: localrules) and one decompressing count
+        mem_gb, minutes = 4, 240
     elif job.stage in ("mask", "transform"):
         method = plan.method(job.method)
         heavy = method.loads_model  # block by block on the whole model (calibrated methods, low-rank SVD)

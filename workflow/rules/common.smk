@@ -112,3 +112,34 @@ def resources_of(stage):
 # (`dvc commit`): the outputs are exactly those the stages in dvc.yaml would make, so `dvc status`
 # is clean and `dvc push` publishes what ran. Presets (--configfile) are not what dvc.yaml tracks.
 DVC_TRACKED = not workflow.overwrite_configfiles and Path(".dvc").is_dir() and Path("dvc.yaml").is_file()
+
+
+def dvc_commit_after_run():
+    """`dvc commit` after a run that built every output of params.yaml; otherwise one line saying why not.
+
+    A partial run (--until, a file target, a failed `-k` job) leaves DVC outputs unbuilt, and
+    committing then would fail (or record half a study), so it is skipped with the reason.
+    """
+    import subprocess
+
+    if not DVC_TRACKED:
+        if Path(".dvc").is_dir():
+            print("prunemem: dvc.lock not updated: dvc.yaml tracks params.yaml, and this run used --configfile "
+                  f"{' '.join(PARAMS_FILES)}", file=sys.stderr)
+        return
+    write_dvc_yaml(PLAN, PARAMS_FILES)  # the grid in params.yaml may have changed
+    outs = [p for job in PLAN.jobs() for p in job.outputs]  # what the DVC stages track, file by file
+    missing = [p for p in outs if not p.exists()]
+    if missing:
+        print(f"prunemem: dvc.lock not updated: {len(missing)} of {len(outs)} job outputs are not built (a partial "
+              f"run: --until, a target or a failed job), e.g. {missing[0]}; run the whole workflow to record it",
+              file=sys.stderr)
+        return
+    Path("logs").mkdir(exist_ok=True)
+    with open("logs/dvc-commit.log", "w") as log:
+        done = subprocess.run(["dvc", "commit", "--force"], stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode:
+        lines = [line for line in Path("logs/dvc-commit.log").read_text().splitlines() if line.strip()]
+        print(f"prunemem: dvc.lock not updated: dvc commit failed ({lines[-1] if lines else 'no output'}); "
+              "see logs/dvc-commit.log", file=sys.stderr)
+

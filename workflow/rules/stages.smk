@@ -3,6 +3,29 @@
 W = {"model": "{model}", "method": "{method}", "level": "{level}"}
 
 
+# Hub dataset files into the HF cache (prunemem.data.fetch). A local rule: with a cluster
+# profile it runs where Snakemake runs (the login node, which reaches the hub), never on an
+# offline compute node; `--until fetch` pre-fetches everything before the jobs are submitted.
+localrules:
+    fetch,
+
+
+rule fetch:
+    input:
+        unpack(inputs_of("fetch")),
+    output:
+        str(PLAN.fetch_path(W["model"])),
+    params:
+        digest=params_digest("fetch"),
+    threads: threads_of("fetch")
+    resources:
+        **resources_of("fetch"),
+    log:
+        "logs/fetch/{model}.log",
+    shell:
+        prunemem("fetch --model {wildcards.model}")
+
+
 rule checkpoint:
     input:
         unpack(inputs_of("checkpoint")),

@@ -26,3 +26,16 @@ def preshuffled_step(model: dict) -> int | None:
     """The training step of a hub revision named stepN: rows before step * 1024 were trained on."""
     revision = model.get("revision", "")
     return int(revision[4:]) if revision.startswith("step") and revision[4:].isdigit() else None
+
+
+SOURCE_ROLES = ("members", "heldout")  # a hub or local model's two sample sources
+
+
+def hf_specs(model: dict) -> dict[str, dict]:
+    """The ``kind: hf`` sample sources of a model, by role: what its fetch stage downloads."""
+    return {role: model[role] for role in SOURCE_ROLES if model.get(role, {}).get("kind") == "hf"}
+
+
+def file_format(spec: dict, name: str) -> str:
+    """The format of one file of a ``kind: hf`` source: its ``format``, else from the file's name."""
+    return local_format({"path": name, **({"format": spec["format"]} if "format" in spec else {})})

@@ -1,9 +1,14 @@
 """Read (and, for fixtures, write) the Megatron / GPT-NeoX ``MMapIndexedDataset`` format.
 
 Pythia's exact training order is published as this format ("preshuffled" Pile:
-``EleutherAI/pile-standard-pythia-preshuffled`` and ``...-deduped-...``; merge the shards with
-Pythia's ``utils/unshard_memmap.py`` into ``document.bin`` + ``document.idx``). Each item is one
-training row of 2049 tokens and row i was in the batch of step i // 1024.
+``EleutherAI/pile-standard-pythia-preshuffled`` and ``...-deduped-...``), with the ``.bin``
+split into shards ``document-00000-of-00020.bin`` ... beside one ``document.idx``. The shards
+are read in place as one virtual file (their byte ranges back to back, exactly what Pythia's
+``utils/unshard_memmap.py`` would concatenate), so no second ~600 GB copy is needed. Each item
+is one training row of 2049 tokens and row i was in the batch of step i // 1024.
+
+The path may be the prefix (``.../document``), ``document.bin``, or any shard's ``.bin``, as
+Pythia's tools take them.
 
 Written here with ``numpy.memmap`` because the official reader lives inside gpt-neox / Megatron
 (and a copy in the Pythia repo), not in any pip-installable library. Layout of ``.idx``, all
@@ -23,6 +28,7 @@ little-endian:
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -37,15 +43,51 @@ DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.
 _HEADER = struct.Struct("<9sQBQQ")
 
 
+_SHARD = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})$")
+
+
+def _prefix(path: str | Path) -> Path:
+    """The dataset prefix of a path given as Pythia's tools take it: prefix, prefix.bin/.idx or a shard's .bin."""
+    path = Path(path)
+    if path.suffix in (".bin", ".idx"):
+        path = path.with_suffix("")
+    shard = _SHARD.match(path.name)
+    return path.with_name(shard["stem"]) if shard else path
+
+
+def _shards(prefix: Path) -> list[Path]:
+    """``prefix.bin``, or every shard ``prefix-000NN-of-000MM.bin`` in order; a gap is one line naming it."""
+    single = Path(f"{prefix}.bin")
+    if single.is_file():
+        return [single]
+    found = sorted(prefix.parent.glob(f"{prefix.name}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].bin"))
+    if not found:
+        raise PrunememError(f"{single}: not found, nor shards {prefix.name}-000NN-of-000MM.bin beside it "
+                            "(pythia-preshuffled path: the prefix, document.bin or a shard)")
+    totals = {_SHARD.match(p.stem)["n"] for p in found}
+    if len(totals) > 1:
+        raise PrunememError(f"{prefix.parent}: shards of {prefix.name} from different sets (-of-{', -of-'.join(sorted(totals))})")
+    n = int(totals.pop())
+    have = {int(_SHARD.match(p.stem)["i"]) for p in found}
+    for i in range(n):
+        if i not in have:
+            raise PrunememError(f"{prefix}-{i:05d}-of-{n:05d}.bin: shard {i} of {n} is missing (every shard "
+                                "is needed to read the rows in order)")
+    return [Path(f"{prefix}-{i:05d}-of-{n:05d}.bin") for i in range(n)]
+
+
 class MMapIndexedDataset:
-    """Random access to the items of ``prefix.bin`` through ``prefix.idx``; nothing is read eagerly."""
+    """Random access to the items of ``prefix.bin`` (or its shards) through ``prefix.idx``; nothing is read eagerly."""
 
     def __init__(self, prefix: str | Path):
-        self.prefix = Path(prefix)
-        self.idx_path, self.bin_path = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
-        for path in (self.idx_path, self.bin_path):
-            if not path.is_file():
-                raise PrunememError(f"{path}: not found (pythia-preshuffled wants path without .bin/.idx)")
+        self.prefix = _prefix(prefix)
+        self.idx_path = Path(f"{self.prefix}.idx")
+        if not self.idx_path.is_file():
+            raise PrunememError(f"{self.idx_path}: not found (pythia-preshuffled path: the prefix, document.bin "
+                                "or a shard)")
+        self.bin_paths = _shards(self.prefix)
+        self.bin_path = self.bin_paths[0] if len(self.bin_paths) == 1 else \
+            self.prefix.with_name(f"{self.prefix.name}-*.bin")
         with open(self.idx_path, "rb") as fh:
             head = fh.read(_HEADER.size)
         if len(head) < _HEADER.size or head[:9] != MAGIC:
@@ -61,22 +103,39 @@ class MMapIndexedDataset:
         index = np.memmap(self.idx_path, mode="r", dtype=np.uint8)
         self.sizes = np.frombuffer(index, dtype=np.int32, count=self.length, offset=_HEADER.size)
         self.pointers = np.frombuffer(index, dtype=np.int64, count=self.length, offset=_HEADER.size + self.length * 4)
-        self.bin_size = self.bin_path.stat().st_size
-        self._bin = np.memmap(self.bin_path, mode="r", dtype=np.uint8) if self.bin_size else np.zeros(0, np.uint8)
+        sizes = [p.stat().st_size for p in self.bin_paths]
+        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])  # shard i holds bytes starts[i]..
+        self.bin_size = int(self.starts[-1])
+        self._bins = [np.memmap(p, mode="r", dtype=np.uint8) if n else np.zeros(0, np.uint8)
+                      for p, n in zip(self.bin_paths, sizes)]
 
     def __len__(self) -> int:
         return self.length
 
+    def _bytes(self, start: int, end: int):
+        """Bytes start..end of the virtual concatenation of the shards (a view unless a row spans two)."""
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while start < end:
+            lo = start - int(self.starts[first])
+            hi = min(end, int(self.starts[first + 1])) - int(self.starts[first])
+            pieces.append(self._bins[first][lo:hi])
+            start += hi - lo
+            first += 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
     def __getitem__(self, i: int) -> np.ndarray:
-        """Item ``i`` as a read-only array view; a clear error past the end of either file."""
+        """Item ``i`` as a read-only array; a clear error past the end of either file."""
         if not 0 <= i < self.length:
             raise PrunememError(f"{self.idx_path}: row {i} is past the end of the index ({self.length} rows)")
         start, size = int(self.pointers[i]), int(self.sizes[i])
         end = start + size * self.dtype.itemsize
         if start < 0 or end > self.bin_size:
-            raise PrunememError(f"{self.bin_path}: row {i} spans bytes {start}-{end} but the file has "
+            have = "the file has" if len(self.bin_paths) == 1 else f"its {len(self.bin_paths)} shards have"
+            raise PrunememError(f"{self.bin_path}: row {i} spans bytes {start}-{end} but {have} "
                                 f"{self.bin_size} (truncated .bin or wrong .idx)")
-        return np.frombuffer(self._bin, dtype=self.dtype, count=size, offset=start)
+        return np.frombuffer(self._bytes(start, end), dtype=self.dtype, count=size) if size else \
+            np.zeros(0, self.dtype)
 
 
 def write(prefix: str | Path, items: list, dtype=np.uint16) -> None:

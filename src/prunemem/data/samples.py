@@ -29,10 +29,11 @@ from pathlib import Path
 import polars as pl
 
 from prunemem import embedded
+from prunemem.data.layout import hf_specs
 from prunemem.errors import PrunememError
 from prunemem.data.windows import SAMPLE_SCHEMA, _calibration_windows, _perplexity_docs  # noqa: F401 (shared with sampling)
 from prunemem.data.windows import calibration_pool_size  # noqa: F401
-from prunemem.identity import samples_hash  # noqa: F401 (torch-free, for freshness)
+from prunemem.identity import read_fetch_record, samples_hash  # noqa: F401 (samples_hash: torch-free, for freshness)
 from prunemem.plan import SAMPLE_FILES as FILES, SAMPLE_PROVENANCE as PROVENANCE  # noqa: F401 (the artifact contract)
 from prunemem.provenance import digest_json, read_parquet, record, sha256_file, write_json, write_parquet
 
@@ -116,8 +117,12 @@ def split_search(members: list[dict], n: int, seed: int) -> tuple[list[dict], li
 
 
 def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_name: str,
-          prov_params: dict | None = None) -> dict:
-    """Write the sample sets; ``prov_params`` (``Plan.stage_params("samples", model)``) is what the record keeps."""
+          prov_params: dict | None = None, fetch_record: str | Path | None = None,
+          fetch_command: str = "prunemem fetch") -> dict:
+    """Write the sample sets; ``prov_params`` (``Plan.stage_params("samples", model)``) is what the record keeps.
+
+    ``fetch_record`` is the fetch stage's record (``data/fetched/<model>.json``) when a source is kind hf.
+    """
     from prunemem.checkpoints import checkpoint_hash, tokenizer_hash
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
@@ -126,12 +131,18 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
                             f"{model_name}) or fetch it (dvc pull)")
     source = params["models"][model_name]["source"]
     sources = {}
+    inputs = {"checkpoint": checkpoint_hash(checkpoint_dir)}
     if source == "embedded":
         sets = embedded_sets(checkpoint_dir, params)
     else:  # hub: members / heldout sources, plus manifest.parquet tracing every sample to its document
         from prunemem.data.sampling import hub_sets
 
-        sets, sources = hub_sets(checkpoint_dir, params, model_name)
+        if hf_specs(params["models"][model_name]):
+            fetched = read_fetch_record(fetch_record, fetch_command)
+            inputs["fetch"] = fetched["sources_sha256"]
+            sets, sources = hub_sets(checkpoint_dir, params, model_name, fetched["sources"], fetch_command)
+        else:
+            sets, sources = hub_sets(checkpoint_dir, params, model_name)
     for name, frame in sets.items():
         write_parquet(frame, out_dir / name)
         log.info("%s: %d rows", name, frame.height)
@@ -140,7 +151,7 @@ def build(checkpoint_dir: str | Path, out_dir: str | Path, params: dict, model_n
         prov_params = {"samples": params["samples"], "source": source}
         if sources:
             prov_params.update({role: params["models"][model_name][role] for role in ("members", "heldout")})
-    prov = record("samples", {"checkpoint": checkpoint_hash(checkpoint_dir)}, prov_params)
+    prov = record("samples", inputs, prov_params)
     prov.update(files=hashes, samples_sha256=digest_json(hashes), tokenizer_sha256=tokenizer_hash(checkpoint_dir),
                 **({"sources": sources} if sources else {}))
     write_json(out_dir / PROVENANCE, prov)

@@ -221,8 +221,12 @@ def scan(source, seed: int, selectors: list[_Selector], tokenizer, where: str) -
         sel.check(where)
 
 
-def hub_sets(checkpoint_dir: Path, params: dict, model_name: str) -> tuple[dict[str, pl.DataFrame], dict]:
-    """The four sample sets of a hub model, its manifest, and what provenance records about the sources."""
+def hub_sets(checkpoint_dir: Path, params: dict, model_name: str, fetched: dict | None = None,
+             fetch_command: str = "prunemem fetch") -> tuple[dict[str, pl.DataFrame], dict]:
+    """The four sample sets of a hub model, its manifest, and what provenance records about the sources.
+
+    ``fetched``: the fetch record's ``sources`` (by role), for ``kind: hf`` sources.
+    """
     from prunemem.checkpoints import load_tokenizer
     from prunemem.data.windows import (
         SAMPLE_SCHEMA,
@@ -244,8 +248,11 @@ def hub_sets(checkpoint_dir: Path, params: dict, model_name: str) -> tuple[dict[
     seed = samples["seed"]
 
     where_m, where_h = f"models.{model_name}.members", f"models.{model_name}.heldout"
-    members_src = open_source(model["members"], where_m, params, model, "members")
-    heldout_src = open_source(model["heldout"], where_h, params, model, "heldout")
+    fetched = fetched or {}
+    members_src = open_source(model["members"], where_m, params, model, "members", fetched.get("members"),
+                              fetch_command)
+    heldout_src = open_source(model["heldout"], where_h, params, model, "heldout", fetched.get("heldout"),
+                              fetch_command)
     n_search = samples.get("search_members", 0)
     members = WindowSelector("members", samples["training_members"] + n_search, window)
     scan(members_src, seed, [members], tokenizer, where_m)

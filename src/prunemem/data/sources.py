@@ -1,7 +1,8 @@
 """Sample sources behind one interface: ``open_source(spec, ...)`` -> ``Source``.
 
     members: {kind: local, path: corpus.jsonl.zst, text_field: text}
-    heldout: {kind: hf, dataset: monology/pile-uncopyrighted, revision: main, split: validation, text_field: text}
+    heldout: {kind: hf, dataset: monology/pile-uncopyrighted, revision: main, split: validation, text_field: text,
+              split_files: {train: "train/*.jsonl.zst", validation: val.jsonl.zst}}   # after `prunemem fetch`
     members: {kind: pythia-preshuffled, path: /data/pile-deduped/document}    # .bin + .idx
     members: {kind: embedded, split: train}                                   # the bundled corpus
 
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from prunemem.errors import PrunememError
-from prunemem.data.layout import PRESHUFFLED_ROW, local_format
+from prunemem.data.layout import PRESHUFFLED_ROW, file_format, local_format
 from prunemem.provenance import sha256_file
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,131 @@ def _field(row: dict, field: str, where: str) -> str:
     except (KeyError, TypeError):
         fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
         raise PrunememError(f"{where}: no text field {field!r}; fields: {fields}") from None
+    if text is None:
+        raise PrunememError(f"{where}: field {field!r} is null (a document needs text)")
     if not isinstance(text, str):
         raise PrunememError(f"{where}: field {field!r} is {type(text).__name__}, not text")
     return text
+
+
+def _utf8(text: str, where: str, field: str | None) -> str:
+    """Refuse lone surrogates (JSON's "\\ud800"): no UTF-8 text holds them, and tokenizers reject them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        what = f"field {field!r}" if field else "the text"
+        raise PrunememError(f"{where}: {what} holds a lone surrogate ({text[err.start]!r} at character "
+                            f"{err.start}), which is not text") from None
+    return text
+
+
+def _zstd_blocks(raw, path: Path) -> Iterator[bytes]:
+    """The decompressed bytes of every zstd frame in ``raw``, in order; a cut or foreign stream is an error.
+
+    Written with ``decompressobj`` rather than ``stream_reader``: the reader ends quietly at a frame
+    cut short (a truncated download), which would silently drop the documents after the cut.
+    """
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    frame, fed = dctx.decompressobj(), False
+    while block := raw.read(1 << 20):
+        while block:  # a block may end one frame and start the next: the Pile's shards are many frames
+            fed = True
+            out = frame.decompress(block)
+            if out:
+                yield out
+            if frame.eof:
+                block, frame, fed = frame.unused_data, dctx.decompressobj(), False
+            else:
+                block = b""
+    if fed:
+        raise zstandard.ZstdError("the last frame is cut short")
+
+
+def _binary_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without its newline) of a text or zstd file, split on LF only.
+
+    Only LF ends a line, as for `sed -n` and `wc -l`: a lone CR stays inside its line (a CRLF
+    ending loses its CR). A truncated or foreign zstd stream is one line naming the file.
+    """
+    import zstandard
+
+    n, rest = 0, b""
+    try:
+        with open(path, "rb") as raw:
+            blocks = _zstd_blocks(raw, path) if fmt == "jsonl.zst" else iter(lambda: raw.read(1 << 20), b"")
+            for block in blocks:
+                lines = (rest + block).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    n += 1
+                    yield n, line[:-1] if line.endswith(b"\r") else line
+    except zstandard.ZstdError as err:
+        raise PrunememError(f"{path}: corrupt zstd stream after line {n} ({err}); a truncated download or not "
+                            "a .zst file (fetch it again)") from None
+    if rest:  # a last line without its newline
+        yield n + 1, rest[:-1] if rest.endswith(b"\r") else rest
+
+
+def _decode(line: bytes, where: str) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PrunememError(f"{where}: invalid UTF-8 (byte {line[err.start]:#04x} at byte {err.start} of the "
+                            "line)") from None
+
+
+def read_texts(path: Path, fmt: str, field: str | None) -> Iterator[tuple[str, str]]:
+    """(document id, text) of every document of a jsonl, jsonl.zst, parquet or txt file, streamed.
+
+    The readers agree on what a document is: jsonl lines that are blank (a trailing newline,
+    an empty last line) are not documents and are skipped, as ``datasets``' json loader skips
+    them; a txt line is a document even when empty (it then never qualifies for a window), so
+    ``line n`` is always the n-th line as ``sed -n np`` prints it. A null text is an error
+    naming its record in every format.
+    """
+    if fmt == "parquet":
+        yield from _parquet_texts(path, field)
+        return
+    for n, line in _binary_lines(path, fmt):
+        where = f"{path}: line {n}"
+        if fmt == "txt":
+            yield f"line {n}", _utf8(_decode(line, where), where, None)
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(_decode(line, where))
+        except json.JSONDecodeError as err:
+            raise PrunememError(f"{where} is not JSON ({err.msg})") from None
+        yield f"line {n}", _utf8(_field(row, field, where), where, field)
+
+
+def _parquet_texts(path: Path, field: str) -> Iterator[tuple[str, str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise PrunememError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
+    if field not in pf.schema_arrow.names:
+        raise PrunememError(f"{path}: no text field {field!r}; fields: {', '.join(pf.schema_arrow.names)}")
+    kind = pf.schema_arrow.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        raise PrunememError(f"{path}: field {field!r} is {kind}, not text; allowed: a string column")
+    row = 0
+    try:
+        for batch in pf.iter_batches(columns=[field], batch_size=4096):
+            for text in batch.column(0).to_pylist():
+                where = f"{path}: row {row}"
+                if text is None:
+                    raise PrunememError(f"{where}: field {field!r} is null (a document needs text)")
+                yield f"row {row}", _utf8(text, where, field)
+                row += 1
+    except (pa.ArrowException, OSError) as err:
+        raise PrunememError(f"{path}: corrupt parquet after row {row} ({str(err).splitlines()[0]})") from None
 
 
 class LocalSource(Source):
@@ -100,93 +224,77 @@ class LocalSource(Source):
     def label(self) -> str:
         return f"local:{self.path.name}"
 
-    def _texts(self) -> Iterator[tuple[str, str]]:
-        field = self.spec.get("text_field")
-        if self.format == "parquet":
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(self.path)
-            if field not in pf.schema_arrow.names:
-                raise PrunememError(f"{self.path}: no text field {field!r}; fields: {', '.join(pf.schema_arrow.names)}")
-            row = 0
-            for batch in pf.iter_batches(columns=[field], batch_size=4096):
-                for text in batch.column(0).to_pylist():
-                    yield f"row {row}", text if text is not None else ""
-                    row += 1
-            return
-        with self._open() as fh:
-            for n, line in enumerate(fh, start=1):
-                if self.format == "txt":
-                    yield f"line {n}", line.rstrip("\n")
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise PrunememError(f"{self.path}: line {n} is not JSON ({err.msg})") from None
-                yield f"line {n}", _field(row, field, f"{self.path}: line {n}")
-
-    def _open(self):
-        if self.format == "jsonl.zst":
-            # zstandard is not installed here; pyarrow (already required by datasets and polars)
-            # ships a streaming zstd decoder, so no new dependency is needed.
-            import pyarrow as pa
-
-            raw = pa.CompressedInputStream(pa.OSFile(str(self.path)), "zstd")
-            return io.TextIOWrapper(io.BufferedReader(raw, buffer_size=1 << 20), encoding="utf-8")
-        return open(self.path, encoding="utf-8", buffering=1 << 20)
-
     def records(self, seed: int, want: int) -> Iterator[Record]:
         limit = self.spec.get("max_documents")
-        for i, (doc_id, text) in enumerate(self._texts()):
+        for i, (doc_id, text) in enumerate(read_texts(self.path, self.format, self.spec.get("text_field"))):
             if limit is not None and i >= limit:
                 return
             yield text_record(seed, doc_id, text)
 
 
+def fetch_hint(command: str) -> str:
+    """How to fill the HF cache a fetched file is missing from."""
+    from huggingface_hub import constants
+
+    return f"run `HF_HOME={constants.HF_HOME} {command}` where the hub is reachable and bring that cache here"
+
+
+def locate(fetched: dict, command: str, cache_dir: str | None = None) -> list[tuple[str, Path]]:
+    """(file name, cached path) of every fetched file, checked against its recorded hash by blob name.
+
+    The cache names an LFS blob by its sha256 and any other blob by its git id, and fetch verified
+    the bytes, so the name is the check here: sampling does not re-hash gigabytes.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    out = []
+    for entry in fetched["files"]:
+        path = try_to_load_from_cache(fetched["dataset"], entry["name"], cache_dir=cache_dir,
+                                      revision=fetched["commit_sha"], repo_type="dataset")
+        want = entry.get("sha256", entry.get("git_oid"))
+        if not isinstance(path, str) or not os.path.isfile(path):
+            raise PrunememError(f"{fetched['dataset']}@{fetched['revision']} ({fetched['commit_sha'][:12]}): "
+                                f"{entry['name']} is not in the Hugging Face cache "
+                                f"({cache_dir or constants.HF_HUB_CACHE}); {fetch_hint(command)}")
+        if Path(os.path.realpath(path)).name != want:
+            raise PrunememError(f"{path}: cached blob {Path(os.path.realpath(path)).name[:12]}... is not the fetched "
+                                f"{want[:12]}...; run `{command}` again")
+        out.append((entry["name"], Path(path)))
+    return out
+
+
 class HfSource(Source):
-    """``datasets`` streaming of a dataset id at a revision pinned to its commit sha."""
+    """A hub dataset's split, read from the files ``prunemem fetch`` put in the HF cache.
 
-    def __init__(self, spec: dict, where: str):
+    Streams the fetched files in name order with ``read_texts`` (no ``datasets`` streaming: it
+    neither reads the HF cache offline nor knows splits without a dataset card), up to
+    ``max_documents``. Document ids are ``<file>:line <n>``.
+    """
+
+    def __init__(self, spec: dict, where: str, fetched: dict, command: str):
         super().__init__(spec, where)
-        self.sha = self._resolve()
-
-    def _resolve(self) -> str:
-        """The dataset's commit sha: from the hub, or the revision itself offline / for a local dataset dir."""
-        from huggingface_hub import HfApi, constants
-
-        dataset, revision = self.spec["dataset"], self.spec["revision"]
-        if Path(dataset).is_dir() or constants.HF_HUB_OFFLINE:
-            return revision
-        from huggingface_hub.errors import HfHubHTTPError
-
-        try:
-            return HfApi().dataset_info(dataset, revision=revision).sha
-        except HfHubHTTPError as err:
-            raise PrunememError(f"{self.where}: {dataset}@{revision}: {str(err).splitlines()[0]}") from None
+        if fetched.get("dataset") != spec["dataset"] or fetched.get("revision") != spec["revision"] or \
+                fetched.get("split") != spec["split"]:
+            raise PrunememError(f"{where}: the fetch record is for {fetched.get('dataset')}@{fetched.get('revision')} "
+                                f"split {fetched.get('split')}; run `{command}` again")
+        self.fetched, self.sha = fetched, fetched["commit_sha"]
+        self.files = [(name, path, file_format(spec, name)) for name, path in locate(fetched, command)]
 
     def identity(self) -> dict:
-        return {**self.spec, "resolved_sha": self.sha}
+        return {**self.spec, "resolved_sha": self.sha, "files": self.fetched["files"]}
 
     def label(self) -> str:
         return f"hf:{self.spec['dataset']}@{self.sha[:12]}/{self.spec['split']}"
 
     def records(self, seed: int, want: int) -> Iterator[Record]:
-        import datasets
-
-        spec = self.spec
-        try:
-            local = Path(spec["dataset"]).is_dir()  # a dataset directory has no revisions
-            stream = datasets.load_dataset(spec["dataset"], spec.get("config"), revision=None if local else self.sha,
-                                           split=spec["split"], streaming=True)
-        except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
-            raise PrunememError(f"{self.where}: cannot stream {spec['dataset']}@{self.sha} split "
-                                f"{spec['split']} ({str(err).splitlines()[0]})") from None
-        limit = spec.get("max_documents")
-        for i, row in enumerate(stream):
-            if limit is not None and i >= limit:
-                return
-            text = _field(row, spec["text_field"], f"{spec['dataset']} {spec['split']}[{i}]")
-            yield text_record(seed, f"{spec['split']}[{i}]", text)
+        limit = self.spec.get("max_documents")
+        i = 0
+        for name, path, fmt in self.files:
+            for doc_id, text in read_texts(path, fmt, self.spec["text_field"]):
+                if limit is not None and i >= limit:
+                    return
+                i += 1
+                yield text_record(seed, f"{name}:{doc_id}", text)
 
 
 class EmbeddedSource(Source):
@@ -232,7 +340,8 @@ class PreshuffledSource(Source):
 
     def identity(self) -> dict:
         return {**self.spec, "step": self.step, "rows": list(self.rows), "index_rows": len(self.data),
-                "idx_sha256": sha256_file(self.data.idx_path), "bin_bytes": self.data.bin_size}
+                "idx_sha256": sha256_file(self.data.idx_path), "bin_bytes": self.data.bin_size,
+                "bin_files": [p.name for p in self.data.bin_paths]}
 
     def label(self) -> str:
         return f"pythia-preshuffled:{self.data.prefix.name}"
@@ -251,15 +360,22 @@ class PreshuffledSource(Source):
             yield Record(rank, f"row {row} (step {row // STEP_ROWS})", tokens=tokens, size=len(tokens))
 
 
-def open_source(spec: dict, where: str, params: dict, model: dict, role: str) -> Source:
-    """The source a ``members`` / ``heldout`` spec describes; ``where`` names it in errors."""
+def open_source(spec: dict, where: str, params: dict, model: dict, role: str, fetched: dict | None = None,
+                command: str = "prunemem fetch") -> Source:
+    """The source a ``members`` / ``heldout`` spec describes; ``where`` names it in errors.
+
+    ``fetched``: for ``kind: hf``, this role's entry of the fetch record; ``command`` the fetch
+    command that makes it, named in errors.
+    """
     from prunemem.data.layout import preshuffled_step
 
     kind = spec["kind"]
     if kind == "local":
         return LocalSource(spec, where)
     if kind == "hf":
-        return HfSource(spec, where)
+        if fetched is None:
+            raise PrunememError(f"{where}: kind hf reads fetched files; run `{command}` first")
+        return HfSource(spec, where, fetched, command)
     if kind == "embedded":
         return EmbeddedSource(spec, where, params)
     return PreshuffledSource(spec, where, preshuffled_step(model), role)
