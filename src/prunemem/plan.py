@@ -277,6 +277,9 @@ def _validate_prune(params: dict, source: str) -> None:
                             check_evop_level(level, blocks, evop["granularity"], key)
                         except PrunememError as err:
                             raise PrunememError(f"{source}: {err}") from None
+    if prune.get("random_seeds") and not any(registry.resolve(n, params).replicates for n in prune["methods"]):
+        raise PrunememError(f"{source}: prune.random_seeds: replicates of the random control, but prune.methods has "
+                            "no random; allowed: add random to prune.methods, or drop random_seeds")
 
 
 def _validate_compress(params: dict, source: str) -> None:
@@ -397,7 +400,14 @@ class Plan:
 
     @property
     def methods(self) -> list[str]:
-        return list(self.params["prune"]["methods"])
+        """prune.methods, with a replicate ``random-s<N>`` of the random control after ``random`` for
+        every seed N in ``prune.random_seeds`` (its spread is the control's noise floor)."""
+        out: list[str] = []
+        for name in self.params["prune"]["methods"]:
+            out.append(name)
+            if self.method(name).replicates:
+                out += [registry.replicate_name(name, seed) for seed in self.params["prune"].get("random_seeds", [])]
+        return list(dict.fromkeys(out))  # a replicate also named in prune.methods appears once
 
     @cached_property
     def levels(self) -> list[str]:

@@ -11,7 +11,8 @@ Writes to ``data/metrics/{model}/{method}/{level}/``:
 - ``perplexity_windows.parquet``: one row per scored window: its summed NLL, scored tokens and the
   perplexity document its first scored token lies in, so the report can bootstrap over documents;
 - ``summary.json``: per-k rates with Wilson 95% intervals, re-check and cross-check counts,
-  perplexity, sparsity, MIA AUCs with bootstrap CIs and TPR at 1% FPR, device, provenance.
+  perplexity (and, for dense, ``reference_perplexity``: unigram, bigram, no blocks), sparsity,
+  MIA AUCs with bootstrap CIs and TPR at 1% FPR, device, provenance.
 
 Runs in fp32 on CPU and bf16 on CUDA by default (``evaluate.device``/``evaluate.dtype``); the
 batch size is fitted to free memory (``evaluate.batch_size: auto``). Every finished batch is
@@ -37,6 +38,7 @@ from prunemem.errors import PrunememError
 from prunemem.evaluate import mia
 from prunemem.evaluate.memorization import FIELDS, greedy_extracted, score_batch
 from prunemem.evaluate.perplexity import combine, span_nll, spans
+from prunemem.evaluate.reference import reference_perplexity
 from prunemem.evaluate.stats import rate_row
 from prunemem.plan import Plan
 from prunemem.prune import masks as mask_io
@@ -244,6 +246,11 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
         "document": np.searchsorted(doc_starts, [s.first_scored for s in todo], side="right").astype(np.int32) - 1,
         "nll": nll.double().numpy(), "tokens": np.array([s.end - s.first_scored for s in todo], np.int32)})
     log.info("perplexity %.3f over %d tokens (%d batches resumed)", ppl, n_scored, store.resumed)
+    references = {}
+    if plan.method(method).kind == "dense":  # the quality regime: unigram, bigram and no blocks beside dense
+        references = {"reference_perplexity": reference_perplexity(model, ckpt_dir, ppl_tokens, todo, ppl_batch)}
+        log.info("reference perplexity: %s",
+                 ", ".join(f"{k} {v:.2f}" for k, v in references["reference_perplexity"].items()))
 
     reference = model if dtype == torch.float32 else None
     if reference is None and (ev["cross_check"] or any(
@@ -275,7 +282,7 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     write_parquet(ppl_frame, out_dir / "perplexity_windows.parquet")
     summary = {
         "model": model_name, "method": method, "level": level, "perplexity": ppl, "perplexity_tokens": n_scored,
-        **sp, "compression": compression, "per_k": rates, "mia": mia_rows,
+        **references, **sp, "compression": compression, "per_k": rates, "mia": mia_rows,
         "device": device, "dtype": str(dtype).removeprefix("torch."), "batch_size": batch,
         "perplexity_batch_size": ppl_batch,
         "memorization_sha256": sha256_file(out_dir / "memorization.parquet"),

@@ -101,6 +101,7 @@ class Method:
     twin_of: str | None = None  # '-ccds': the same method on random calibration, for paired comparison
     reference: bool = False
     replicate_of: str | None = None  # 'random-s2' -> 'random'
+    replicates: bool = False  # '<name>-s<N>' names a replicate of it (prune.random_seeds adds them)
     paper: bool = False  # one of the paper's own strategies
     subset: bool = False  # prunes part of the prunable weights only
 
@@ -178,8 +179,14 @@ def _from_entry(name: str, entry: Entry, params: dict, **changes) -> Method:
         (CLUSTER_KEYS if calibration == "cluster" else ()) + (SEARCH_SPLIT_KEYS if entry.search_split else ())
     method = Method(name, "mask", entry.family, entry.name, entry.target, tuple(dict.fromkeys(keys)), calibration,
                     entry.removes_units, entry.search, entry.search_split, threads=entry.threads,
-                    loads_model=calibrated, reference=entry.reference, paper=entry.paper, subset=entry.subset)
+                    loads_model=calibrated, reference=entry.reference, paper=entry.paper, subset=entry.subset,
+                    replicates=entry.replicates)
     return replace(method, **changes)
+
+
+def replicate_name(base: str, seed: int) -> str:
+    """The grid name of ``base``'s replicate at ``seed``: random -> random-s3 (the grammar's inverse)."""
+    return f"{base}-s{seed}"
 
 
 def _lookup(params: dict, key: str):
@@ -231,7 +238,7 @@ def resolve(name: str, params: dict) -> Method:
         base = _from_entry(name, REGISTRY[rep["base"]], params)
         # the seed is in the name, so the shared prune.seed is not read
         return replace(base, seed=int(rep["seed"]), params=tuple(k for k in base.params if k != "prune.seed"),
-                       replicate_of=rep["base"])
+                       replicate_of=rep["base"], replicates=False)
     raise PrunememError(f"prune.methods: unknown method {name!r}; allowed: {_allowed()}")
 
 
