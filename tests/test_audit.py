@@ -82,6 +82,16 @@ def test_tampered_per_sample_results_and_a_missing_artifact(study):
     assert "data/transforms/tiny/lowrank/0.5.json: missing; run the pipeline" in lines
 
 
+def test_a_tampered_figure_and_perplexity_windows(study):
+    figure = sorted((study / "reports/figures").glob("*.svg"))[0]
+    figure.write_text(figure.read_text() + "<!-- edited -->")
+    (study / "data/metrics/tiny/dense/0/perplexity_windows.parquet").write_bytes(b"PAR1 not really")
+    code, lines, _ = audit(study)
+    assert code == 1
+    assert any(line.startswith(f"reports/figures/{figure.name}: sha256 is") for line in lines), lines
+    assert any(line.startswith("data/metrics/tiny/dense/0/perplexity_windows.parquet: sha256 is") for line in lines)
+
+
 def test_freshness_judges_each_artifact_by_its_own_record(study, monkeypatch):
     import os
 
