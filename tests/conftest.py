@@ -49,9 +49,11 @@ SMALL = {
 
 
 def md5s(root: Path) -> dict[str, str]:
-    """md5 of every file under ``root``'s data/ and reports/: the artifacts a run produces."""
+    """md5 of every file under ``root``'s data/ and reports/: the artifacts a run produces (not the
+    ``.snakemake_timestamp`` Snakemake leaves in a directory output, which DVC ignores by .dvcignore)."""
     return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-            for d in ("data", "reports") for p in sorted((root / d).rglob("*")) if p.is_file()}
+            for d in ("data", "reports") for p in sorted((root / d).rglob("*"))
+            if p.is_file() and p.name != ".snakemake_timestamp"}
 
 
 def tiny_config(vocab: int = 64, hidden: int = 32, layers: int = 4, heads: int = 4, ctx: int = 64):

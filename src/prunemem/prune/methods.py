@@ -54,6 +54,11 @@ class MaskResult:
     removed_sublayers: list[str] = field(default_factory=list)  # EvoP at sublayer granularity: "2.mlp"
     info: dict = field(default_factory=dict)  # how the mask was found (calibration choice, search history)
 
+    def __post_init__(self):
+        # a method may return bool keep-masks; they are packed here, tensor by tensor, so every
+        # artifact holds bits and a new method stays one small function
+        self.masks = {n: m if isinstance(m, BitMask) else BitMask.of(m) for n, m in self.masks.items()}
+
     def bool_masks(self) -> dict[str, torch.Tensor]:
         """The masks unpacked to bool tensors (small models and tests)."""
         return {name: mask.bool() for name, mask in self.masks.items()}
