@@ -182,7 +182,7 @@ def search_estimate(args, rate_flops: float, rate_label: str) -> None:
     blocks_only = n - config.vocab_size * config.hidden_size
     removed = search.removed_count(args.level, config.num_hidden_layers)
     skipped = removed * blocks_only / config.num_hidden_layers  # what one-at-a-time scoring would not compute
-    evaluations = args.population * args.generations  # the bound resources.py plans for
+    evaluations = args.population * args.generations  # the bound cluster.py plans for
     unique = args.population + (args.generations - 1) * (args.population - args.elite)  # elites come from the cache
     # evop-mem's search split: score_batch runs max(k) + suffix - 1 positions through the blocks, the head on suffix
     window = args.k + args.suffix
@@ -193,7 +193,7 @@ def search_estimate(args, rate_flops: float, rate_label: str) -> None:
           f"of which at most {unique} are new with elite {args.elite}; attention-score FLOPs (4 * h * T / 2 per "
           f"token and layer, causal) not counted: +{100 * 4 * 24 * 2048 * 1024 / (2 * n):.0f}% at 2,048 tokens):")
     print(f"| calibration | method | FLOPs per candidate | search FLOPs ({evaluations} cand.) | {rate_label} | "
-          f"at 25% MFU (resources.py) | removed blocks skipped ({removed} of 24, level {args.level:g}), "
+          f"at 25% MFU (cluster.py) | removed blocks skipped ({removed} of 24, level {args.level:g}), "
           f"{rate_label} |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for rows, tokens, note in ((128, 2048, "pythia-evop.yaml"), (32, 512, "smaller set")):

@@ -19,7 +19,7 @@ Timings do not depend on weight values, so the models are randomly initialised. 
 
 It writes ``gpu.json`` and ``gpu.md`` (one table) under ``--out``. Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU and the tracked tensor bytes
-(``calibrate.LiveBytes``) on the CPU.
+(``blockwise.LiveBytes``) on the CPU.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def sync(device: str) -> None:
 @contextlib.contextmanager
 def measured(device: str):
     """{'seconds', 'peak_bytes'}: wall time and the peak of memory allocated above the start."""
-    from prunemem.calibrate import LiveBytes
+    from prunemem.blockwise import LiveBytes
 
     out: dict = {}
     sync(device)
@@ -171,7 +171,7 @@ def predicted_hours(eval_rate: float, method_rates: dict) -> dict:
     measured evaluation rate, plus every calibrated job's FLOPs at its method's measured rate."""
     from prunemem import memplan
     from prunemem.plan import Plan
-    from prunemem.resources import _evaluation_tokens, _shapes, parameter_count
+    from prunemem.cluster import _evaluation_tokens, _shapes, parameter_count
 
     out = {}
     for name, files in (("paper", ["pythia.yaml"]), ("sota", ["pythia.yaml", "pythia-sota.yaml"])):

@@ -8,7 +8,7 @@ huggingface_hub download code filling an HF cache, then HF_HUB_OFFLINE=1), but t
 is EleutherAI/pythia-160m's shape: hidden 768, 12 layers, 12 heads, vocab 50304, context 2048,
 random weights. Each CLI verb runs in its own process, as Snakemake and DVC run it, and is timed
 (wall and CPU of the child). From the evaluation's measured throughput and each model's
-FLOPs (``prunemem.resources``), it predicts the cost of the full paper grid on this machine and
+FLOPs (``prunemem.cluster``), it predicts the cost of the full paper grid on this machine and
 on GPUs at the profile's assumed throughput.
 """
 
@@ -48,7 +48,7 @@ def main() -> None:
 
     from prunemem import embedded
     from prunemem.plan import Plan
-    from prunemem.resources import ASSUMED_FLOPS, _evaluation_tokens, parameter_count
+    from prunemem.cluster import ASSUMED_FLOPS, _evaluation_tokens, parameter_count
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="prunemem-rehearsal-"))
     work.mkdir(parents=True, exist_ok=True)

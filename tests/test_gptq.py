@@ -56,7 +56,7 @@ def test_gptq_reconstructs_layer_outputs_better_than_rtn():
 
 
 def test_blockwise_calibration_sees_each_block_once_and_propagates_edits(random_model):
-    from prunemem.calibrate import HessianStats, blockwise
+    from prunemem.blockwise import HessianStats, blockwise
 
     ids = torch.randint(1, 64, (6, 16), generator=torch.Generator().manual_seed(0))
     seen = []
@@ -79,7 +79,7 @@ def test_blockwise_calibration_sees_each_block_once_and_propagates_edits(random_
 
 
 def test_first_block_hessian_matches_direct_computation(random_model):
-    from prunemem.calibrate import HessianStats, blockwise
+    from prunemem.blockwise import HessianStats, blockwise
 
     ids = torch.randint(1, 64, (4, 12), generator=torch.Generator().manual_seed(5))
     captured = {}

@@ -90,7 +90,7 @@ def test_every_module_is_a_dep_of_exactly_the_jobs_that_import_it(tracked, monke
     plan = Plan.load(["params.yaml"])
     expected = _closure_jobs(plan, tracked)
     assert any(len(jobs) == 0 for jobs in expected.values())  # the CLI, the audit ... shape no artifact
-    assert "mask-tiny-wanda-0_5" in expected["src/prunemem/calibrate.py"]  # crosses the package folder
+    assert "mask-tiny-wanda-0_5" in expected["src/prunemem/blockwise.py"]  # crosses the package folder
     assert "evaluate-tiny-global-0_5" in expected["src/prunemem/prune/masks.py"]
     # Snakemake: each job's declared inputs, as the dry run of every job prints them
     jobs = _job_of_output(plan, tracked)
@@ -144,7 +144,7 @@ def test_editing_a_module_makes_exactly_its_importers_stale_in_both_tools(tracke
     # the declarations of every module are checked above; here the tools' own verdicts, for the module that
     # crosses package folders, one only the masks import, one no job imports (both tools), and one only
     # the evaluations and one only the report import (DVC)
-    dry_checked = {"src/prunemem/calibrate.py", "src/prunemem/prune/methods.py", "src/prunemem/cli.py"}
+    dry_checked = {"src/prunemem/blockwise.py", "src/prunemem/prune/methods.py", "src/prunemem/cli.py"}
     chosen = [*sorted(dry_checked), "src/prunemem/evaluate/perplexity.py", "src/prunemem/report/html.py"]
     assert len({frozenset(expected[m]) for m in chosen}) == len(chosen)  # five different closures
     with Repo(str(tracked)) as repo:
@@ -189,7 +189,7 @@ def test_a_hand_edited_dvc_yaml_fails_the_audit_naming_the_stage(tracked, tmp_pa
     copy = tmp_path / "repo"
     copy.mkdir()
     stages = yaml.safe_load((tracked / "dvc.yaml").read_text())
-    stages["stages"]["mask-tiny-wanda-0_5"]["deps"].remove("src/prunemem/calibrate.py")
+    stages["stages"]["mask-tiny-wanda-0_5"]["deps"].remove("src/prunemem/blockwise.py")
     del stages["stages"]["report"]
     (copy / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     audit = Audit(Plan.load([tracked / "params.yaml"], root=copy))

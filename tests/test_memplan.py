@@ -8,7 +8,7 @@ import torch
 
 from conftest import REPO, tiny_config
 from prunemem import memplan
-from prunemem.calibrate import HessianStats, LiveBytes, blockwise, choose_offload, resolve_placement
+from prunemem.blockwise import HessianStats, LiveBytes, blockwise, choose_offload, resolve_placement
 from prunemem.errors import PrunememError
 from prunemem.prune import calibrated as cal
 
@@ -83,7 +83,7 @@ def test_twelve_b_plans_fit_one_80gb_gpu():
 
 def test_flops_and_cluster_resources_scale_with_the_method():
     from prunemem.plan import Plan
-    from prunemem.resources import job_resources
+    from prunemem.cluster import job_resources
 
     shapes = memplan.Shapes.pythia("12b")
     flops = {m: memplan.calibration_flops(m, shapes, 128, 2048) for m in ("wanda", "owl", "sparsegpt", "sleb")}

@@ -172,7 +172,7 @@ def test_the_plugin_refuses_output_in_slurm_extra():
 
 
 def test_evop_overlay_adds_the_search_methods_with_gpu_time_for_the_search():
-    from prunemem.resources import job_resources
+    from prunemem.cluster import job_resources
 
     evop = REPO / "workflow" / "configs" / "pythia-evop.yaml"
     plan = Plan.load([PYTHIA, evop])
@@ -190,7 +190,7 @@ def test_evop_overlay_adds_the_search_methods_with_gpu_time_for_the_search():
 
 
 def test_sota_overlay_every_method_on_every_size_with_resources_from_its_cost():
-    from prunemem.resources import job_resources
+    from prunemem.cluster import job_resources
 
     plan = Plan.load([PYTHIA, REPO / "workflow" / "configs" / "pythia-sota.yaml"])
     assert plan.params["samples"]["calibration"] == {"sequences": 128, "tokens": 2048, "pool": 128}

@@ -75,7 +75,7 @@ def test_random_replicates_are_grid_methods_with_their_own_seed(default_params):
 
 def test_the_registry_plan_and_workflow_modules_import_without_torch():
     code = ("import sys, prunemem.prune.registry, prunemem.plan, prunemem.freshness, prunemem.dvcgen, "
-            "prunemem.resources, prunemem.audit; assert 'torch' not in sys.modules, 'torch imported'")
+            "prunemem.cluster, prunemem.audit; assert 'torch' not in sys.modules, 'torch imported'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=venv_env())
     assert run.returncode == 0, run.stderr
 

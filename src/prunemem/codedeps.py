@@ -3,7 +3,7 @@
     python -c "from prunemem.codedeps import closure; print(*closure('prunemem.prune.run'), sep='\\n')"
 
 Code deps decide when an edit reruns a job (DVC ``deps:``, Snakemake ``input: code``), so they
-must be what runs, not what a folder name suggests: Wanda's mask runs ``calibrate.py`` and
+must be what runs, not what a folder name suggests: Wanda's mask runs ``blockwise.py`` and
 SparseGPT ``compress/gptq.py``. This walks the AST of each module, function-local imports
 included (a lazy import still runs), plus every package ``__init__`` an import executes, and
 adds the data files the code opens (``resources.files("prunemem").joinpath("<file>")`` and

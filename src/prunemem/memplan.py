@@ -4,7 +4,7 @@
     plan("sparsegpt", Shapes.pythia("12b"), sequences=128, seq_len=2048)   # {'device': ..., 'host': ..., ...}
 
 Arithmetic only (no torch), so the scheduler and the docs can read it. What is counted follows
-:func:`prunemem.calibrate.blockwise` and the kernels of ``prune.calibrated`` / ``compress.gptq``:
+:func:`prunemem.blockwise.blockwise` and the kernels of ``prune.calibrated`` / ``compress.gptq``:
 
 - ``weights``: the whole model in the weight dtype, or, offloaded, the non-block modules plus one block;
 - ``activations``: one block's calibration inputs, sequences x seq_len x hidden in the weight dtype

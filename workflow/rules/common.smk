@@ -12,7 +12,7 @@ from prunemem.dvcgen import write_dvc_yaml
 from prunemem.errors import PrunememError
 from prunemem.plan import METRICS_FILES, REPORT_DIRECTORIES, REPORT_FILES, SAMPLE_FILES, SAMPLE_PROVENANCE, Plan, read_params
 from prunemem.plan import validate as validate_params
-from prunemem.resources import job_resources, job_threads
+from prunemem.cluster import job_resources, job_threads
 
 
 # params.yaml unless --configfile names others: a preset such as workflow/configs/pythia.yaml
@@ -101,7 +101,7 @@ def threads_of(stage):
 
 
 def resources_of(stage):
-    """gpu, cpus_per_gpu, mem_mb and runtime of a rule's jobs, scaled per model (prunemem.resources)."""
+    """gpu, cpus_per_gpu, mem_mb and runtime of a rule's jobs, scaled per model (prunemem.cluster)."""
     def one(key):
         return lambda wildcards: job_resources(PLAN, job_of(stage, wildcards))[key]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from prunemem.calibrate import Placement, place, resolve_placement
+from prunemem.blockwise import Placement, place, resolve_placement
 from prunemem.compress.lowrank import factors, rank_for
 from prunemem.compress.quantize import bits_per_weight, check, dequantize, quantize
 from prunemem.errors import PrunememError
@@ -103,7 +103,7 @@ def transform_model(model, spec: dict, key: str, calibration: torch.Tensor | Non
     Units are parameters for low-rank and 16-bit weights for quantization. ``store`` receives the
     compact form of every transformed matrix (codes and scales, or factors), on the host.
     """
-    from prunemem.calibrate import HessianStats, blockwise
+    from prunemem.blockwise import HessianStats, blockwise
     from prunemem.compress.gptq import gptq
     from prunemem.prune.targets import prunable
 

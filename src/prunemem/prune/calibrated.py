@@ -125,7 +125,7 @@ class SkipBlock(torch.nn.Module):
 @torch.no_grad()
 def calibration_loss(model, calibration: torch.Tensor, batch_size: int = 8) -> float:
     """Mean next-token loss over the calibration rows, on the device the model computes on."""
-    from prunemem.calibrate import compute_device, streamed
+    from prunemem.blockwise import compute_device, streamed
 
     device = compute_device(model)
     total, count = 0.0, 0

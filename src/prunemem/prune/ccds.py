@@ -28,7 +28,7 @@ def embed(model, windows: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     Runs the transformer body only (no unembedding: a micro-batch's logits would be the largest
     tensor of the pass), on the device the model computes on, blocks streamed when offloaded.
     """
-    from prunemem.calibrate import compute_device, streamed
+    from prunemem.blockwise import compute_device, streamed
 
     device = compute_device(model)
     out = []
@@ -75,7 +75,7 @@ def select(pool: torch.Tensor, n: int, sampling: str, seed: int, clusters: int =
            load_model=None) -> tuple[torch.Tensor, dict]:
     """(the calibration sequences, a record of how they were chosen) from the pool.
 
-    ``load_model`` gives the dense model, already placed (``prunemem.calibrate.place``); the mask
+    ``load_model`` gives the dense model, already placed (``prunemem.blockwise.place``); the mask
     job hands the same model on to the method, so CCDS never loads a second copy.
     """
     if sampling == "random":

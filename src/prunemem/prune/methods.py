@@ -10,7 +10,7 @@ Activation-aware methods (wanda, sparsegpt, owl over wanda, sleb, wanda-NofM, sp
 the calibration set through ``MaskContext.calibration``; N:M methods (``magnitude-2of4``,
 ``wanda-4of8``, ``sparsegpt-2of4``) have the single level 1 - N/M. Calibrated methods get a model
 already placed where it computes (``prune.device`` / ``prune.dtype``, see
-``prunemem.calibrate.Placement``) and return their masks and carried weights on the host. ``evop`` and ``evop-mem`` search which blocks or
+``prunemem.blockwise.Placement``) and return their masks and carried weights on the host. ``evop`` and ``evop-mem`` search which blocks or
 sublayers to remove (``prunemem.prune.search``); ``evop-mem`` also reads the search split.
 A method reads only the params keys its registry entry declares (``ctx.cfg`` is ``params["prune"]``).
 """
@@ -113,7 +113,7 @@ def _blockwise_rows(ctx: MaskContext, block_level: Callable[[int], float], nm: t
     Masks and SparseGPT's updated weights go to the host as each linear is done, so the device
     holds one block's working set, never the whole model's masks.
     """
-    from prunemem.calibrate import HessianStats, blockwise
+    from prunemem.blockwise import HessianStats, blockwise
     from prunemem.prune import calibrated as cal
 
     model, masks = model if model is not None else ctx.load_model(), {}
@@ -150,7 +150,7 @@ def sparsegpt(ctx: MaskContext, level: float) -> MaskResult:
 
 def owl(ctx: MaskContext, level: float) -> MaskResult:
     """OWL: per-block sparsity from outlier ratios, then Wanda or magnitude within each block."""
-    from prunemem.calibrate import blockwise
+    from prunemem.blockwise import blockwise
     from prunemem.prune import calibrated as cal
 
     spec, source = ctx.cfg["owl"], ctx.source

@@ -41,7 +41,7 @@ REPLICATE_NAME = re.compile(r"^(?P<base>[a-z0-9]+)-s(?P<seed>[0-9]+)$")
 # what every calibrated method reads through the stage's calibration loader (prune/run.py, compress/run.py)
 CALIBRATION_KEYS = ("samples.calibration.sequences", "samples.seed")
 CLUSTER_KEYS = ("prune.ccds.clusters",)
-# where a calibrated method computes (prunemem.calibrate.Placement): bf16 on a GPU changes the bytes
+# where a calibrated method computes (prunemem.blockwise.Placement): bf16 on a GPU changes the bytes
 PLACEMENT_KEYS = ("prune.device", "prune.dtype", "prune.offload", "prune.batch_size")
 SEARCH_SPLIT_KEYS = ("samples.k", "samples.suffix_tokens")  # which windows of the search split are scored
 EVOP_KEYS = tuple(f"prune.evop.{k}" for k in ("granularity", "population", "generations", "mutation", "crossover",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from prunemem.calibrate import Placement, place, resolve_placement
+from prunemem.blockwise import Placement, place, resolve_placement
 from prunemem.checkpoints import WEIGHTS, checkpoint_hash, load_model
 from prunemem.data.samples import load_calibration_pool, load_search_split, samples_hash
 from prunemem.plan import Plan, lookup

@@ -134,7 +134,7 @@ class GatedForward(torch.nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep: int = 0):
         from types import SimpleNamespace
 
-        from prunemem.calibrate import block0_inputs
+        from prunemem.blockwise import block0_inputs
 
         (args, kwargs), = block0_inputs(self.model, [input_ids])  # embeddings, rotary tables, causal mask
         hidden, n = args[0], input_ids.shape[0]
