@@ -222,20 +222,21 @@ def informative_ks(results: pl.DataFrame) -> tuple[list[int], list[int]]:
     return [k for k in ks if k in some], [k for k in ks if k not in some]
 
 
+def _family_panels(ds, rows: pl.DataFrame, columns: tuple[str, ...], pick: str) -> list[tuple]:
+    """(dataset name, selection name, title, methods) of each family panel; [] when no method has one."""
+    methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
+    return [(ds(_with_dense_origin(rows, part).select(*columns)).name, f"{pick}_{i}", title, part)
+            for i, (title, part) in enumerate(panels(methods))]
+
+
 def extraction_vs_sparsity(results: pl.DataFrame, model: str, ks: list[int]) -> Figure | None:
     """Extraction (Wilson 95% bars) against achieved sparsity: one panel per family (one column per k)."""
     ds = Datasets()
     rows = _hashes(results.filter((pl.col("model") == model) & pl.col("k").is_in(ks)))
-    methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
-    groups = panels(methods)
-    if not groups:
+    names = _family_panels(ds, rows, ("model", "method", "level", "k", "achieved_sparsity", "extraction_rate",
+                                      "ci_low", "ci_high", "perplexity", "mask", "metrics"), "pick_sparsity")
+    if not names:
         return None
-    names = []
-    for i, (title, part) in enumerate(groups):
-        data = ds(_with_dense_origin(rows, part).select(
-            "model", "method", "level", "k", "achieved_sparsity", "extraction_rate", "ci_low", "ci_high",
-            "perplexity", "mask", "metrics"))
-        names.append((data.name, f"pick_sparsity_{i}", title, part))
     data0, pick0, title0, part0 = names[0]
     data = alt.NamedData(name=data0, format=alt.DataFormat(type="csv"))
     enc, pick = _series(part0, pick0)
@@ -256,15 +257,10 @@ def perplexity_vs_sparsity(results: pl.DataFrame, model: str) -> Figure | None:
     """Held-out perplexity against achieved sparsity, one panel per family."""
     ds = Datasets()
     rows = _hashes(results.filter(pl.col("model") == model).unique(subset=["method", "level"], maintain_order=True))
-    methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
-    groups = panels(methods)
-    if not groups:
+    names = _family_panels(ds, rows, ("model", "method", "level", "achieved_sparsity", "perplexity",
+                                      "extraction_rate", "ci_low", "ci_high", "mask", "metrics"), "pick_ppl")
+    if not names:
         return None
-    names = []
-    for i, (title, part) in enumerate(groups):
-        data = ds(_with_dense_origin(rows, part).select("model", "method", "level", "achieved_sparsity", "perplexity",
-                                                        "extraction_rate", "ci_low", "ci_high", "mask", "metrics"))
-        names.append((data.name, f"pick_ppl_{i}", title, part))
     data0, pick0, title0, part0 = names[0]
     enc, pick = _series(part0, pick0)
     first = alt.Chart(alt.NamedData(name=data0, format=alt.DataFormat(type="csv")), title=title0).mark_line(

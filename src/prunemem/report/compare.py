@@ -268,21 +268,22 @@ def matched_perplexity(results: pl.DataFrame, k: int, budgets=BUDGETS) -> pl.Dat
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
+_UNITS = {"rate": (100, "", " points"), "relative": (100, "%", "")}  # scale, after each number, after all
+
+
+def _number(x: float, unit: str) -> str:
+    scale, each, _ = _UNITS.get(unit, (1, "", ""))
+    return f"{scale * x:+.1f}{each}" if unit in _UNITS else f"{x:+.3f}"
+
+
 def fmt_effect(t: dict) -> str:
     """An effect with its unit: points for rates, % for relative changes, AUC units."""
-    if t["unit"] == "rate":
-        return f"{100 * t['effect']:+.1f} points"
-    if t["unit"] == "relative":
-        return f"{100 * t['effect']:+.1f}%"
-    return f"{t['effect']:+.3f}"
+    return _number(t["effect"], t["unit"]) + _UNITS.get(t["unit"], (1, "", ""))[2]
 
 
 def fmt_ci(t: dict) -> str:
-    if t["unit"] == "rate":
-        return f"{100 * t['ci_low']:+.1f} to {100 * t['ci_high']:+.1f} points"
-    if t["unit"] == "relative":
-        return f"{100 * t['ci_low']:+.1f}% to {100 * t['ci_high']:+.1f}%"
-    return f"{t['ci_low']:+.3f} to {t['ci_high']:+.3f}"
+    return f"{_number(t['ci_low'], t['unit'])} to {_number(t['ci_high'], t['unit'])}" + \
+        _UNITS.get(t["unit"], (1, "", ""))[2]
 
 
 def fmt_p(p: float) -> str:
