@@ -277,9 +277,6 @@ def _validate_prune(params: dict, source: str) -> None:
                             check_evop_level(level, blocks, evop["granularity"], key)
                         except PrunememError as err:
                             raise PrunememError(f"{source}: {err}") from None
-    if prune.get("random_seeds") and not any(registry.resolve(n, params).replicates for n in prune["methods"]):
-        raise PrunememError(f"{source}: prune.random_seeds: replicates of the random control, but prune.methods has "
-                            "no random; allowed: add random to prune.methods, or drop random_seeds")
 
 
 def _validate_compress(params: dict, source: str) -> None:
