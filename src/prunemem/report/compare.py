@@ -269,21 +269,21 @@ def matched_perplexity(results: pl.DataFrame, k: int, budgets=BUDGETS) -> pl.Dat
 
 
 _UNITS = {"rate": (100, "", " points"), "relative": (100, "%", "")}  # scale, after each number, after all
+_PLAIN = (1, "", "")  # AUC units
 
 
 def _number(x: float, unit: str) -> str:
-    scale, each, _ = _UNITS.get(unit, (1, "", ""))
+    scale, each, _ = _UNITS.get(unit, _PLAIN)
     return f"{scale * x:+.1f}{each}" if unit in _UNITS else f"{x:+.3f}"
 
 
 def fmt_effect(t: dict) -> str:
     """An effect with its unit: points for rates, % for relative changes, AUC units."""
-    return _number(t["effect"], t["unit"]) + _UNITS.get(t["unit"], (1, "", ""))[2]
+    return _number(t["effect"], t["unit"]) + _UNITS.get(t["unit"], _PLAIN)[2]
 
 
 def fmt_ci(t: dict) -> str:
-    return f"{_number(t['ci_low'], t['unit'])} to {_number(t['ci_high'], t['unit'])}" + \
-        _UNITS.get(t["unit"], (1, "", ""))[2]
+    return f"{_number(t['ci_low'], t['unit'])} to {_number(t['ci_high'], t['unit'])}{_UNITS.get(t['unit'], _PLAIN)[2]}"
 
 
 def fmt_p(p: float) -> str:
