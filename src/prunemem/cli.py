@@ -2,7 +2,8 @@
 
     prunemem validate                               # check params.yaml, print the plan size
     prunemem fetch      --model pythia-160m         # data/fetched/pythia-160m.json (hub datasets -> HF cache)
-    prunemem checkpoint --model tiny                # data/checkpoints/tiny/
+    prunemem checkpoint --model tiny                # data/checkpoints/tiny/ (a verified copy of the shipped model)
+    prunemem checkpoint --model tiny --retrain --ship   # retrain the embedded model and re-ship it
     prunemem samples    --model tiny                # data/samples/tiny/
     prunemem mask       --model tiny --method global --level 0.5
     prunemem transform  --model tiny --method int4   --level 0     # quantization / low-rank baselines
@@ -85,10 +86,21 @@ def cmd_checkpoint(plan: Plan, args) -> None:
         out = fetch_checkpoint(spec["repo"], spec["revision"], plan.checkpoint_dir(args.model),
                                plan.stage_params("checkpoint", args.model))
     else:
+        import time
+
         from prunemem.checkpoints import build_embedded
 
+        if args.ship and not args.retrain:
+            raise PrunememError("--ship: ships a model trained by this command; allowed: with --retrain")
+        start = time.perf_counter()
         out = build_embedded(plan.checkpoint_dir(args.model), plan.params, progress=_progress("train"),
-                             prov_params=plan.stage_params("checkpoint", args.model))
+                             prov_params=plan.stage_params("checkpoint", args.model), retrain=args.retrain)
+        if args.ship:
+            from prunemem.checkpoints import embedded_recipe
+            from prunemem.shipped import ship
+
+            ship(out, embedded_recipe(plan.params), time.perf_counter() - start,
+                 plan.params["embedded"]["training"]["threads"])
     print(out)
 
 
@@ -171,6 +183,11 @@ def parser() -> argparse.ArgumentParser:
                                ("samples", cmd_samples, "build member / non-member / perplexity sets")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)
+        if name == "checkpoint":
+            p.add_argument("--retrain", action="store_true",
+                           help="embedded: train even when the shipped checkpoint matches the recipe")
+            p.add_argument("--ship", action="store_true",
+                           help="embedded, with --retrain: replace the shipped checkpoint and its pins")
         p.set_defaults(fn=fn)
     for name, fn, helptext in (("mask", cmd_mask, "compute one pruning mask"),
                                ("transform", cmd_transform, "record one compression transform (int8, int4, lowrank)"),
