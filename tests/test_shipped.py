@@ -67,3 +67,16 @@ def test_tampered_shipped_weights_stop_with_one_line(trained, package, tmp_path)
     assert "\n" not in message and str(weights) in message and expected in message
     assert "git checkout" in message and "--retrain" in message
     assert not (tmp_path / "copy").exists()
+
+
+def test_default_params_get_the_shipped_checkpoint():
+    """params.yaml's recipe is the one shipped: editing embedded: without re-shipping fails here, not in `make run`."""
+    from pathlib import Path
+
+    from prunemem.plan import read_params
+
+    pins = shipped.matching_pins(embedded_recipe(read_params([Path(__file__).parents[1] / "params.yaml"])))
+    assert pins is not None, f"params.yaml's embedded: recipe is not the shipped one; re-ship: {shipped.RETRAIN}"
+    for name, expected in pins["files"].items():
+        shipped.verify_pinned(shipped.shipped_dir() / name, expected, "git checkout")
+    assert pins["training"]["canary_fraction"] <= 0.05

@@ -9,6 +9,7 @@
     prunemem transform  --model tiny --method int4   --level 0     # quantization / low-rank baselines
     prunemem evaluate   --model tiny --method dense  --level 0
     prunemem report                                 # reports/results.csv, reports/report.html
+    prunemem export     --model tiny --method global --level 0.5 --out DIR   # a standard HF checkpoint
     prunemem audit                                  # re-hash everything, check it against params and dvc.lock
     prunemem dvc-yaml                               # regenerate dvc.yaml from the plan
 
@@ -167,6 +168,14 @@ def cmd_audit(plan: Plan, args) -> None:
         raise SystemExit(1)
 
 
+def cmd_export(plan: Plan, args) -> None:
+    from prunemem.export import export_variant
+
+    _check_model(plan, args.model)
+    _check_variant(plan, args.model, args.method, args.level)
+    print(export_variant(plan, args.model, args.method, args.level, args.out, args.dtype))
+
+
 def cmd_dvc_yaml(plan: Plan, args) -> None:
     from prunemem.dvcgen import write_dvc_yaml
 
@@ -197,6 +206,13 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--method", required=True)
         p.add_argument("--level", required=True, help="as spelt in paths, e.g. 0.5 (dense: 0)")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("export", help="write one variant as a standard Hugging Face checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--level", required=True, help="as spelt in paths, e.g. 0.5 (dense: 0)")
+    p.add_argument("--out", required=True, help="a new or empty directory")
+    p.add_argument("--dtype", default="float32", help="float32 (the CPU evaluation's, exact), bfloat16 or float16")
+    p.set_defaults(fn=cmd_export)
     sub.add_parser("report", help="results.csv and report.html").set_defaults(fn=cmd_report)
     p = sub.add_parser("audit", help="re-hash every artifact and check it against its recorded inputs and params")
     p.add_argument("--no-dvc", action="store_true", help="skip the comparison with dvc.lock")
