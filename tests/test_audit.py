@@ -113,3 +113,30 @@ def test_freshness_judges_each_artifact_by_its_own_record(study, monkeypatch):
     assert stale[("evaluate", "tiny", "global", "0.5")] == "built with other params"
     assert stale[("mask", "tiny", "global", "0.5")] == "built with other params"  # its header says 0.9
     assert all(stale[job.id] for job in plan.jobs("evaluate")) and stale[("mask", "tiny", "global", "0.9")] is FRESH
+
+
+def test_the_audit_counts_a_masks_bits_itself(tmp_path):
+    """`audit.kept_counts` re-counts packed bits with numpy (torch-free), also beside SparseGPT's bf16
+    weights; a flipped bit changes the count it reports, a truncated tensor is one line."""
+    import torch
+
+    from prunemem.audit import kept_counts
+    from prunemem.errors import PrunememError
+    from prunemem.identity import mask_header
+    from prunemem.prune import masks
+
+    keep = {"a.weight": torch.rand(7, 13, generator=torch.Generator().manual_seed(0)) > 0.3,
+            "b.weight": torch.zeros(3, 5, dtype=torch.bool)}
+    path = tmp_path / "m.safetensors"
+    masks.save(path, keep, method="global", level="0.3", checkpoint_sha256="0" * 64,
+               updated={"a.weight": torch.ones(7, 13, dtype=torch.bfloat16)})
+    meta = mask_header(path)
+    assert kept_counts(path, meta["shapes"]) == meta["kept"] == {n: int(m.sum()) for n, m in keep.items()}
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start] ^= 0x80  # the first weight of the first tensor (keys sorted: a.weight's bits come first)
+    path.write_bytes(bytes(data))
+    assert kept_counts(path, meta["shapes"])["a.weight"] == meta["kept"]["a.weight"] + (-1 if keep["a.weight"][0, 0] else 1)
+    path.write_bytes(bytes(data[:start + 3]))
+    with pytest.raises(PrunememError, match="corrupt mask tensors"):
+        kept_counts(path, meta["shapes"])

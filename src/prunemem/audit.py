@@ -33,6 +33,20 @@ from prunemem.provenance import digest_json, sha256_file
 log = logging.getLogger(__name__)
 
 
+def kept_counts(path: Path, shapes: dict[str, list[int]]) -> dict[str, int]:
+    """Each tensor's kept weights, counted from its packed bits with numpy (no torch: the audit re-counts
+    independently of ``prunemem.prune.masks``, which wrote them); one line on corrupt tensors."""
+    import numpy as np
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            bits = {name: fh.get_tensor(name) for name in shapes}
+    except Exception as err:  # safetensors raises its own error types
+        raise PrunememError(f"{path}: corrupt mask tensors ({err})") from None
+    return {name: int(np.unpackbits(bits[name].reshape(-1))[:math.prod(shape)].sum()) for name, shape in shapes.items()}
+
+
 class Audit:
     def __init__(self, plan: Plan):
         self.plan = plan
@@ -72,7 +86,7 @@ class Audit:
 
     # -- stages ---------------------------------------------------------------------------
     def checkpoint(self, model: str) -> str | None:
-        from prunemem.checkpoints import PROVENANCE, WEIGHTS
+        from prunemem.identity import CHECKPOINT_PROVENANCE as PROVENANCE, WEIGHTS
 
         directory = self.plan.checkpoint_dir(model)
         prov = self._json(directory / PROVENANCE)
@@ -98,7 +112,7 @@ class Audit:
         return prov.get("sources_sha256")
 
     def samples(self, model: str, checkpoint: str | None, fetched: str | None = None) -> str | None:
-        from prunemem.data.samples import PROVENANCE
+        from prunemem.identity import SAMPLES_PROVENANCE as PROVENANCE
 
         directory = self.plan.samples_dir(model)
         prov = self._json(directory / PROVENANCE)
@@ -120,7 +134,7 @@ class Audit:
         return prov.get("samples_sha256")
 
     def mask(self, model: str, method: str, level: str, checkpoint: str | None, samples: str | None) -> None:
-        from prunemem.prune import masks as mask_io
+        from prunemem.identity import mask_header
 
         path = self.plan.mask_path(model, method, level)
         if not path.is_file():
@@ -128,8 +142,8 @@ class Audit:
             return
         self.checked += 1
         try:
-            meta = mask_io.header(path)
-            kept = {name: int(m.sum()) for name, m in mask_io.load(path).items()}
+            meta = mask_header(path)
+            kept = kept_counts(path, meta["shapes"])
         except PrunememError as err:
             self.fail(path, str(err).removeprefix(f"{path}: "))
             return

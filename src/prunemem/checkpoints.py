@@ -9,9 +9,6 @@ A checkpoint is a standard Hugging Face directory (``config.json``, ``model.safe
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,16 +16,8 @@ import torch
 from prunemem import embedded
 from prunemem.errors import PrunememError
 from prunemem.identity import CHECKPOINT_PROVENANCE as PROVENANCE, WEIGHTS  # noqa: F401 (torch-free identity)
-from prunemem.identity import checkpoint_hash, weights_file as _weights_file  # noqa: F401
-from prunemem.provenance import (
-    record,
-    remove_stale_temps,
-    sha256_file,
-    temp_prefix,
-    umask,
-    unwritable,
-    write_json,
-)
+from prunemem.identity import TOKENIZER_FILES, checkpoint_hash, weights_file as _weights_file  # noqa: F401
+from prunemem.provenance import AtomicDir, record, sha256_file, write_json
 from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
@@ -50,7 +39,6 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device
     return model.to(device).eval()
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def tokenizer_hash(directory: str | Path) -> str:
@@ -72,45 +60,6 @@ def load_tokenizer(directory: str | Path):
     except (OSError, ValueError) as err:  # a missing or corrupt tokenizer.json (JSONDecodeError is a ValueError)
         raise PrunememError(f"{Path(directory) / 'tokenizer.json'}: cannot load tokenizer "
                             f"({str(err).splitlines()[0]})") from None
-
-
-class _AtomicDir:
-    """Build a directory under a temporary name; swap it into place only when complete."""
-
-    def __init__(self, final: Path):
-        self.final = final
-
-    def __enter__(self) -> Path:
-        try:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(self.final)
-            self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.final), suffix=".tmp", dir=self.final.parent))
-        except OSError as err:
-            raise unwritable(self.final.parent, err) from err
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError):  # read-only or full disk while writing
-                raise unwritable(self.final, exc) from exc
-            return False
-        try:
-            os.chmod(self.tmp, 0o777 & ~umask())
-            for f in self.tmp.iterdir():
-                os.chmod(f, 0o666 & ~umask())
-            if self.final.exists():
-                # a temporary name, so that a kill between the two renames leaves nothing stale
-                old = self.tmp.with_name(f"{self.tmp.name[:-len('.tmp')]}.old.tmp")
-                os.replace(self.final, old)
-                os.replace(self.tmp, self.final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.tmp, self.final)
-        except OSError as err:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise unwritable(self.final, err) from err
-        return False
 
 
 def embedded_recipe(params: dict) -> dict:
@@ -168,7 +117,7 @@ def build_embedded(out_dir: str | Path, params: dict, progress=None, prov_params
     model = embedded.train(config, stream, cfg["training"], seed, progress=progress, heldout=heldout)
     log.info("trained %d parameters", sum(p.numel() for p in model.parameters()))
 
-    with _AtomicDir(out_dir) as tmp:
+    with AtomicDir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _save_training_rows(stream, tmp / embedded.TRAINING_ROWS)

@@ -96,7 +96,8 @@ def _card(model_name: str, method: str, level: str, prov: dict, summary: dict | 
 def export_variant(plan: Plan, model_name: str, method: str, level: str, out: str | Path,
                    dtype: str = "float32") -> Path:
     """Write the variant to ``out`` (a new directory, written whole or not at all)."""
-    from prunemem.checkpoints import _AtomicDir, load_tokenizer
+    from prunemem.checkpoints import load_tokenizer
+    from prunemem.provenance import AtomicDir
     from prunemem.evaluate.run import load_variant
 
     if dtype not in DTYPES:
@@ -117,7 +118,7 @@ def export_variant(plan: Plan, model_name: str, method: str, level: str, out: st
     kind = plan.kind(method)
     variant_digest = plan.stage_digest(kind, model_name, method, level) if kind in ("mask", "transform") else \
         plan.stage_digest("checkpoint", model_name)
-    with _AtomicDir(out) as tmp:
+    with AtomicDir(out) as tmp:
         model.config.torch_dtype = dtype
         model.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(ckpt).save_pretrained(tmp)

@@ -197,7 +197,8 @@ def verify(path: Path, expected: dict, repo: str, filename: str) -> str:
 def fetch_checkpoint(repo: str, revision: str, out_dir: str | Path, params: dict,
                      cache_dir: str | None = None) -> Path:
     """Resolve, fetch, verify and (for .bin) convert ``repo@revision`` into ``out_dir``."""
-    from prunemem.checkpoints import PROVENANCE, WEIGHTS, _AtomicDir
+    from prunemem.identity import CHECKPOINT_PROVENANCE as PROVENANCE, WEIGHTS
+    from prunemem.provenance import AtomicDir
 
     hf, constants = _hub()
     sha, listing, offline = resolve(repo, revision, cache_dir)
@@ -215,7 +216,7 @@ def fetch_checkpoint(repo: str, revision: str, out_dir: str | Path, params: dict
     log.info("%s@%s = %s: %s verified", repo, revision, sha, ", ".join(paths))
 
     out_dir = Path(out_dir)
-    with _AtomicDir(out_dir) as tmp:
+    with AtomicDir(out_dir) as tmp:
         for name in aux:
             shutil.copyfile(paths[name], tmp / name)
         conversion = _write_weights([paths[n] for n in weights], fmt, tmp / WEIGHTS, tmp / "config.json")
@@ -301,7 +302,8 @@ def adopt_local(path: str | Path, out_dir: str | Path, params: dict, sha256: str
     model store and for a checkpoint shipped with a known hash). Nothing is written unless every
     check passes.
     """
-    from prunemem.checkpoints import PROVENANCE, TOKENIZER_FILES, WEIGHTS, _AtomicDir
+    from prunemem.identity import CHECKPOINT_PROVENANCE as PROVENANCE, TOKENIZER_FILES, WEIGHTS
+    from prunemem.provenance import AtomicDir
 
     src = Path(path)
     if not src.is_dir():
@@ -318,7 +320,7 @@ def adopt_local(path: str | Path, out_dir: str | Path, params: dict, sha256: str
                             "or pytorch_model.bin.index.json)")
     fmt, entry = found
     out_dir = Path(out_dir)
-    with _AtomicDir(out_dir) as tmp:
+    with AtomicDir(out_dir) as tmp:
         for name in dict.fromkeys((*AUX_FILES, *TOKENIZER_FILES)):
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from prunemem.errors import PrunememError
 from prunemem.provenance import read_json, sha256_file
@@ -17,6 +18,8 @@ from prunemem.provenance import read_json, sha256_file
 WEIGHTS = "model.safetensors"
 CHECKPOINT_PROVENANCE = "provenance.json"
 SAMPLES_PROVENANCE = "provenance.json"
+MASK_FORMAT = "prunemem-mask/1"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def weights_file(directory: Path) -> Path:
@@ -64,6 +67,30 @@ def fetched_hash(path: str | Path) -> str:
     if "sources_sha256" not in prov:
         raise PrunememError(f"{path}: corrupt fetch record (no sources_sha256)")
     return prov["sources_sha256"]
+
+
+def mask_header(path: str | Path) -> dict[str, Any]:
+    """A mask's metadata (``prunemem.prune.masks``), JSON fields decoded; one line on a missing or corrupt file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = dict(fh.metadata() or {})
+    except FileNotFoundError:
+        raise PrunememError(f"{path}: mask file not found") from None
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise PrunememError(f"{path}: not a readable safetensors mask ({err})") from None
+    if meta.get("format") != MASK_FORMAT:
+        raise PrunememError(f"{path}: not a prunemem mask (format {meta.get('format')!r}, expected {MASK_FORMAT!r})")
+    try:
+        for key in ("shapes", "kept", "provenance", "removed_blocks", "block_levels", "updated"):
+            meta[key] = json.loads(meta[key])
+        for key, empty in (("removed_sublayers", "[]"), ("info", "{}")):  # absent from older masks
+            meta[key] = json.loads(meta.get(key, empty))
+    except (KeyError, ValueError) as err:
+        raise PrunememError(f"{path}: corrupt mask header ({err})") from None
+    return meta
 
 
 def mask_provenance(path: str | Path) -> dict:

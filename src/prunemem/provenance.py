@@ -18,6 +18,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -112,6 +113,49 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+class AtomicDir:
+    """Build a directory under a temporary name; swap it into place only when complete.
+
+        with AtomicDir(Path("data/checkpoints/tiny")) as tmp:
+            (tmp / "config.json").write_text(...)
+    """
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+
+    def __enter__(self) -> Path:
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.final)
+            self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.final), suffix=".tmp", dir=self.final.parent))
+        except OSError as err:
+            raise unwritable(self.final.parent, err) from err
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError):  # read-only or full disk while writing
+                raise unwritable(self.final, exc) from exc
+            return False
+        try:
+            os.chmod(self.tmp, 0o777 & ~umask())
+            for f in self.tmp.iterdir():
+                os.chmod(f, 0o666 & ~umask())
+            if self.final.exists():
+                # a temporary name, so that a kill between the two renames leaves nothing stale
+                old = self.tmp.with_name(f"{self.tmp.name[:-len('.tmp')]}.old.tmp")
+                os.replace(self.final, old)
+                os.replace(self.tmp, self.final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.final)
+        except OSError as err:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise unwritable(self.final, err) from err
+        return False
+
+
 def read_json(path: str | Path, what: str) -> Any:
     """Parse a JSON artifact; a missing or corrupt file is one line naming it."""
     path = Path(path)
@@ -169,9 +213,14 @@ def environment() -> dict[str, Any]:
     for name in _PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.machine()})"
+    # Only a stage that loaded torch computed on a device. Importing torch just to name one costs
+    # every torch-free job (fetch, checkpoint adoption, report, audit) ~2.5 s (bench/README.md,
+    # "Per-job overhead"), so such a stage records none.
+    torch = sys.modules.get("torch")
+    if torch is None:
+        device = None
+    else:
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.machine()})"
     return {
         "prunemem": __version__,
         "git_commit": git_commit(),

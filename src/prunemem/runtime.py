@@ -18,7 +18,14 @@ def deterministic(threads: int) -> None:
     # use_deterministic_algorithms raises on CUDA without it. Read when cuBLAS starts, so set first.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(threads)  # CPU reductions are split by thread count: a different count, different bits
-    torch.use_deterministic_algorithms(True)  # raises on any op without a deterministic kernel
+    # Raise on any op without a deterministic kernel. torch.use_deterministic_algorithms also sets
+    # Inductor's flag, and importing Inductor (torch._dynamo with it) costs ~3 s of CPU per job
+    # (bench/README.md, "Per-job overhead"). prunemem compiles nothing, so unless Inductor is
+    # already loaded the eager flag alone is set: the same C++ switch the public call sets.
+    if "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=False)
     torch.backends.cudnn.benchmark = False  # autotuning may choose a different kernel on each run
 
 

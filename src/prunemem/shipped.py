@@ -74,15 +74,14 @@ def copy_verified(pins: dict, out_dir: Path, params: dict, prov_params: dict) ->
     """
     import polars as pl
 
-    from prunemem.checkpoints import PROVENANCE, WEIGHTS, _AtomicDir, _save_training_rows, _training_stream, \
-        load_tokenizer
-    from prunemem.provenance import record
+    from prunemem.checkpoints import PROVENANCE, WEIGHTS, _save_training_rows, _training_stream, load_tokenizer
+    from prunemem.provenance import AtomicDir, record
 
     source = shipped_dir()
     for name, expected in pins["files"].items():
         verify_pinned(source / name, expected, _restore_hint(source / name))
     cfg = params["embedded"]
-    with _AtomicDir(out_dir) as tmp:
+    with AtomicDir(out_dir) as tmp:
         for name in pins["files"]:
             shutil.copyfile(source / name, tmp / name)
         tokenizer = load_tokenizer(tmp)

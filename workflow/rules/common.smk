@@ -55,10 +55,17 @@ def job_of(stage, wildcards):
 # (prunemem.freshness): stale ones are rerun, good ones are not rerun for their mtimes alone.
 # This is what keeps a fresh clone + `dvc pull` + a param change honest. It writes only under
 # .snakemake/ (the hash cache and stale stamps), so a dry run leaves the working tree unchanged.
-FILE_HASHES = HashCache(Path(".snakemake/prunemem/sha256-cache.json"))
-VERDICTS = judge(PLAN, FILE_HASHES)
-FILE_HASHES.save()
-SETTLED = settled(PLAN, VERDICTS, Path(workflow.basedir))
+#
+# Only the main Snakemake process judges. A cluster job's own Snakemake processes (the SLURM
+# plugin starts two per job, `--mode remote` with --force) run the one job the main process
+# chose: judging again would rehash the study in every job and race on the shared hash cache.
+if workflow.is_main_process:
+    FILE_HASHES = HashCache(Path(".snakemake/prunemem/sha256-cache.json"))
+    VERDICTS = judge(PLAN, FILE_HASHES)
+    FILE_HASHES.save()
+    SETTLED = settled(PLAN, VERDICTS, Path(workflow.basedir))
+else:
+    VERDICTS, SETTLED = {}, set()
 STALE_STAMPS = Path(".snakemake/prunemem/stale")
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from prunemem.errors import PrunememError
+from prunemem.identity import MASK_FORMAT as FORMAT, mask_header as header  # noqa: F401 (torch-free reader)
 from prunemem.provenance import atomic_path
 
-FORMAT = "prunemem-mask/1"
 UPDATED = "updated:"  # key prefix of SparseGPT's compensated weights stored beside the masks
 _DTYPES = {torch.uint8: "U8", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -128,30 +128,6 @@ def save(path: str | Path, masks: dict[str, torch.Tensor], *, method: str, level
     tensors = {n: m.bits if isinstance(m, BitMask) else pack(m) for n, m in masks.items()}
     tensors.update({UPDATED + n: w for n, w in (updated or {}).items()})
     write_safetensors(path, tensors, meta)
-
-
-def header(path: str | Path) -> dict[str, Any]:
-    """The mask's metadata, JSON fields decoded. Fails with one line on a missing or corrupt file."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-    except FileNotFoundError:
-        raise PrunememError(f"{path}: mask file not found") from None
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise PrunememError(f"{path}: not a readable safetensors mask ({err})") from None
-    if meta.get("format") != FORMAT:
-        raise PrunememError(f"{path}: not a prunemem mask (format {meta.get('format')!r}, expected {FORMAT!r})")
-    try:
-        for key in ("shapes", "kept", "provenance", "removed_blocks", "block_levels", "updated"):
-            meta[key] = json.loads(meta[key])
-        for key, empty in (("removed_sublayers", "[]"), ("info", "{}")):  # absent from older masks
-            meta[key] = json.loads(meta.get(key, empty))
-    except (KeyError, ValueError) as err:
-        raise PrunememError(f"{path}: corrupt mask header ({err})") from None
-    return meta
 
 
 def load(path: str | Path) -> dict[str, torch.Tensor]:

@@ -60,7 +60,7 @@ def results(plan: Plan) -> pl.DataFrame:
 
 def layer_sparsity(plan: Plan) -> pl.DataFrame:
     """Achieved sparsity per transformer block for every mask, read from the mask headers."""
-    from prunemem.prune.masks import header
+    from prunemem.identity import mask_header as header
     from prunemem.prune.targets import prunable
 
     rows = []
@@ -213,7 +213,7 @@ def provenance_appendix(results: pl.DataFrame, checkpoint_ids: dict[str, str]) -
 
 def checkpoint_ids(plan: Plan) -> dict[str, str]:
     """How each model's checkpoint is named in the provenance appendix: hub id@commit, or the embedded hash."""
-    from prunemem.checkpoints import PROVENANCE
+    from prunemem.identity import CHECKPOINT_PROVENANCE as PROVENANCE
 
     ids = {}
     for model in plan.models:
@@ -251,7 +251,7 @@ HISTORY_SCHEMA = {"model": pl.String, "method": pl.String, "level": pl.Float64, 
 def search_history(plan: Plan) -> pl.DataFrame:
     """EvoP's fitness per generation for every searched mask, read from the mask headers
     (``reports/search_history.csv``; the pattern names removed units: '2' a block, '2.mlp' a sublayer)."""
-    from prunemem.prune.masks import header
+    from prunemem.identity import mask_header as header
     from prunemem.prune.units import unit_names
 
     rows = []
