@@ -5,4 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec python bench/gpu.py "$@"
+# cuBLAS reads its workspace size when it starts; deterministic kernels (prunemem.runtime) need a fixed one
+export CUBLAS_WORKSPACE_CONFIG="${CUBLAS_WORKSPACE_CONFIG:-:4096:8}"
+# this checkout's code, whether or not the package is installed in the python found here
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# under the device budget: a run stopped at the limit still leaves gpu.json with what it measured so far
+exec timeout --signal=INT "${GPU_CHECK_TIMEOUT:-540}" python bench/gpu.py "$@"

@@ -20,8 +20,11 @@ def test_gpu_check_tiny_writes_json_and_table(tmp_path):
     for method, m in result["methods"].items():
         assert 0 < m["peak_bytes"] <= m["plan_peak_bytes"], method  # the memory plan bounds what was allocated
         assert m["seconds_total"] == m["seconds"] * m["blocks_total"] / m["blocks"] and m["flops_total"] > m["flops"]
+    assert {m["workload"] for m in result["methods"].values()} == {"scores", "hessian", "gptq"}  # registry traits
     assert result["teacher_forcing"]["agreement"] == 1.0
+    elapsed = result["elapsed_s"]  # gpu.json is rewritten after every section, so a stopped run keeps its figures
+    assert list(elapsed)[0] == "build 12b" and elapsed["total"] == max(elapsed.values())
     hours = result["predicted_gpu_hours"]
     assert hours["sota"] > hours["paper"] > 0
     table = (tmp_path / "gpu.md").read_text()
-    assert table.startswith("| figure | value | target |") and table.count("\n") == 10
+    assert table.startswith("| figure | value | target |") and table.count("\n") == 11

@@ -11,6 +11,10 @@ from prunemem import memplan
 from prunemem.blockwise import HessianStats, LiveBytes, blockwise, choose_offload, resolve_placement
 from prunemem.errors import PrunememError
 from prunemem.prune import calibrated as cal
+from prunemem.prune.registry import REGISTRY, resolve
+
+# what the methods below are resolved against: OWL on Wanda scores (calibrated), GPTQ's transform
+PARAMS = {"prune": {"owl": {"score": "wanda"}}, "compress": {"quantize": {"int4-gptq": {"algorithm": "gptq"}}}}
 
 
 def test_pythia_shapes_count_the_published_parameters():
@@ -43,7 +47,7 @@ def test_plan_matches_tracked_bytes_of_a_small_config(method):
     meters = []
     with LiveBytes() as live:
         blockwise(model, ids, make, edit, batch_size=batch, meter=lambda i, b: meters.append(b))
-    plan = memplan.plan(method, shapes, sequences, seq_len, batch, "float32")
+    plan = memplan.plan(resolve(method, PARAMS), shapes, sequences, seq_len, batch, "float32")
     for held in meters:  # what each block held: exactly the plan's parts
         assert held == {"activations": plan["activations"], "stats": plan["stats"],
                         "block_weights": shapes.block_params * 4}
@@ -51,7 +55,7 @@ def test_plan_matches_tracked_bytes_of_a_small_config(method):
     allocated = plan["device"] - plan["weights"]  # the weights existed before the pass
     assert live.peak <= allocated <= 1.35 * live.peak, (live.peak, allocated)
     assert live.live == 0  # nothing of the pass outlives it
-    offloaded = memplan.plan(method, shapes, sequences, seq_len, batch, "float32", offload=True)
+    offloaded = memplan.plan(resolve(method, PARAMS), shapes, sequences, seq_len, batch, "float32", offload=True)
     assert offloaded["weights"] == plan["weights"] - (shapes.layers - 1) * shapes.block_params * 4
 
 
@@ -70,15 +74,33 @@ def test_choose_offload_and_the_one_line_when_nothing_fits():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_cuda_without_cuda_names_the_key_before_reading_the_checkpoint(tmp_path):
     with pytest.raises(PrunememError, match=r"^prune\.device: 'cuda' requested but no CUDA device is visible$"):
-        resolve_placement({"device": "cuda"}, "prune", tmp_path / "absent", "wanda", 8, 16)
-    placement = resolve_placement({"device": "auto", "dtype": "auto"}, "prune", tmp_path / "absent", "wanda", 8, 16)
+        resolve_placement({"device": "cuda"}, "prune", tmp_path / "absent", resolve("wanda", PARAMS), 8, 16)
+    placement = resolve_placement({"device": "auto", "dtype": "auto"}, "prune", tmp_path / "absent",
+                                  resolve("wanda", PARAMS), 8, 16)
     assert (placement.device, placement.dtype, placement.offload) == ("cpu", torch.float32, False)
 
 
 def test_twelve_b_plans_fit_one_80gb_gpu():
     shapes = memplan.Shapes.pythia("12b")
-    for method in ("wanda", "sparsegpt", "gptq", "sleb", "ccds", "owl", "sparsegpt-2of4"):
-        assert memplan.plan(method, shapes, 128, 2048)["device"] < 80e9 * 0.9, method
+    for method in ("wanda", "sparsegpt", "int4-gptq", "sleb", "owl", "sparsegpt-2of4", "wanda-ccds"):
+        assert memplan.plan(resolve(method, PARAMS), shapes, 128, 2048)["device"] < 80e9 * 0.9, method
+    assert memplan.plan("embed", shapes, 128, 2048)["device"] < 80e9 * 0.9  # the CCDS embedding
+
+
+def test_the_memory_plan_class_is_a_registry_trait():
+    """Every calibrated method names its class in the registry; the plan reads that trait, not the name."""
+    calibrated = [n for n, e in REGISTRY.items() if e.calibrated and e.standalone]
+    assert {resolve(n, PARAMS).workload for n in calibrated} <= set(memplan.KINDS) - {"embed"}
+    assert [resolve(n, PARAMS).workload for n in ("sparsegpt-2of4", "wanda-ccds", "int4-gptq")] == \
+        ["hessian", "scores", "gptq"]
+    shapes = memplan.Shapes.pythia("160m")
+    assert memplan.plan(resolve("sparsegpt-2of4", PARAMS), shapes, 8, 64) == memplan.plan("hessian", shapes, 8, 64)
+    assert resolve("owl", PARAMS).calibration_passes == 4
+    for uncalibrated in ("global", "magnitude-2of4", "int4"):
+        with pytest.raises(ValueError, match="has no memory plan"):
+            memplan.plan(resolve(uncalibrated, {**PARAMS, "compress": {"quantize": {"int4": {}}}}), shapes, 8, 64)
+    with pytest.raises(ValueError, match="memory-plan class 'wanda'"):
+        memplan.plan("wanda", shapes, 8, 64)  # a method name is not a class
 
 
 def test_flops_and_cluster_resources_scale_with_the_method():
@@ -86,8 +108,14 @@ def test_flops_and_cluster_resources_scale_with_the_method():
     from prunemem.cluster import job_resources
 
     shapes = memplan.Shapes.pythia("12b")
-    flops = {m: memplan.calibration_flops(m, shapes, 128, 2048) for m in ("wanda", "owl", "sparsegpt", "sleb")}
+    flops = {m: memplan.calibration_flops(resolve(m, PARAMS), shapes, 128, 2048)
+             for m in ("wanda", "owl", "sparsegpt", "sleb")}
     assert flops["wanda"] < flops["sparsegpt"] < flops["sleb"] and flops["owl"] == 2 * flops["wanda"]
+    parts = memplan.calibration_flop_parts(resolve("sparsegpt", PARAMS), shapes, 128, 2048)
+    assert parts["matmul"] == pytest.approx(2 * 2 * shapes.layers * sum(o * n for o, n in shapes.linears) * 128 * 2048,
+                                            rel=0.1)
+    hessians = shapes.layers * sum(2 * 128 * 2048 * n * n for _, n in shapes.linears)
+    assert hessians < parts["float64"] < 1.2 * hessians  # the Hessians dominate the float64 work at 128 x 2048
     forward = 2 * shapes.layers * sum(o * n for o, n in shapes.linears) * 128 * 2048
     assert flops["wanda"] == pytest.approx(2 * forward, rel=0.1)  # two passes per block (+7% attention at 2048)
     plan = Plan.load([REPO / "workflow/configs/pythia.yaml", REPO / "workflow/configs/pythia-evop.yaml"])
