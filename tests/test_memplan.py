@@ -3,6 +3,8 @@ and the placement checks that run before any weights load."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -60,15 +62,48 @@ def test_plan_matches_tracked_bytes_of_a_small_config(method):
 
 
 def test_choose_offload_and_the_one_line_when_nothing_fits():
-    figures = {False: {"device": 30 * memplan.GIB}, True: {"device": 8 * memplan.GIB}}
+    figures = {False: {"device": 30 * memplan.GIB, "activations": 2 * memplan.GIB},
+               True: {"device": 8 * memplan.GIB, "activations": 2 * memplan.GIB}}
     assert choose_offload(figures.get, 40 * memplan.GIB, "auto", "prune") is False
     assert choose_offload(figures.get, 20 * memplan.GIB, "auto", "prune") is True
     with pytest.raises(PrunememError) as err:
         choose_offload(figures.get, 20 * memplan.GIB, False, "prune")
     assert str(err.value) == ("prune: the memory plan needs 30.0 GiB on the device and 20.0 GiB is free; set "
                               "prune.offload: true (blocks stream from host memory) or a smaller prune.batch_size")
-    with pytest.raises(PrunememError, match="needs 8.0 GiB on the device and 4.0 GiB is free"):
+    with pytest.raises(PrunememError) as err:  # offloaded already: the fix is a smaller calibration working set
         choose_offload(figures.get, 4 * memplan.GIB, "auto", "prune")
+    assert str(err.value) == ("prune: the memory plan needs 8.0 GiB on the device and 4.0 GiB is free even with blocks "
+                              "streamed from host memory (2.0 GiB of it one block's calibration activations); set "
+                              "fewer samples.calibration.sequences or a smaller prune.batch_size")
+
+
+@pytest.mark.parametrize("verb", [("mask", "--method", "sparsegpt", "--level", "0.5"),
+                                  ("transform", "--method", "int4-gptq", "--level", "0")])
+def test_cli_a_model_the_gpu_cannot_hold_is_one_line_before_any_weights_load(tmp_path, monkeypatch, capsys, verb):
+    """The device is a stand-in (CUDA visible, 0.3 GiB free); the plan, the config read and the message are real."""
+    import yaml
+
+    from prunemem.cli import main
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prune"].update(device="cuda", dtype="bfloat16", offload="auto")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    ckpt = tmp_path / "data" / "checkpoints" / "tiny"
+    from transformers import GPTNeoXConfig
+
+    GPTNeoXConfig(vocab_size=50304, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
+                  intermediate_size=8192, rotary_pct=0.25).save_pretrained(ckpt)  # pythia-1.4b's shape, no weights
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0.3 * memplan.GIB, 80 * memplan.GIB))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--params", "params.yaml", verb[0], "--model", "tiny", *verb[1:]]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("prunemem: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert re.fullmatch(r"prunemem: error: prune: the memory plan needs \d+\.\d GiB on the device and 0\.3 GiB is free "
+                        r"even with blocks streamed from host memory \(\d+\.\d GiB of it one block's calibration "
+                        r"activations\); set fewer samples\.calibration\.sequences or a smaller prune\.batch_size",
+                        lines[0]), lines[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")

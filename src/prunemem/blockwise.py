@@ -204,7 +204,7 @@ def choose_offload(figures, free: int, offload, key: str) -> bool:
     for choice in choices:
         if fit_error(figures(choice), free, key) is None:
             return choice
-    raise PrunememError(fit_error(figures(choices[-1]), free, key))
+    raise PrunememError(fit_error(figures(choices[-1]), free, key, offloaded=choices[-1]))
 
 
 def resolve_placement(section: dict, key: str, checkpoint, method, sequences: int, seq_len: int) -> Placement:

@@ -186,13 +186,20 @@ def calibration_flops(method, shapes: Shapes, sequences: int, seq_len: int, leve
     return sum(calibration_flop_parts(method, shapes, sequences, seq_len, level, protect_ends, pool).values())
 
 
-def fit_error(figures: dict[str, int], free: int, key: str) -> str | None:
-    """One line when the plan's device peak exceeds the free memory, with the fix; None when it fits."""
+def fit_error(figures: dict[str, int], free: int, key: str, offloaded: bool = False) -> str | None:
+    """One line when the plan's device peak exceeds the free memory, with the fix; None when it fits.
+
+    Resident, the fix is to stream blocks from host memory; offloaded already, what is left on the
+    device is one block's calibration activations and the micro-batch's working set, so the fix is
+    fewer calibration sequences or a smaller micro-batch."""
     if figures["device"] <= free:
         return None
-    return (f"{key}: the memory plan needs {figures['device'] / GIB:.1f} GiB on the device and "
-            f"{free / GIB:.1f} GiB is free; set {key}.offload: true (blocks stream from host memory) or a smaller "
-            f"{key}.batch_size")
+    need = f"{key}: the memory plan needs {figures['device'] / GIB:.1f} GiB on the device and {free / GIB:.1f} GiB is free"
+    if offloaded:
+        return (f"{need} even with blocks streamed from host memory ({figures['activations'] / GIB:.1f} GiB of it "
+                f"one block's calibration activations); set fewer samples.calibration.sequences or a smaller "
+                f"{key}.batch_size")
+    return f"{need}; set {key}.offload: true (blocks stream from host memory) or a smaller {key}.batch_size"
 
 
 def table(sizes=("1.4b", "12b"), sequences: int = 128, seq_len: int = 2048) -> str:
