@@ -132,12 +132,24 @@ def measure(args) -> dict:
     return result
 
 
+GPTQ_PARAMS = {"prune": {}, "compress": {"quantize": {"int4-gptq": {"algorithm": "gptq"}}}}
+STEP_S = 35e-6  # assumed GPU cost of one column step of the OBS/GPTQ sweep: ~7 small kernels at ~5 us each
+
+
 def flop_parts(method: str, shapes, sequences: int, seq_len: int) -> dict[str, float]:
     from prunemem import memplan
     from prunemem.prune.registry import resolve
 
-    params = {"prune": {}, "compress": {"quantize": {"int4-gptq": {"algorithm": "gptq"}}}}
-    return memplan.calibration_flop_parts(resolve(method, params), shapes, sequences, seq_len)
+    return memplan.calibration_flop_parts(resolve(method, GPTQ_PARAMS), shapes, sequences, seq_len)
+
+
+def column_steps(method: str, shapes) -> int:
+    """Sequential column steps of the SparseGPT / GPTQ sweep (one per input column of every linear): on a GPU
+    each is a handful of small kernels, so the sweep is launch-bound, not FLOP-bound."""
+    from prunemem.prune.registry import resolve
+
+    sweeps = resolve(method, GPTQ_PARAMS).workload in ("hessian", "gptq")
+    return shapes.layers * sum(n for _, n in shapes.linears) if sweeps else 0
 
 
 def gpu_seconds(parts: dict[str, float], weights: str) -> float:
@@ -146,29 +158,29 @@ def gpu_seconds(parts: dict[str, float], weights: str) -> float:
 
 
 def table(r: dict) -> str:
+    """Two Markdown tables: what was measured here, and the FLOPs and GPU bounds at 128 x 2048."""
     from prunemem import memplan
+    from prunemem.prune.registry import resolve
 
     s, t = r["calibration"]
     small, big = memplan.Shapes.pythia("160m"), memplan.Shapes.pythia("12b")
-    rows = [f"| method (job) | wall s | CPU s | peak RSS MB | plan MB (fp32, CPU) | load avg (mean, max) | "
-            f"FLOPs at {s} x {t} (matmul + float64) | CPU GFLOP/s | FLOPs at 128 x 2048: 160M | 12B | "
-            f"H100 bound 160M (bf16 / fp32) | H100 bound 12B (bf16 / fp32) |",
-            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-    from prunemem.prune.registry import resolve
-
+    rows = [f"| method (job) | wall s | CPU s | peak RSS MB | plan MB (fp32) | load avg mean / max | "
+            f"FLOPs at {s} x {t}: matmul + float64 | FLOPs / CPU s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, m in r["jobs"].items():
         here = flop_parts(method, small, s, t)
-        full_small, full_big = flop_parts(method, small, 128, 2048), flop_parts(method, big, 128, 2048)
-        params = {"prune": {}, "compress": {"quantize": {"int4-gptq": {"algorithm": "gptq"}}}}
-        plan_mb = memplan.plan(resolve(method, params).workload, small, s, t, 8, "float32")["device"] / 2**20
-        total = sum(here.values())
-        rows.append(
-            f"| {method} ({METHODS[method]}) | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | {m['peak_rss_mb']:,.0f} | "
-            f"{plan_mb:,.0f} | {m['load_mean']:.1f}, {m['load_max']:.1f} | {total:.3g} ({here['matmul']:.2g} + "
-            f"{here['float64']:.2g}) | {total / m['cpu_s'] / 1e9:.0f} | {sum(full_small.values()):.3g} | "
-            f"{sum(full_big.values()):.3g} | {gpu_seconds(full_small, 'bf16'):.2f} s / "
-            f"{gpu_seconds(full_small, 'fp32'):.1f} s | {gpu_seconds(full_big, 'bf16') / 60:.1f} min / "
-            f"{gpu_seconds(full_big, 'fp32') / 60:.1f} min |")
+        plan_mb = memplan.plan(resolve(method, GPTQ_PARAMS), small, s, t, 8, "float32")["device"] / 2**20
+        rows.append(f"| {method} ({METHODS[method]}) | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | {m['peak_rss_mb']:,.0f} | "
+                    f"{plan_mb:,.0f} | {m['load_mean']:.1f} / {m['load_max']:.1f} | {here['matmul']:.2e} + "
+                    f"{here['float64']:.2e} | {sum(here.values()) / m['cpu_s'] / 1e9:.1f} GFLOP/s |")
+    rows += ["", "| method | size | FLOPs at 128 x 2048: matmul + float64 | H100 bound, bf16 weights | "
+             "H100 bound, fp32 weights | sweep column steps (at 35 us each) |", "|---|---|---:|---:|---:|---:|"]
+    for method in r["jobs"]:
+        for size, shapes in (("160m", small), ("12b", big)):
+            full = flop_parts(method, shapes, 128, 2048)
+            steps = column_steps(method, shapes)
+            rows.append(f"| {method} | {size} | {full['matmul']:.2e} + {full['float64']:.2e} | "
+                        f"{gpu_seconds(full, 'bf16'):,.1f} s | {gpu_seconds(full, 'fp32'):,.1f} s | "
+                        + (f"{steps:,} ({steps * STEP_S:,.0f} s) |" if steps else "none |"))
     return "\n".join(rows)
 
 
