@@ -3,6 +3,7 @@ and the placement checks that run before any weights load."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -157,6 +158,15 @@ def test_flops_and_cluster_resources_scale_with_the_method():
     small, big = (job_resources(plan, next(j for j in plan.jobs("mask") if j.model == m and j.method == "sleb"))
                   for m in ("pythia-160m", "pythia-12b"))
     assert big["runtime"] > 4 * small["runtime"] and big["mem_mb"] > small["mem_mb"] and big["gpu"] == 1
+    # a site's own copy (source: local) is sized by its directory's name, as the hub repo is by its id
+    params = copy.deepcopy(plan.params)
+    spec = params["models"]["pythia-12b"]
+    spec.update(source="local", path="/models/pythia-12b")
+    for key in ("repo", "revision"):
+        spec.pop(key)
+    local = Plan(params)
+    assert job_resources(local, next(j for j in local.jobs("mask") if j.model == "pythia-12b"
+                                     and j.method == "sleb")) == big
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")

@@ -84,7 +84,8 @@ def _shapes(plan: Plan, model: str, n: float):
         h = arch["hidden_size"]
         heads = arch.get("num_heads", arch.get("num_attention_heads", 4))
         return memplan.Shapes(h, 4 * h, arch["num_layers"], vocab, heads, h // heads // 4)
-    match = re.search(r"pythia-(\d+(?:\.\d+)?[mb])", spec["repo"].lower())
+    name = spec.get("repo") or Path(spec["path"]).name  # source: local names its directory
+    match = re.search(r"pythia-(\d+(?:\.\d+)?[mb])", name.lower())
     return memplan.Shapes.pythia(match.group(1) if match and match.group(1) in memplan.PYTHIA else "12b")
 
 
