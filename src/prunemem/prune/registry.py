@@ -78,7 +78,9 @@ class Entry:
     paper: bool = False  # one of the paper's L1 magnitude strategies (arXiv 2502.15796), grouped so in the report
     subset: bool = False  # prunes only part of the prunable weights (attention, MLP, first/last 25% of layers)
     calibrated_by: str | None = None  # the params key that decides whether it reads calibration (OWL's score)
-    workload: str | None = None  # its memory-plan class when calibrated (prunemem.memplan.KINDS)
+    # its memory-plan class when calibrated (prunemem.memplan.KINDS): the working set of one block's
+    # calibration pass; "scores" (activations + per-linear vectors) unless it holds more (Hessians, logits)
+    workload: str = "scores"
     calibration_passes: int = 2  # forwards of every block over the calibration set (OWL measures in its own)
 
 
@@ -157,11 +159,11 @@ for _name in ("global", "attention", "mlp", "first25", "last25"):
                    subset=_name != "global", params=("prune.block_fraction",) if _name.endswith("25") else ()))
 register(Entry("random", f"{_M}:random_control", family="control", params=("prune.seed",), replicates=True))
 register(Entry("magnitude", f"{_M}:magnitude_nm", nm_score=True, standalone=False))  # only as magnitude-NofM
-register(Entry("wanda", f"{_M}:wanda", calibrated=True, ccds_variant=True, nm_score=True, workload="scores"))
+register(Entry("wanda", f"{_M}:wanda", calibrated=True, ccds_variant=True, nm_score=True))
 register(Entry("sparsegpt", f"{_M}:sparsegpt", params=("prune.damp",), calibrated=True, ccds_variant=True,
                nm_score=True, workload="hessian"))
 register(Entry("owl", f"{_M}:owl", params=("prune.owl",), ccds_variant=True, calibrated_by="prune.owl.score",
-               workload="scores", calibration_passes=4,  # its outlier ratios in a pass of their own
+               calibration_passes=4,  # its outlier ratios in a pass of their own
                calibrated=lambda params: params["prune"].get("owl", {}).get("score") == "wanda"))
 register(Entry("sleb", f"{_M}:sleb", params=("prune.sleb.protect_ends",), calibrated=True, ccds_variant=True,
                removes_units=True, workload="forward"))
