@@ -83,7 +83,7 @@ def run_job(argv: list[str], work: Path, env: dict) -> dict:
         while not done.wait(2.0):
             loads.append(os.getloadavg()[0])
 
-    log = (work / "logs").joinpath("-".join(argv[0:1] + argv[3:6:2]) + ".log")
+    log = (work / "logs").joinpath("-".join(argv[0:1] + argv[2:5:2]) + ".log")
     log.parent.mkdir(exist_ok=True)
     watcher = threading.Thread(target=sample, daemon=True)
     start_load = os.getloadavg()[0]
