@@ -105,19 +105,35 @@ def global_mask(model, device: str) -> dict:
     return {**m, "weight_bytes": weight_bytes, "extra_fraction": m["peak_bytes"] / weight_bytes, "pruned": pruned}
 
 
-def calibrated(method: str, config, device: str, dtype: torch.dtype, calibration: torch.Tensor,
-               blocks_total: int) -> dict:
+# what the check runs: the grid names of pythia-sota.yaml (GPTQ is its int4-gptq transform)
+CHECKED = {"wanda": "wanda", "sparsegpt": "sparsegpt", "gptq": "int4-gptq"}
+
+
+def sota_params(tiny: bool) -> dict:
+    """pythia.yaml + pythia-sota.yaml as the grid runs them; the tiny shapes need a smaller GPTQ group."""
+    from prunemem.plan import Plan
+
+    params = Plan.load([REPO / "workflow/configs" / f for f in ("pythia.yaml", "pythia-sota.yaml")]).params
+    if tiny:
+        params["compress"]["quantize"]["int4-gptq"]["group_size"] = 16
+    return params
+
+
+def calibrated(label: str, config, device: str, dtype: torch.dtype, calibration: torch.Tensor,
+               blocks_total: int, params: dict) -> dict:
     from prunemem import memplan
     from prunemem.compress.run import transform_model
     from prunemem.prune.methods import MaskContext, compute
+    from prunemem.prune.registry import resolve
     from prunemem.prune.targets import DictSource
 
+    method = resolve(CHECKED[label], params)
     model = build(config, device, dtype)
-    cfg = {"block_fraction": 0.25, "seed": 0, "batch_size": 8}
+    cfg = {**params["prune"], "batch_size": params["prune"].get("batch_size", 8)}
     with torch.no_grad(), measured(device) as m:
-        if method == "gptq":
-            transform_model(model, {"kind": "quantize", "bits": 4, "group_size": 128 if config.hidden_size >= 128
-                                    else 16, "symmetric": True, "algorithm": "gptq"}, "bench", calibration)
+        if method.kind == "transform":
+            transform_model(model, params["compress"]["quantize"][method.name], "bench", calibration,
+                            batch_size=cfg["batch_size"])
         else:
             compute(method, MaskContext(DictSource({}), cfg, load_model=lambda: model, calibration=lambda: calibration),
                     0.5)
@@ -133,7 +149,16 @@ def calibrated(method: str, config, device: str, dtype: torch.dtype, calibration
             "plan_peak_bytes": plan_here["device"] - plan_here["weights"],
             "plan_device_bytes_total": memplan.plan(method, full, sequences, seq_len, 8, name)["device"],
             "flops": flops_here, "flops_total": memplan.calibration_flops(method, full, sequences, seq_len),
-            "flop_rate": flops_here / m["seconds"]}
+            "flop_rate": flops_here / m["seconds"], "workload": method.workload}
+
+
+def scoring_flops(config, k: int, suffix: int, samples: int) -> float:
+    """Useful FLOPs of teacher-forced scoring: every block over the k + suffix - 1 input positions
+    (matmuls, plus causal attention: QK^T and AV, 2 T^2 hidden per block), and the output head over
+    only the ``suffix`` positions it is computed for (``logits_to_keep``)."""
+    t, h = k + suffix - 1, config.hidden_size
+    blocks = matmul_params(config) - config.vocab_size * h
+    return samples * (2 * blocks * t + 2 * config.num_hidden_layers * t * t * h + 2 * config.vocab_size * h * suffix)
 
 
 def evaluation(model, device: str, dtype: torch.dtype, k: int, suffix: int, batches: int, peak: float) -> dict:
@@ -147,7 +172,7 @@ def evaluation(model, device: str, dtype: torch.dtype, k: int, suffix: int, batc
     score_windows(model, windows[:batch], k, suffix, batch)  # warm-up (kernels, allocator)
     with measured(device) as m:
         score_windows(model, windows, k, suffix, batch)
-    rate = 2 * matmul_params(config) * (k + suffix - 1) * len(windows) / m["seconds"]
+    rate = scoring_flops(config, k, suffix, len(windows)) / m["seconds"]
     return {**m, "batch_size": batch, "samples": len(windows), "flop_rate": rate,
             "mfu": rate / peak if device == "cuda" else None}
 
@@ -184,10 +209,9 @@ def predicted_hours(eval_rate: float, method_rates: dict) -> dict:
             for method, level in plan.variants(model):
                 seconds += 2 * n_matmul * tokens / eval_rate
                 resolved = plan.method(method)
-                if resolved.calibrated:
-                    kind = "gptq" if resolved.kind == "transform" else resolved.base
-                    rate = method_rates.get({"owl": "wanda"}.get(kind, kind), min(method_rates.values()))
-                    seconds += memplan.calibration_flops(kind, shapes, calib["sequences"], calib["tokens"],
+                if resolved.calibrated:  # at the rate measured for its memory-plan class (OWL: Wanda's)
+                    rate = method_rates.get(resolved.workload, min(method_rates.values()))
+                    seconds += memplan.calibration_flops(resolved, shapes, calib["sequences"], calib["tokens"],
                                                          float(level)) / rate
         out[name] = seconds / 3600
     return out
@@ -215,6 +239,7 @@ def table(r: dict) -> str:
     h = r["predicted_gpu_hours"]
     rows.append(f"| predicted GPU-hours | paper grid {h['paper']:.1f} h; with pythia-sota.yaml {h['sota']:.1f} h | "
                 "paper grid <= 5 h |")
+    rows.append(f"| this check's wall time | {r['elapsed_s']['total']:.0f} s | <= 480 s |")
     return "\n".join(rows)
 
 
@@ -234,12 +259,24 @@ def main(argv=None) -> int:
     from prunemem.runtime import deterministic
 
     deterministic(2 if args.tiny else 8)
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def done(section: str) -> None:
+        """Elapsed time so far, and the JSON as it stands: a run stopped at its time limit keeps what it measured."""
+        r.setdefault("elapsed_s", {})[section] = round(time.perf_counter() - started, 1)
+        (args.out / "gpu.json").write_text(json.dumps(r, indent=1, sort_keys=True) + "\n")
+        print(f"bench/gpu: {section} done at {r['elapsed_s'][section]:.0f} s", file=sys.stderr, flush=True)
+
     r: dict = {"mode": "tiny" if args.tiny else "full", "device": torch.cuda.get_device_name() if device == "cuda"
                else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)", "torch": torch.__version__,
                "dtype": str(dtype).removeprefix("torch."), "k": k, "suffix": suffix, "calibration": [sequences, seq_len]}
     large = build(config_of("12b", args.tiny), device, dtype)
+    done("build 12b")
     r["global_mask"] = global_mask(large, device)
+    done("global mask")
     r["evaluation"] = {"12b": evaluation(large, device, dtype, k, suffix, batches, args.peak_tflops * 1e12)}
+    done("evaluation 12b")
     blocks_total = large.config.num_hidden_layers
     del large
     if device == "cuda":
@@ -247,16 +284,21 @@ def main(argv=None) -> int:
     calibration = torch.randint(1, config_of("12b", args.tiny).vocab_size, (sequences, seq_len),
                                 generator=torch.Generator().manual_seed(2))
     two = config_of("12b", args.tiny, layers=2)
-    r["methods"] = {m: calibrated(m, two, device, dtype, calibration, blocks_total) for m in ("wanda", "sparsegpt",
-                                                                                               "gptq")}
+    params = sota_params(args.tiny)
+    r["methods"] = {}
+    for label in CHECKED:
+        r["methods"][label] = calibrated(label, two, device, dtype, calibration, blocks_total, params)
+        done(label)
+        if device == "cuda":
+            torch.cuda.empty_cache()
     small = build(config_of("1.4b", args.tiny), device, dtype)
     r["evaluation"]["1.4b"] = evaluation(small, device, dtype, k, suffix, batches, args.peak_tflops * 1e12)
+    done("evaluation 1.4b")
     r["teacher_forcing"] = teacher_vs_generate(small, device, k, suffix, 8 if args.tiny else 64, 8 if args.tiny else 32)
     del small
     eval_rate = min(e["flop_rate"] for e in r["evaluation"].values())
-    r["predicted_gpu_hours"] = predicted_hours(eval_rate, {m: v["flop_rate"] for m, v in r["methods"].items()})
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu.json").write_text(json.dumps(r, indent=1, sort_keys=True) + "\n")
+    r["predicted_gpu_hours"] = predicted_hours(eval_rate, {v["workload"]: v["flop_rate"] for v in r["methods"].values()})
+    done("total")
     (args.out / "gpu.md").write_text(table(r) + "\n")
     print(table(r))
     return 0

@@ -109,21 +109,32 @@ def test_transform_record_round_trip_and_refusals(plan_with_checkpoint, method, 
     # int4, groups of 16: 4-bit codes + a float32 scale and a uint8 zero per group = 0.203 of fp32; rank-r factors
     assert stored < (0.25 if method == "int4" else 0.55) * dense  # (+ the header, large beside a tiny model)
 
-    original = weights_path(path).read_bytes()
+    original, before_record = weights_path(path).read_bytes(), dict(record)
     record["weights_sha256"] = "0" * 64
     path.write_text(json.dumps(record))
-    with pytest.raises(PrunememError, match="differs from the recorded 000000000000...; refusing the stored"):
+    refusals = []
+    with pytest.raises(PrunememError, match="differs from the recorded 000000000000...; refusing the stored") as err:
         apply_transform(load_model(plan.checkpoint_dir("tiny")), path)
+    refusals.append(err)
     tampered = bytearray(original)
     tampered[-1] ^= 1
     weights_path(path).write_bytes(bytes(tampered))
-    with pytest.raises(PrunememError, match=r"stored transform weights differ from the record's sha256"):
+    with pytest.raises(PrunememError, match=r"stored transform weights differ from the record's sha256") as err:
         apply_transform(load_model(plan.checkpoint_dir("tiny")), path)
+    refusals.append(err)
     weights_path(path).write_bytes(original)
     record["checkpoint_sha256"] = "f" * 64
     path.write_text(json.dumps(record))
     with pytest.raises(PrunememError, match="transform was made for checkpoint"):
         apply_transform(load_model(plan.checkpoint_dir("tiny")), path)
+    path.write_text(json.dumps(before_record))
+    weights_path(path).unlink()
+    with pytest.raises(PrunememError, match="transform weights file not found") as missing:
+        apply_transform(load_model(plan.checkpoint_dir("tiny")), path)
+    # every refusal is one line naming the file, and nothing is recomputed in its place
+    for err in refusals + [missing]:
+        assert "\n" not in str(err.value) and str(path.parent) in str(err.value), err.value
+    assert not weights_path(path).exists()
 
 
 @pytest.mark.parametrize("compress,fragment", [

@@ -146,11 +146,15 @@ def test_dvc_params_are_the_digested_keys(default_params):
 
 # -- no method name spelled outside the registry ----------------------------------------------
 NAMES = {*REGISTRY, registry.LOWRANK, registry.CCDS, "int", "evop", "evop-mem"}
+# names a table keyed by method names would hold (not 'attention' / 'mlp', which also name weight parts)
+CALIBRATED = {n for n, e in REGISTRY.items() if e.calibrated} | {registry.CCDS}
 OWNERS = {SRC / "prune" / "registry.py", SRC / "prune" / "methods.py"}
 
 
 def _spelled_names(path: Path) -> list[str]:
-    """Comparisons of something named like a method (method, args.method, pl.col("method")) with a name."""
+    """Comparisons of something named like a method (method, args.method, pl.col("method")) with a name,
+    the grammar parsed by hand (``method.removesuffix("-ccds")``, ``method.split("-")``), and tables
+    keyed by method names (``{"wanda": ..., "sparsegpt": ...}``: a trait that belongs in the registry)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         values, subject = [], ""
@@ -160,12 +164,29 @@ def _spelled_names(path: Path) -> list[str]:
             for side in sides:
                 values += side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                node.func.attr in ("startswith", "endswith", "is_in", "replace_strict"):
+                node.func.attr in ("startswith", "endswith", "is_in", "replace_strict", "removesuffix", "removeprefix"):
             values, subject = list(node.args), ast.unparse(node.func.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("split", "rsplit", "partition") and "method" in ast.unparse(node.func.value):
+            found += [f"{path.name}:{a.lineno} split on {a.value!r}" for a in node.args
+                      if isinstance(a, ast.Constant) and a.value == "-"]
+        elif isinstance(node, ast.Dict):
+            found += [f"{path.name}:{k.lineno} table key {k.value!r}" for k in node.keys
+                      if isinstance(k, ast.Constant) and k.value in CALIBRATED]
         if "method" in subject:
             found += [f"{path.name}:{v.lineno} {v.value!r}" for v in values
                       if isinstance(v, ast.Constant) and v.value in NAMES]
     return found
+
+
+def test_the_scan_finds_names_parsed_or_tabled_by_hand(tmp_path):
+    """What memplan once did (its memory-plan class from the name) is what the scan reports."""
+    code = tmp_path / "x.py"
+    code.write_text('def kind(method):\n    base = method.removesuffix("-ccds").split("-")[0]\n'
+                    '    return {"wanda": "scores", "sparsegpt": "hessian"}.get(base)\n'
+                    'PASSES = {"owl": 4}\nPARTS = {"attention": 1, "mlp": 2}\n')
+    assert sorted(_spelled_names(code)) == ["x.py:2 '-ccds'", "x.py:2 split on '-'", "x.py:3 table key 'sparsegpt'",
+                                            "x.py:3 table key 'wanda'", "x.py:4 table key 'owl'"]
 
 
 def test_no_code_outside_the_registry_compares_method_names():

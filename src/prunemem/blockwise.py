@@ -204,12 +204,14 @@ def choose_offload(figures, free: int, offload, key: str) -> bool:
     for choice in choices:
         if fit_error(figures(choice), free, key) is None:
             return choice
-    raise PrunememError(fit_error(figures(choices[-1]), free, key))
+    raise PrunememError(fit_error(figures(choices[-1]), free, key, offloaded=choices[-1]))
 
 
-def resolve_placement(section: dict, key: str, checkpoint, method: str, sequences: int, seq_len: int) -> Placement:
+def resolve_placement(section: dict, key: str, checkpoint, method, sequences: int, seq_len: int) -> Placement:
     """The placement of a calibrated job from its params section (``device``, ``dtype``, ``offload``,
-    ``batch_size``); checks CUDA and the memory plan before any weights load."""
+    ``batch_size``); checks CUDA and the memory plan before any weights load.
+
+    ``method``: the resolved ``registry.Method`` (its memory plan is its ``workload`` trait)."""
     from prunemem.runtime import resolve_device
 
     device, dtype = resolve_device(section.get("device", "auto"), section.get("dtype", "auto"), key)

@@ -63,15 +63,14 @@ def _calibrated_cost(plan: Plan, model: str, method: Method, n: float, minutes: 
 
     shapes = _shapes(plan, model, n)
     calib = plan.params["samples"]["calibration"]
-    name = "gptq" if method.kind == "transform" else method.base
     level = float(max(plan.mask_levels(method.name, model), key=float)) if method.kind == "mask" else 0.5
-    flops = memplan.calibration_flops(name, shapes, calib["sequences"], calib["tokens"], level,
+    flops = memplan.calibration_flops(method, shapes, calib["sequences"], calib["tokens"], level,
                                       plan.params["prune"].get("sleb", {}).get("protect_ends", True))
     if method.kind == "mask" and method.calibration == "cluster":  # CCDS embeds the pool first
-        flops += memplan.calibration_flops("ccds", shapes, calib["sequences"], calib["tokens"],
+        flops += memplan.calibration_flops("embed", shapes, calib["sequences"], calib["tokens"],
                                            pool=calib.get("pool", calib["sequences"]))
-    host = memplan.plan(name, shapes, calib["sequences"], calib["tokens"], dtype="float32")["host"] / 1e9
-    slowdown = 10 if memplan.kind(name) in ("hessian", "gptq") else 2  # float64 and sequential sweeps, or bf16
+    host = memplan.plan(method, shapes, calib["sequences"], calib["tokens"], dtype="float32")["host"] / 1e9
+    slowdown = 10 if method.workload in ("hessian", "gptq") else 2  # float64 and sequential sweeps, or bf16
     return 30 + 2 * n / 1e9 + slowdown * flops / ASSUMED_FLOPS / 60, max(mem_gb, 4 + host)
 
 
@@ -85,7 +84,8 @@ def _shapes(plan: Plan, model: str, n: float):
         h = arch["hidden_size"]
         heads = arch.get("num_heads", arch.get("num_attention_heads", 4))
         return memplan.Shapes(h, 4 * h, arch["num_layers"], vocab, heads, h // heads // 4)
-    match = re.search(r"pythia-(\d+(?:\.\d+)?[mb])", spec["repo"].lower())
+    name = spec.get("repo") or Path(spec["path"]).name  # source: local names its directory
+    match = re.search(r"pythia-(\d+(?:\.\d+)?[mb])", name.lower())
     return memplan.Shapes.pythia(match.group(1) if match and match.group(1) in memplan.PYTHIA else "12b")
 
 

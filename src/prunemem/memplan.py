@@ -1,7 +1,11 @@
 """The memory plan of a calibrated method: peak device and host bytes, from the model's shapes.
 
     from prunemem.memplan import Shapes, plan
-    plan("sparsegpt", Shapes.pythia("12b"), sequences=128, seq_len=2048)   # {'device': ..., 'host': ..., ...}
+    from prunemem.prune.registry import resolve
+    plan(resolve("sparsegpt", params), Shapes.pythia("12b"), sequences=128, seq_len=2048)   # {'device': ..., ...}
+    plan("hessian", Shapes.pythia("12b"), 128, 2048)                         # the same, by memory-plan class
+
+The class of a method is its registry trait ``workload`` (``KINDS``); this module reads no method names.
 
 Arithmetic only (no torch), so the scheduler and the docs can read it. What is counted follows
 :func:`prunemem.blockwise.blockwise` and the kernels of ``prune.calibrated`` / ``compress.gptq``:
@@ -83,29 +87,32 @@ KINDS = {"scores": "Wanda, Wanda N:M, OWL", "hessian": "SparseGPT (unstructured 
          "forward": "SLEB", "embed": "CCDS embedding"}
 
 
-# calibration passes of a scores-kind method (each a forward of every block): OWL measures its
-# outlier ratios in a pass of its own before the pruning pass
-SCORE_PASSES = {"owl": 4}
+def _work(method) -> tuple[str, int]:
+    """(memory-plan class, calibration passes) of a resolved method (``registry.Method``: its
+    ``workload`` and ``calibration_passes`` traits), or of a class named directly (``"embed"``:
+    the CCDS embedding, which is a step of a method, not a method). No method name is read here."""
+    if isinstance(method, str):
+        if method not in KINDS:
+            raise ValueError(f"memory-plan class {method!r}; allowed: {', '.join(KINDS)}")
+        return method, 2
+    if method.workload not in KINDS:
+        raise ValueError(f"method {method.name!r} has no memory plan (it reads no calibration set)")
+    return method.workload, method.calibration_passes
 
 
-def kind(method: str) -> str:
-    """Which working set a method has (``sparsegpt-2of4`` -> hessian, ``wanda-ccds`` -> scores)."""
-    base = method.removesuffix("-ccds").split("-")[0]
-    return {"wanda": "scores", "owl": "scores", "magnitude": "scores", "sparsegpt": "hessian", "gptq": "gptq",
-            "sleb": "forward", "evop": "forward", "ccds": "embed"}.get(base, "scores")
-
-
-def plan(method: str, shapes: Shapes, sequences: int, seq_len: int, batch_size: int = 8,
+def plan(method, shapes: Shapes, sequences: int, seq_len: int, batch_size: int = 8,
          dtype: str = "bfloat16", offload: bool = False, attention: str = "sdpa", gptq_bits: int = 4,
          gptq_group: int = 128) -> dict[str, int]:
     """Peak bytes of one calibrated job: ``device`` (and its parts) and ``host``.
+
+    ``method``: a resolved ``registry.Method`` (its ``workload`` trait) or a class of ``KINDS``.
 
     ``attention``: ``eager`` holds a micro-batch's heads x seq_len^2 scores (the CPU default),
     ``sdpa`` does not (fused kernels on CUDA).
     """
     w, f64 = DTYPE_BYTES[dtype], 8
     h, n_layers = shapes.hidden, shapes.layers
-    work = kind(method)
+    work, _ = _work(method)
     tokens = batch_size * seq_len
     non_block = (shapes.params - n_layers * shapes.block_params) * w
     weights = (non_block + shapes.block_params * w) if offload else shapes.params * w
@@ -140,13 +147,15 @@ def plan(method: str, shapes: Shapes, sequences: int, seq_len: int, batch_size: 
             "transient": transient}
 
 
-def calibration_flops(method: str, shapes: Shapes, sequences: int, seq_len: int, level: float = 0.5,
-                      protect_ends: bool = True, pool: int | None = None) -> float:
-    """FLOPs of one calibrated job (the cost that scales its cluster resources and predicts GPU time).
+def calibration_flop_parts(method, shapes: Shapes, sequences: int, seq_len: int, level: float = 0.5,
+                           protect_ends: bool = True, pool: int | None = None) -> dict[str, float]:
+    """FLOPs of one calibrated job, ``matmul`` (block forwards, in the weight dtype) and ``float64``
+    (the statistics and edit kernels), which run at very different rates on a GPU.
 
     A block's forward over T tokens is 2 * (its matmul weights) * T plus 4 * seq_len * hidden * T
-    for attention. Wanda: two passes per block (statistics, then the pruned block's outputs); OWL:
-    Wanda twice (measuring, then pruning). SparseGPT / GPTQ: the two passes, plus per linear the
+    for attention. Wanda: two passes per block (statistics, then the pruned block's outputs), plus
+    each linear's float64 squared input norms (2 T in); OWL: Wanda twice (measuring, then pruning:
+    its ``calibration_passes``). SparseGPT / GPTQ: the two passes, plus per linear, in float64, the
     Hessian (2 T in^2), its factorisation (~5/3 in^3: Cholesky, inverse, Cholesky) and the OBS
     updates (out in^2 + 128 out in, the lazy block updates and the in-block sweeps): d^3 per layer
     dominates. SLEB: every round scores every remaining candidate by a whole-model forward.
@@ -155,28 +164,42 @@ def calibration_flops(method: str, shapes: Shapes, sequences: int, seq_len: int,
     tokens = sequences * seq_len
     matmul = sum(o * n for o, n in shapes.linears)
     block = 2 * matmul * tokens + 4 * seq_len * shapes.hidden * tokens
-    work = kind(method)
+    work, passes = _work(method)
     if work in ("hessian", "gptq"):
         per_linear = sum(2 * tokens * n * n + 5 / 3 * n**3 + o * n * n + 128 * o * n for o, n in shapes.linears)
-        return shapes.layers * (2 * block + per_linear)
+        return {"matmul": shapes.layers * 2 * block, "float64": shapes.layers * per_linear}
     if work == "forward":
         model = shapes.layers * block + 2 * shapes.vocab * shapes.hidden * tokens
         candidates = shapes.layers - (2 if protect_ends else 0)
         rounds = math.floor(level * shapes.layers + 1e-9)
-        return model * sum(candidates - r for r in range(rounds))
+        return {"matmul": model * sum(candidates - r for r in range(rounds)), "float64": 0.0}
     if work == "embed":
-        return shapes.layers * block * (pool or sequences) / sequences
-    passes = SCORE_PASSES.get(method.removesuffix("-ccds"), 2)
-    return shapes.layers * passes * block
+        return {"matmul": shapes.layers * block * (pool or sequences) / sequences, "float64": 0.0}
+    norms = sum(2 * tokens * n for _, n in shapes.linears)  # one statistics pass in every two
+    return {"matmul": shapes.layers * passes * block, "float64": shapes.layers * passes // 2 * norms}
 
 
-def fit_error(figures: dict[str, int], free: int, key: str) -> str | None:
-    """One line when the plan's device peak exceeds the free memory, with the fix; None when it fits."""
+def calibration_flops(method, shapes: Shapes, sequences: int, seq_len: int, level: float = 0.5,
+                      protect_ends: bool = True, pool: int | None = None) -> float:
+    """FLOPs of one calibrated job (the cost that scales its cluster resources and predicts GPU time):
+    the sum of :func:`calibration_flop_parts`."""
+    return sum(calibration_flop_parts(method, shapes, sequences, seq_len, level, protect_ends, pool).values())
+
+
+def fit_error(figures: dict[str, int], free: int, key: str, offloaded: bool = False) -> str | None:
+    """One line when the plan's device peak exceeds the free memory, with the fix; None when it fits.
+
+    Resident, the fix is to stream blocks from host memory; offloaded already, what is left on the
+    device is one block's calibration activations and the micro-batch's working set, so the fix is
+    fewer calibration sequences or a smaller micro-batch."""
     if figures["device"] <= free:
         return None
-    return (f"{key}: the memory plan needs {figures['device'] / GIB:.1f} GiB on the device and "
-            f"{free / GIB:.1f} GiB is free; set {key}.offload: true (blocks stream from host memory) or a smaller "
-            f"{key}.batch_size")
+    need = f"{key}: the memory plan needs {figures['device'] / GIB:.1f} GiB on the device and {free / GIB:.1f} GiB is free"
+    if offloaded:
+        return (f"{need} even with blocks streamed from host memory ({figures['activations'] / GIB:.1f} GiB of it "
+                f"one block's calibration activations); set fewer samples.calibration.sequences or a smaller "
+                f"{key}.batch_size")
+    return f"{need}; set {key}.offload: true (blocks stream from host memory) or a smaller {key}.batch_size"
 
 
 def table(sizes=("1.4b", "12b"), sequences: int = 128, seq_len: int = 2048) -> str:
@@ -185,10 +208,8 @@ def table(sizes=("1.4b", "12b"), sequences: int = 128, seq_len: int = 2048) -> s
     for size in sizes:
         shapes = Shapes.pythia(size)
         for work, label in KINDS.items():
-            probe = {"scores": "wanda", "hessian": "sparsegpt", "gptq": "gptq", "forward": "sleb",
-                     "embed": "ccds"}[work]
-            a = plan(probe, shapes, sequences, seq_len)
-            b = plan(probe, shapes, sequences, seq_len, offload=True)
+            a = plan(work, shapes, sequences, seq_len)
+            b = plan(work, shapes, sequences, seq_len, offload=True)
             rows.append(f"| {size} | {label} | {a['device'] / GIB:.1f} | {b['device'] / GIB:.1f} | "
                         f"{a['host'] / GIB:.1f} |")
     return "\n".join(rows)

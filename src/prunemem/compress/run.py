@@ -172,7 +172,7 @@ def build_transform(plan, model: str, method: str, level: str, progress=None) ->
     placement = Placement()
     if uses_calibration(spec):  # GPTQ computes where prune.device says, checked before any weights load
         calib = plan.params["samples"]["calibration"]
-        placement = resolve_placement(plan.params["prune"], "prune", ckpt, "gptq", calib["sequences"],
+        placement = resolve_placement(plan.params["prune"], "prune", ckpt, plan.method(method), calib["sequences"],
                                       calib["tokens"])
     net = place(load_model(ckpt, dtype=placement.dtype), placement)
     store: dict[str, torch.Tensor] = {}

@@ -78,6 +78,10 @@ class Entry:
     paper: bool = False  # one of the paper's L1 magnitude strategies (arXiv 2502.15796), grouped so in the report
     subset: bool = False  # prunes only part of the prunable weights (attention, MLP, first/last 25% of layers)
     calibrated_by: str | None = None  # the params key that decides whether it reads calibration (OWL's score)
+    # its memory-plan class when calibrated (prunemem.memplan.KINDS): the working set of one block's
+    # calibration pass; "scores" (activations + per-linear vectors) unless it holds more (Hessians, logits)
+    workload: str = "scores"
+    calibration_passes: int = 2  # forwards of every block over the calibration set (OWL measures in its own)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class Method:
     replicates: bool = False  # '<name>-s<N>' names a replicate of it (prune.random_seeds adds them)
     paper: bool = False  # one of the paper's own strategies
     subset: bool = False  # prunes part of the prunable weights only
+    workload: str | None = None  # calibrated: its memory-plan class (scores, hessian, gptq, forward; memplan.KINDS)
+    calibration_passes: int = 2
 
     @property
     def structure(self) -> str:
@@ -155,15 +161,17 @@ register(Entry("random", f"{_M}:random_control", family="control", params=("prun
 register(Entry("magnitude", f"{_M}:magnitude_nm", nm_score=True, standalone=False))  # only as magnitude-NofM
 register(Entry("wanda", f"{_M}:wanda", calibrated=True, ccds_variant=True, nm_score=True))
 register(Entry("sparsegpt", f"{_M}:sparsegpt", params=("prune.damp",), calibrated=True, ccds_variant=True,
-               nm_score=True))
+               nm_score=True, workload="hessian"))
 register(Entry("owl", f"{_M}:owl", params=("prune.owl",), ccds_variant=True, calibrated_by="prune.owl.score",
+               calibration_passes=4,  # its outlier ratios in a pass of their own
                calibrated=lambda params: params["prune"].get("owl", {}).get("score") == "wanda"))
-register(Entry("sleb", f"{_M}:sleb", params=("prune.sleb.protect_ends",), calibrated=True, ccds_variant=True, removes_units=True))
+register(Entry("sleb", f"{_M}:sleb", params=("prune.sleb.protect_ends",), calibrated=True, ccds_variant=True,
+               removes_units=True, workload="forward"))
 register(Entry("evop", f"{_M}:evop", params=(*EVOP_KEYS, "prune.seed"), calibrated=True, cluster_sampling=True,
-               removes_units=True, search=True, threads="prune.evop.threads"))
+               removes_units=True, search=True, threads="prune.evop.threads", workload="forward"))
 register(Entry("evop-mem", f"{_M}:evop_mem", params=(*EVOP_KEYS, "prune.evop.lambda", "prune.seed"),
                calibrated=True, cluster_sampling=True, removes_units=True, search=True, search_split=True,
-               threads="prune.evop.threads"))
+               threads="prune.evop.threads", workload="forward"))
 
 
 def _allowed() -> str:
@@ -180,7 +188,8 @@ def _from_entry(name: str, entry: Entry, params: dict, **changes) -> Method:
     method = Method(name, "mask", entry.family, entry.name, entry.target, tuple(dict.fromkeys(keys)), calibration,
                     entry.removes_units, entry.search, entry.search_split, threads=entry.threads,
                     loads_model=calibrated, reference=entry.reference, paper=entry.paper, subset=entry.subset,
-                    replicates=entry.replicates)
+                    replicates=entry.replicates, workload=entry.workload if calibrated else None,
+                    calibration_passes=entry.calibration_passes)
     return replace(method, **changes)
 
 
@@ -211,7 +220,7 @@ def resolve(name: str, params: dict) -> Method:
         gptq = uses_calibration(spec)
         return Method(name, "transform", "quantization", name, "prunemem.compress.run:build_transform",
                       (f"compress.quantize.{name}",) + (CALIBRATION_KEYS + PLACEMENT_KEYS if gptq else ()),
-                      "random" if gptq else None, loads_model=gptq)
+                      "random" if gptq else None, loads_model=gptq, workload="gptq" if gptq else None)
     if name == LOWRANK:
         return Method(name, "transform", "low-rank", LOWRANK, "prunemem.compress.run:build_transform",
                       ("compress.lowrank.keep",), loads_model=True)

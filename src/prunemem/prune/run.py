@@ -34,7 +34,7 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
     ckpt = plan.checkpoint_dir(model)
     calibrated = resolved.calibrated
     # before any file is read: prune.device: cuda without CUDA, or a model the plan does not fit, is one line
-    placement = resolve_placement(cfg, "prune", ckpt, method, samples["calibration"]["sequences"],
+    placement = resolve_placement(cfg, "prune", ckpt, resolved, samples["calibration"]["sequences"],
                                   samples["calibration"]["tokens"]) if calibrated else Placement()
     ckpt_sha = checkpoint_hash(ckpt)
     inputs = {"checkpoint": ckpt_sha}
