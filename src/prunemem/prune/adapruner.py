@@ -190,9 +190,19 @@ def _adapruner(memorization: bool):
             chosen = sorted(random.Random(seed).sample(members, min(windows, len(members))))
             return pool[chosen]
 
+        scored: dict[str, dict] = {}  # TPE often proposes a configuration again: score it once
+
         def evaluate(p: dict) -> dict:
+            memo = json.dumps(p, sort_keys=True)
+            if memo not in scored:
+                scored[memo] = _evaluate(p)
+            return scored[memo]
+
+        def _evaluate(p: dict) -> dict:
             needs = p["metric"] in importance.NEEDS_GRADIENTS
             key_ = (p["windows"], p["cluster"], needs)
+            if not needs and (p["windows"], p["cluster"], True) in stats_cache:  # a backward pass measured these too
+                key_ = (p["windows"], p["cluster"], True)
             if key_ not in stats_cache:
                 stats_cache[key_] = importance.collect(model, subset(p["windows"], p["cluster"]), gradients=needs,
                                                        batch_size=cfg.get("batch_size", 8))
@@ -214,6 +224,8 @@ def _adapruner(memorization: bool):
         for number in progress(range(spec["trials"]), desc=f"adapruner @ {level:g}", unit="trial"):
             if number < len(cache.trials):
                 row = cache.trials[number]
+                scored.setdefault(json.dumps(row["params"], sort_keys=True),
+                                  {k_: v for k_, v in row.items() if k_ not in ("number", "params")})
                 study.add_trial(optuna.trial.create_trial(
                     params=row["params"], distributions={n: dists[n] for n in row["params"]},
                     value=row.get("value"), state=optuna.trial.TrialState.COMPLETE if row["state"] == "complete"
