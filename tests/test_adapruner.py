@@ -189,6 +189,14 @@ def test_adapruner_searches_resumes_from_cache_and_repeats(model, tmp_path, monk
     with width.units_zeroed(model, units):
         again = search.score_model(model, _ctx(model, params).calibration(), batch_rows=8)
     assert again.perplexity == pytest.approx(best["perplexity"], rel=1e-9)
+    # every searched metric, as its fixed width-<metric> method computes it, at the same number of units
+    fixed = fresh.info["trials"]["fixed"]
+    assert set(fixed) == set(params["prune"]["adapruner"]["metrics"])
+    assert all(f["removed"] == len(units) for f in fixed.values())
+    plain = compute(resolve("width-l1", params), _ctx(model, params), 0.5)
+    with width.units_zeroed(model, [WidthUnit.parse(u) for u in plain.removed_units]):
+        l1 = search.score_model(model, _ctx(model, params).calibration(), batch_rows=8)
+    assert fixed["l1"]["value"] == pytest.approx(l1.fitness, rel=1e-9)
 
 
 def test_adapruner_mem_adds_lambda_times_extraction_through_evops_scoring(model):

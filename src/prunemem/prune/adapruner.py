@@ -256,14 +256,41 @@ def _adapruner(memorization: bool):
             rows.append({"trial": r["number"], **r["params"], "state": r["state"], "value": r.get("value"),
                          "perplexity": r.get("perplexity"), "extraction": r.get("extraction"),
                          "best_value": best_so_far if best_so_far < float("inf") else None})
+        fixed_scores = _fixed_baselines(model, calibration, space["metric"], level, kinds, cfg, split, k, suffix, lam,
+                                        spec["batch_size"])
         info = {"trials": {"best": best["number"], "best_params": best["params"], "lambda": lam, "k": k or None,
-                           "scope": width["scope"], "removed": len(units), "history": rows}}
+                           "scope": width["scope"], "removed": len(units), "history": rows, "fixed": fixed_scores}}
         return _result(ctx, model, units, info)
 
     method.__doc__ = ("AdaPruner: TPE search over calibration subset, importance metric and allocation; "
                       + ("objective = calibration perplexity + lambda * search-split extraction" if memorization
                          else "objective = calibration perplexity"))
     return method
+
+
+def _fixed_baselines(model, calibration, metrics, level, kinds, cfg, split, k, suffix, lam, batch_rows) -> dict:
+    """Each searched metric as its fixed method ``width-<metric>`` computes it (importance on the calibration
+    set, ``prune.width``'s allocation), scored by the search's objective at the same number of removed
+    units: the matched-parameter comparison of the report."""
+    from prunemem.prune import search
+
+    width = cfg["width"]
+    stats = importance.collect(model, calibration, gradients=bool(set(metrics) & importance.NEEDS_GRADIENTS),
+                               batch_size=cfg.get("batch_size", 8))
+    out = {}
+    for metric in metrics:
+        units = importance.choose(model, stats, metric, width["allocation"], level, kinds, width["owl"]["M"],
+                                  width["owl"]["lambda"])
+        try:
+            _check_level(model, units, cfg, level)
+        except PrunememError as err:
+            out[metric] = {"state": "fail", "reason": str(err)}
+            continue
+        with units_zeroed(model, units):
+            score = search.score_model(model, calibration, split, k, suffix, lam, batch_rows)
+        out[metric] = {"state": "complete", "value": score.fitness, "perplexity": score.perplexity,
+                       "extraction": score.extraction, "removed": len(units)}
+    return out
 
 
 adapruner = _adapruner(memorization=False)
