@@ -174,7 +174,7 @@ def test_adapruner_searches_resumes_from_cache_and_repeats(model, tmp_path, monk
     monkeypatch.setattr(search, "score_model", lambda *a, **k: calls.append(1) or real(*a, **k))
     params = _params(trials=5)
     resumed = compute(resolve("adapruner", params), _ctx(model, params, tmp_path), 0.5)
-    assert len(calls) == 2  # the first 3 trials came from the cache
+    assert len(calls) == 2 + len(params["prune"]["adapruner"]["metrics"])  # 3 cached trials; the fixed metrics
     fresh = compute(resolve("adapruner", params), _ctx(model, params, None), 0.5)
     assert resumed.info == fresh.info and resumed.removed_units == fresh.removed_units
     history = fresh.info["trials"]["history"]
@@ -276,3 +276,33 @@ def test_a_level_that_empties_a_layer_is_refused_naming_it(model):
     params["prune"]["width"]["allow_empty_sublayer"] = True
     result = compute(resolve("width-l1", params), _ctx(model, params), 0.8)
     assert len(result.removed_units) == math.floor(0.8 * 4) * 4
+
+
+def test_the_report_draws_the_trials_and_says_whether_the_search_beats_the_fixed_metrics(model, tmp_path):
+    """Trial history and the matched-count verdict, read from a real adapruner mask header, rendered."""
+    import polars as pl
+    from test_report_render import EMPTY_DUP, synthetic_context, synthetic_grid
+
+    from prunemem.plan import Plan
+    from prunemem.report import html, tables
+
+    params = _params(trials=2)
+    params["prune"].update(methods=["adapruner"], levels=[0.5])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    plan = Plan.load([tmp_path / "params.yaml"], root=tmp_path)
+    result = compute(resolve("adapruner", params), _ctx(model, params), 0.5)
+    masks.save(plan.mask_path("tiny", "adapruner", "0.5"), result.masks, method="adapruner", level="0.5",
+               checkpoint_sha256="x", removed_units=result.removed_units, info=result.info)
+    trials, against = tables.trial_history(plan), tables.search_against_fixed(plan)
+    assert trials["trial"].to_list() == [0, 1] and against["removed units"].to_list() == [4 * 64]
+    fixed = result.info["trials"]["fixed"]
+    best_fixed = min(f["value"] for f in fixed.values())
+    assert against["best fixed objective"][0] == best_fixed
+    assert against["search beats fixed"][0] == (against["best trial objective"][0] < best_fixed)
+    results, layers = synthetic_grid()
+    results, layers = (f.filter(pl.col("model") == "pythia-160m") for f in (results, layers))
+    context = {**synthetic_context(results), "trials": trials, "search_against_fixed": against}
+    page, figures, _ = html.render(results, layers, EMPTY_DUP, context)
+    assert "AdaPruner trial history" in page and "trial-history" in figures
+    assert ("beats the best single fixed metric" if against["search beats fixed"][0]
+            else "does not beat the best single fixed metric") in page
