@@ -4,6 +4,7 @@ the mask artifact that shrinks the evaluated model, and the bad input lines of i
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -154,7 +155,8 @@ def test_choose_removes_the_lowest_scores_and_owl_spares_outlier_blocks(model):
 def _params(**adapruner):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["prune"]["ccds"]["clusters"] = 2
-    params["prune"]["adapruner"].update({"trials": 5, "startup_trials": 3, "windows": [4, 8], **adapruner})
+    params["prune"]["adapruner"].update({"trials": 5, "startup_trials": 3, "windows": [4, 8],
+                                         "metrics": ["l1", "wanda", "taylor"], **adapruner})
     return params
 
 
@@ -167,19 +169,22 @@ def _ctx(model, params, cache_dir=None):
 
 
 def test_adapruner_searches_resumes_from_cache_and_repeats(model, tmp_path, monkeypatch):
-    params = _params(trials=3)
+    params = _params(trials=2)
     short = compute(resolve("adapruner", params), _ctx(model, params, tmp_path), 0.5)
     calls = []
     real = search.score_model
     monkeypatch.setattr(search, "score_model", lambda *a, **k: calls.append(1) or real(*a, **k))
-    params = _params(trials=5)
+    params = _params(trials=4)
     resumed = compute(resolve("adapruner", params), _ctx(model, params, tmp_path), 0.5)
-    assert len(calls) == 2 + len(params["prune"]["adapruner"]["metrics"])  # 3 cached trials; the fixed metrics
+    # the 2 cached trials are not scored again, nor a configuration proposed twice; the fixed metrics are
+    configs = [json.dumps({k: r[k] for k in ("metric", "allocation", "windows", "cluster", "owl_M", "owl_lambda")
+                           if k in r}, sort_keys=True) for r in resumed.info["trials"]["history"]]
+    assert len(calls) == len(set(configs[2:]) - set(configs[:2])) + len(params["prune"]["adapruner"]["metrics"])
     fresh = compute(resolve("adapruner", params), _ctx(model, params, None), 0.5)
     assert resumed.info == fresh.info and resumed.removed_units == fresh.removed_units
     history = fresh.info["trials"]["history"]
-    assert history[:3] == short.info["trials"]["history"]
-    assert [r["trial"] for r in history] == list(range(5))
+    assert history[:2] == short.info["trials"]["history"]
+    assert [r["trial"] for r in history] == list(range(4))
     best = min((r for r in history if r["state"] == "complete"), key=lambda r: r["value"])
     assert fresh.info["trials"]["best"] == best["trial"]
     assert history[-1]["best_value"] == best["value"]
@@ -200,7 +205,7 @@ def test_adapruner_searches_resumes_from_cache_and_repeats(model, tmp_path, monk
 
 
 def test_adapruner_mem_adds_lambda_times_extraction_through_evops_scoring(model):
-    params = _params(trials=2, **{"lambda": 7.0})
+    params = _params(trials=2, metrics=["l1", "l2"], **{"lambda": 7.0})
     result = compute(resolve("adapruner-mem", params), _ctx(model, params), 0.5)
     row = result.info["trials"]["history"][0]
     assert row["extraction"] is not None and row["value"] == pytest.approx(row["perplexity"] + 7.0 * row["extraction"])
@@ -286,7 +291,7 @@ def test_the_report_draws_the_trials_and_says_whether_the_search_beats_the_fixed
     from prunemem.plan import Plan
     from prunemem.report import html, tables
 
-    params = _params(trials=2)
+    params = _params(trials=2, metrics=["l1", "l2"])
     params["prune"].update(methods=["adapruner"], levels=[0.5])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     plan = Plan.load([tmp_path / "params.yaml"], root=tmp_path)

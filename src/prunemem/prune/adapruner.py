@@ -64,10 +64,9 @@ def unit_masks(model, source, units: list[WidthUnit]) -> dict[str, BitMask]:
     return {name: BitMask.of(mask) for name, mask in keep.items()}
 
 
-def _result(ctx, model, units: list[WidthUnit], info: dict):
-    from prunemem.prune.methods import MaskResult
-
-    return MaskResult(unit_masks(model, ctx.source, units), removed_units=[u.name for u in units], info=info)
+def _result(ctx, model, units: list[WidthUnit], info: dict) -> dict:
+    """The ``MaskResult`` fields (``prunemem.prune.methods.width`` builds it: no import back up)."""
+    return {"masks": unit_masks(model, ctx.source, units), "removed_units": [u.name for u in units], "info": info}
 
 
 def _check_level(model, units, cfg, level) -> None:
@@ -293,7 +292,6 @@ def _fixed_baselines(model, calibration, metrics, level, kinds, cfg, split, k, s
     return out
 
 
-adapruner = _adapruner(memorization=False)
-adapruner_mem = _adapruner(memorization=True)
-width_l1, width_l2, width_wanda = fixed("l1"), fixed("l2"), fixed("wanda")
-width_taylor, width_taylor_group, width_flap = fixed("taylor"), fixed("taylor-group"), fixed("flap")
+# by registry name (prunemem.prune.registry), dispatched by prunemem.prune.methods.width
+METHODS = {"adapruner": _adapruner(memorization=False), "adapruner-mem": _adapruner(memorization=True),
+           **{f"width-{metric}": fixed(metric) for metric in importance.METRICS}}

@@ -284,6 +284,14 @@ def wanda(ctx: MaskContext, level: float) -> MaskResult:
     return MaskResult(_blockwise_rows(ctx, lambda i: level))
 
 
+def width(ctx: MaskContext, level: float) -> MaskResult:
+    """Width pruning (``width-<metric>``, ``adapruner``, ``adapruner-mem``): heads and neurons removed,
+    in ``prunemem.prune.adapruner`` (imported here, so it is in the mask stage's code deps)."""
+    from prunemem.prune import adapruner
+
+    return MaskResult(**adapruner.METHODS[ctx.method.base](ctx, level))
+
+
 def compute(method: Method | str, ctx: MaskContext, level: float) -> MaskResult:
     """Run a method on ``ctx``: a resolved ``Method``, or a grid name resolved against ``ctx.cfg``."""
     if isinstance(method, str):

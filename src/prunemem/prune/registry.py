@@ -174,7 +174,7 @@ register(Entry("evop-mem", f"{_M}:evop_mem", params=(*EVOP_KEYS, "prune.evop.lam
                calibrated=True, cluster_sampling=True, removes_units=True, search=True, search_split=True,
                threads="prune.evop.threads"))
 
-_W = "prunemem.prune.adapruner"
+_W = f"{_M}:width"  # one entry point; prunemem.prune.adapruner.METHODS holds the code by name
 _DATA_METRICS = {"wanda", "taylor", "taylor-group", "flap"}  # read the calibration pass
 
 
@@ -183,12 +183,12 @@ def _width_reads_calibration(metric: str) -> Callable[[dict], bool]:
 
 
 for _metric in WIDTH_METRICS:  # width-l1 ... width-flap: one importance metric, prune.width's allocation
-    register(Entry(f"width-{_metric}", f"{_W}:width_{_metric.replace('-', '_')}", width=True,
+    register(Entry(f"width-{_metric}", _W, width=True,
                    params=(*WIDTH_KEYS, "prune.width.allocation", "prune.width.owl"),
                    calibrated=_width_reads_calibration(_metric)))
-register(Entry("adapruner", f"{_W}:adapruner", params=(*WIDTH_KEYS, *ADAPRUNER_KEYS, "prune.ccds.clusters", "prune.seed"),
+register(Entry("adapruner", _W, params=(*WIDTH_KEYS, *ADAPRUNER_KEYS, "prune.ccds.clusters", "prune.seed"),
                calibrated=True, width=True, trial_search=True, threads="prune.adapruner.threads"))
-register(Entry("adapruner-mem", f"{_W}:adapruner_mem",
+register(Entry("adapruner-mem", _W,
                params=(*WIDTH_KEYS, *ADAPRUNER_KEYS, "prune.adapruner.lambda", "prune.ccds.clusters", "prune.seed"),
                calibrated=True, width=True, trial_search=True, search_split=True, threads="prune.adapruner.threads"))
 
