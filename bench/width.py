@@ -10,7 +10,9 @@ For each shape (randomly initialised: timings do not depend on weight values) an
 
 - the parameter count, and the share of the block (prunable) parameters removed;
 - the latency of one forward over 512 tokens at batch 1 and 8 (``torch.no_grad``, median of
-  ``--repeats`` after one warm-up; ``--threads`` CPU threads);
+  ``--repeats`` after one warm-up; ``--threads`` CPU threads); dense and pruned models take turns
+  within each repeat, so drifting load on a shared machine hits them alike;
+- the speed-up bound: multiply-adds per token, dense over pruned (``macs_per_token``);
 - the peak memory of that forward: ``torch.cuda.max_memory_allocated`` above the start on a GPU,
   the tracked tensor bytes (``prunemem.blockwise.LiveBytes``) on the CPU, plus the weights.
 
@@ -59,23 +61,39 @@ def pruned(model, level: float, kinds: tuple[str, ...]):
     return width.shrink(copy.deepcopy(model), units)
 
 
-def forward_figures(model, batch: int, tokens: int, repeats: int, device: str) -> dict:
-    ids = torch.randint(1, model.config.vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(0))
+def timed_forwards(models: list, batch: int, tokens: int, repeats: int, device: str) -> list[dict]:
+    """Latency and peak memory of each model's forward. The models take turns within every repeat, so a
+    change in the machine's load hits dense and pruned alike (a shared machine drifts over minutes)."""
+    ids = torch.randint(1, models[0].config.vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
-    times = []
+    times: list[list[float]] = [[] for _ in models]
+    out = []
     with torch.no_grad():
-        model(input_ids=ids)  # warm-up
+        for model in models:
+            model(input_ids=ids)  # warm-up
         for _ in range(repeats):
-            sync(device)
-            t0 = time.perf_counter()
-            model(input_ids=ids)
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        with measured(device) as peak:
-            model(input_ids=ids)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"seconds": statistics.median(times), "all_seconds": times,
-            "peak_bytes": peak["peak_bytes"] + weights, "activation_peak_bytes": peak["peak_bytes"]}
+            for i, model in enumerate(models):
+                sync(device)
+                t0 = time.perf_counter()
+                model(input_ids=ids)
+                sync(device)
+                times[i].append(time.perf_counter() - t0)
+        for i, model in enumerate(models):
+            with measured(device) as peak:
+                model(input_ids=ids)
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            out.append({"seconds": statistics.median(times[i]), "all_seconds": times[i],
+                        "peak_bytes": peak["peak_bytes"] + weights, "activation_peak_bytes": peak["peak_bytes"]})
+    return out
+
+
+def macs_per_token(model, tokens: int) -> int:
+    """Multiply-adds per token of a forward: every Linear (unembedding included) plus causal attention's
+    QK^T and AV (on average tokens / 2 keys per query, over the kept heads). The bound on the speed-up."""
+    linears = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = sum(2 * (tokens // 2) * layer.attention.query_key_value.out_features // 3
+                    for layer in model.gpt_neox.layers if hasattr(layer.attention, "query_key_value"))
+    return linears + attention
 
 
 def block_params(model) -> int:
@@ -100,29 +118,27 @@ def main(argv=None) -> dict:
     rows = []
     for shape in args.shape or ["embedded", "160m"]:
         dense = build(config_of(shape, args.tokens), args.device, dtype)
-        dense_figures = {}
-        for level in [0.0, *args.levels]:
-            model = pruned(dense, level, SCOPES[args.scope])
-            for batch in args.batches:
-                fig = forward_figures(model, batch, args.tokens, args.repeats, args.device)
-                if level == 0:
-                    dense_figures[batch] = fig
+        levels = [0.0, *args.levels]
+        models = [pruned(dense, level, SCOPES[args.scope]) for level in levels]
+        for batch in args.batches:
+            figures = timed_forwards(models, batch, args.tokens, args.repeats, args.device)
+            for level, model, fig in zip(levels, models, figures):
                 rows.append({"shape": shape, "scope": args.scope, "level": level, "batch": batch,
                              "params": sum(p.numel() for p in model.parameters()),
                              "block_params_removed": 1 - block_params(model) / block_params(dense),
-                             **fig, "speedup": dense_figures[batch]["seconds"] / fig["seconds"],
+                             **fig, "speedup": figures[0]["seconds"] / fig["seconds"],
+                             "macs_speedup": macs_per_token(models[0], args.tokens) / macs_per_token(model, args.tokens),
                              "loadavg_1min": os.getloadavg()[0]})
                 r = rows[-1]
                 print(f"{shape} level {level:g} batch {batch}: {r['seconds'] * 1e3:.1f} ms "
                       f"(x{r['speedup']:.2f}), {r['params']:,} params, peak {r['peak_bytes'] / 2**20:.0f} MiB, "
                       f"load {r['loadavg_1min']:.1f}", flush=True)
-            if model is not dense:
-                del model
+        del models, dense
     table = ["| shape | removed (scope) | block params removed | params | batch | forward ms | speed-up | "
-             "peak MiB | load avg |", "|---|---|---|---|---|---|---|---|---|"]
+             "MACs bound | peak MiB | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r['shape']} | {r['level']:.0%} ({r['scope']}) | {r['block_params_removed']:.1%} | "
-                     f"{r['params']:,} | {r['batch']} | {r['seconds'] * 1e3:.1f} | {r['speedup']:.2f}x | "
+                     f"{r['params']:,} | {r['batch']} | {r['seconds'] * 1e3:.1f} | {r['speedup']:.2f}x | {r['macs_speedup']:.2f}x | "
                      f"{r['peak_bytes'] / 2**20:.0f} | {r['loadavg_1min']:.1f} |")
     md = "\n".join(table)
     print(md)

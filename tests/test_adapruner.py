@@ -311,3 +311,19 @@ def test_the_report_draws_the_trials_and_says_whether_the_search_beats_the_fixed
     assert "AdaPruner trial history" in page and "trial-history" in figures
     assert ("beats the best single fixed metric" if against["search beats fixed"][0]
             else "does not beat the best single fixed metric") in page
+
+
+def test_the_pipeline_evaluates_the_shrunk_adapruner_model(pipeline):
+    """Through Snakemake: the adapruner mask lists its units, evaluation loads a really smaller model,
+    and the report draws the trials."""
+    from prunemem.evaluate.run import load_variant
+    from prunemem.plan import Plan
+
+    plan = Plan.load([pipeline / "params.yaml"], root=pipeline)
+    head = masks.header(plan.mask_path("tiny", "adapruner", "0.5"))
+    assert len(head["removed_units"]) == 2 * 256 and len(head["info"]["trials"]["history"]) == 3
+    model, mask, _, _ = load_variant(plan, "tiny", "adapruner", "0.5", "cpu", torch.float32)
+    assert [layer.mlp.dense_h_to_4h.out_features for layer in model.gpt_neox.layers] == [256, 256]
+    summary = json.loads((plan.metrics_dir("tiny", "adapruner", "0.5") / "summary.json").read_text())
+    assert summary["achieved_sparsity"] == pytest.approx(1 / 3)
+    assert "AdaPruner trial history" in (pipeline / "reports/report.html").read_text()
