@@ -35,11 +35,16 @@ SMALL = {
                 "search_members": 4, "calibration": {"sequences": 8, "tokens": 32, "pool": 16}},
     "perplexity": {"window": 64, "stride": 64},
     "prune": {"methods": ["global", "attention", "random", "wanda", "sparsegpt", "sleb", "wanda-2of4", "wanda-ccds",
-                          "evop-mem"],
+                          "evop-mem", "adapruner"],
               "levels": [0.5, 0.9], "block_fraction": 0.25, "seed": 0, "ccds": {"clusters": 2},
               "sleb": {"protect_ends": False},  # 2 blocks: the reference's barriers would leave no candidate
               "evop": {"granularity": "sublayer", "population": 4, "generations": 3, "mutation": 0.3, "crossover": 0.8,
-                       "elite": 1, "tournament": 2, "lambda": 50.0, "batch_size": 32, "threads": 1, "device": "cpu"}},
+                       "elite": 1, "tournament": 2, "lambda": 50.0, "batch_size": 32, "threads": 1, "device": "cpu"},
+              # width pruning, searched: a few trials keep the study's added time to seconds
+              "width": {"scope": "mlp", "allocation": "uniform", "owl": {"M": 5, "lambda": 0.08}},
+              "adapruner": {"trials": 3, "startup_trials": 2, "metrics": ["l1", "wanda"], "allocations": ["uniform"],
+                            "windows": [4, 8], "clusters": True, "owl_lambda": [0.0, 0.2], "owl_M": [3.0, 10.0],
+                            "lambda": 50.0, "batch_size": 8, "threads": 1}},
     "compress": {"quantize": {"int8": {"bits": 8, "group_size": 0, "symmetric": True},
                               "int4-gptq": {"bits": 4, "group_size": 32, "symmetric": True, "algorithm": "gptq"}},
                  "lowrank": {"keep": [0.5]}},

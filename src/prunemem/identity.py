@@ -86,7 +86,7 @@ def mask_header(path: str | Path) -> dict[str, Any]:
     try:
         for key in ("shapes", "kept", "provenance", "removed_blocks", "block_levels", "updated"):
             meta[key] = json.loads(meta[key])
-        for key, empty in (("removed_sublayers", "[]"), ("info", "{}")):  # absent from older masks
+        for key, empty in (("removed_sublayers", "[]"), ("removed_units", "[]"), ("info", "{}")):  # absent from older masks
             meta[key] = json.loads(meta.get(key, empty))
     except (KeyError, ValueError) as err:
         raise PrunememError(f"{path}: corrupt mask header ({err})") from None

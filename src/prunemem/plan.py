@@ -23,7 +23,7 @@ from prunemem.embedded import canary_counts
 from prunemem.errors import PrunememError
 from prunemem.prune import registry
 from prunemem.prune.registry import DENSE, DENSE_LEVEL, LOWRANK, level_name, uses_calibration  # noqa: F401
-from prunemem.prune.units import check_evop_level
+from prunemem.prune.units import check_adapruner_space, check_evop_level, check_width_names
 from prunemem.provenance import digest_json
 
 # the artifact contract: the files each stage writes (docs/architecture.md, "Artifacts")
@@ -259,6 +259,21 @@ def _validate_prune(params: dict, source: str) -> None:
             raise PrunememError(f"{source}: prune.evop: required by method {name}; allowed keys: granularity, "
                                 "population, generations, mutation, crossover, elite, tournament, lambda, "
                                 "batch_size, threads, device (optional), dtype (optional)")
+        if method.width:
+            if "width" not in prune:
+                raise PrunememError(f"{source}: prune.width: required by method {name}; allowed keys: scope, "
+                                    "allocation, owl, allow_empty_sublayer (optional)")
+            try:
+                check_width_names([], [prune["width"]["allocation"]], "prune.width.allocation")
+                if method.trial_search:
+                    if "adapruner" not in prune:
+                        raise PrunememError(f"prune.adapruner: required by method {name}")
+                    check_adapruner_space(prune["adapruner"])
+                    if prune["adapruner"]["clusters"] and "ccds" not in prune:
+                        raise PrunememError("prune.ccds: required by prune.adapruner.clusters: true; "
+                                            "allowed keys: clusters")
+            except PrunememError as err:
+                raise PrunememError(f"{source}: {err}") from None
         if method.search_split and not params["samples"].get("search_members", 0):
             raise PrunememError(f"{source}: samples.search_members: {name} needs a search split of members kept "
                                 "out of evaluation; allowed: >= 1")

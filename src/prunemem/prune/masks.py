@@ -111,9 +111,11 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
 def save(path: str | Path, masks: dict[str, torch.Tensor], *, method: str, level: str, checkpoint_sha256: str,
          provenance: dict[str, Any] | None = None, updated: dict[str, torch.Tensor] | None = None,
          removed_blocks: list[int] | None = None, block_levels: list[float] | None = None,
-         removed_sublayers: list[str] | None = None, info: dict[str, Any] | None = None) -> None:
-    """Write a mask; ``updated`` (SparseGPT), ``removed_blocks`` (SLEB, EvoP) and ``removed_sublayers``
-    (EvoP) travel with it, and ``info`` records how it was found (calibration choice, search history)."""
+         removed_sublayers: list[str] | None = None, info: dict[str, Any] | None = None,
+         removed_units: list[str] | None = None) -> None:
+    """Write a mask; ``updated`` (SparseGPT), ``removed_blocks`` (SLEB, EvoP), ``removed_sublayers``
+    (EvoP) and ``removed_units`` (width pruning: '2.head.1', '0.neuron.17') travel with it, and
+    ``info`` records how it was found (calibration choice, search or trial history)."""
     meta = {
         "format": FORMAT, "method": method, "level": str(level), "checkpoint_sha256": checkpoint_sha256,
         "shapes": json.dumps({n: list(m.shape) for n, m in masks.items()}, sort_keys=True),
@@ -122,6 +124,7 @@ def save(path: str | Path, masks: dict[str, torch.Tensor], *, method: str, level
         "removed_blocks": json.dumps(removed_blocks or []),
         "block_levels": json.dumps(block_levels),
         "removed_sublayers": json.dumps(removed_sublayers or []),
+        "removed_units": json.dumps(removed_units or []),
         "info": json.dumps(info or {}, sort_keys=True),
         "updated": json.dumps(sorted(updated or {})),
     }
@@ -154,7 +157,9 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
     Given a path, the mask's ``checkpoint_sha256`` must equal the model's
     ``prunemem_checkpoint_sha256`` (set by ``prunemem.checkpoints.load_model``); SparseGPT's
     updated weights are copied in, removed blocks (SLEB, EvoP) are replaced by pass-throughs and
-    removed sublayers (EvoP) by modules that output zeros, so their biases go too.
+    removed sublayers (EvoP) by modules that output zeros, so their biases go too, and removed width
+    units (heads, neurons) are cut out of the matrices (``prunemem.prune.width.shrink``): the model
+    returned is really smaller.
     """
     if not isinstance(masks, dict):
         path = Path(masks)
@@ -167,7 +172,7 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
         masks = load(path)
         updated = _load_updated(path, meta)
     else:
-        meta, updated = {"removed_blocks": [], "removed_sublayers": []}, {}
+        meta, updated = {"removed_blocks": [], "removed_sublayers": [], "removed_units": []}, {}
     params = dict(model.named_parameters())
     for name, weight in updated.items():
         params[name].copy_(weight.to(device=params[name].device, dtype=params[name].dtype))
@@ -187,6 +192,11 @@ def apply(model: torch.nn.Module, masks: str | Path | dict[str, torch.Tensor], *
         from prunemem.prune.search import skip_sublayers
 
         skip_sublayers(model, meta["removed_sublayers"])
+    if meta["removed_units"]:
+        from prunemem.prune.width import WidthUnit, shrink
+
+        # the mask stage refused an emptied sublayer unless the params allowed it, so allow it here
+        shrink(model, [WidthUnit.parse(u) for u in meta["removed_units"]], allow_empty_sublayer=True)
     return masks
 
 

@@ -43,6 +43,8 @@ class MaskContext:
     calibration: Callable[[], torch.Tensor] | None = None
     search_split: Callable[[], torch.Tensor] | None = None  # evop-mem: member windows kept out of evaluation
     samples: dict | None = None  # params["samples"] (k and suffix of the search split)
+    pool: Callable[[], torch.Tensor] | None = None  # the whole calibration pool (AdaPruner draws its subsets)
+    cache_dir: object = None  # where a search may keep scored trials between runs (AdaPruner); None: nowhere
 
 
 @dataclass
@@ -52,6 +54,7 @@ class MaskResult:
     removed_blocks: list[int] = field(default_factory=list)  # SLEB
     block_levels: list[float] | None = None  # OWL: the sparsity given to each block
     removed_sublayers: list[str] = field(default_factory=list)  # EvoP at sublayer granularity: "2.mlp"
+    removed_units: list[str] = field(default_factory=list)  # width pruning: heads and neurons, "2.head.1"
     info: dict = field(default_factory=dict)  # how the mask was found (calibration choice, search history)
 
     def __post_init__(self):
@@ -279,6 +282,14 @@ def wanda(ctx: MaskContext, level: float) -> MaskResult:
     if ctx.method is not None and ctx.method.nm:
         return _nm(ctx, "wanda")
     return MaskResult(_blockwise_rows(ctx, lambda i: level))
+
+
+def width(ctx: MaskContext, level: float) -> MaskResult:
+    """Width pruning (``width-<metric>``, ``adapruner``, ``adapruner-mem``): heads and neurons removed,
+    in ``prunemem.prune.adapruner`` (imported here, so it is in the mask stage's code deps)."""
+    from prunemem.prune import adapruner
+
+    return MaskResult(**adapruner.METHODS[ctx.method.base](ctx, level))
 
 
 def compute(method: Method | str, ctx: MaskContext, level: float) -> MaskResult:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from prunemem.errors import PrunememError
+from prunemem.prune.units import WIDTH_METRICS
 
 DENSE = "dense"
 DENSE_LEVEL = "0"
@@ -44,6 +45,9 @@ CLUSTER_KEYS = ("prune.ccds.clusters",)
 # where a calibrated method computes (prunemem.blockwise.Placement): bf16 on a GPU changes the bytes
 PLACEMENT_KEYS = ("prune.device", "prune.dtype", "prune.offload", "prune.batch_size")
 SEARCH_SPLIT_KEYS = ("samples.k", "samples.suffix_tokens")  # which windows of the search split are scored
+WIDTH_KEYS = tuple(f"prune.width.{k}" for k in ("scope", "allow_empty_sublayer"))
+ADAPRUNER_KEYS = tuple(f"prune.adapruner.{k}" for k in ("trials", "startup_trials", "metrics", "allocations", "windows",
+                                                         "clusters", "owl_lambda", "owl_M", "batch_size", "threads"))
 EVOP_KEYS = tuple(f"prune.evop.{k}" for k in ("granularity", "population", "generations", "mutation", "crossover",
                                                "elite", "tournament", "batch_size", "threads", "device", "dtype"))
 
@@ -82,6 +86,8 @@ class Entry:
     # calibration pass; "scores" (activations + per-linear vectors) unless it holds more (Hessians, logits)
     workload: str = "scores"
     calibration_passes: int = 2  # forwards of every block over the calibration set (OWL measures in its own)
+    width: bool = False  # removes MLP neurons and attention heads, shrinking the matrices (prunemem.prune.width)
+    trial_search: bool = False  # finds its pattern by Bayesian trials, history in the mask header (AdaPruner)
 
 
 @dataclass(frozen=True)
@@ -110,15 +116,18 @@ class Method:
     subset: bool = False  # prunes part of the prunable weights only
     workload: str | None = None  # calibrated: its memory-plan class (scores, hessian, gptq, forward; memplan.KINDS)
     calibration_passes: int = 2
+    width: bool = False  # removes heads and neurons: the evaluated model is physically smaller
+    trial_search: bool = False  # AdaPruner: its trial history is in the mask header
 
     @property
     def structure(self) -> str:
-        """What it removes or changes: none, unstructured, subset, N:M, blocks, quantization, low-rank."""
+        """What it removes or changes: none, unstructured, subset, N:M, blocks, width, quantization, low-rank."""
         if self.kind == "dense":
             return "none"
         if self.kind == "transform":
             return self.family
-        return "N:M" if self.nm else "blocks" if self.removes_units else "subset" if self.subset else "unstructured"
+        return "N:M" if self.nm else "blocks" if self.removes_units else "width" if self.width else \
+            "subset" if self.subset else "unstructured"
 
     @property
     def calibrated(self) -> bool:
@@ -173,6 +182,24 @@ register(Entry("evop-mem", f"{_M}:evop_mem", params=(*EVOP_KEYS, "prune.evop.lam
                calibrated=True, cluster_sampling=True, removes_units=True, search=True, search_split=True,
                threads="prune.evop.threads", workload="forward"))
 
+_W = f"{_M}:width"  # one entry point; prunemem.prune.adapruner.METHODS holds the code by name
+_DATA_METRICS = {"wanda", "taylor", "taylor-group", "flap"}  # read the calibration pass
+
+
+def _width_reads_calibration(metric: str) -> Callable[[dict], bool]:
+    return lambda params: metric in _DATA_METRICS or params["prune"].get("width", {}).get("allocation") == "owl"
+
+
+for _metric in WIDTH_METRICS:  # width-l1 ... width-flap: one importance metric, prune.width's allocation
+    register(Entry(f"width-{_metric}", _W, width=True,
+                   params=(*WIDTH_KEYS, "prune.width.allocation", "prune.width.owl"),
+                   calibrated=_width_reads_calibration(_metric)))
+register(Entry("adapruner", _W, params=(*WIDTH_KEYS, *ADAPRUNER_KEYS, "prune.ccds.clusters", "prune.seed"),
+               calibrated=True, width=True, trial_search=True, threads="prune.adapruner.threads"))
+register(Entry("adapruner-mem", _W,
+               params=(*WIDTH_KEYS, *ADAPRUNER_KEYS, "prune.adapruner.lambda", "prune.ccds.clusters", "prune.seed"),
+               calibrated=True, width=True, trial_search=True, search_split=True, threads="prune.adapruner.threads"))
+
 
 def _allowed() -> str:
     plain = [n for n, e in REGISTRY.items() if e.standalone]
@@ -189,7 +216,8 @@ def _from_entry(name: str, entry: Entry, params: dict, **changes) -> Method:
                     entry.removes_units, entry.search, entry.search_split, threads=entry.threads,
                     loads_model=calibrated, reference=entry.reference, paper=entry.paper, subset=entry.subset,
                     replicates=entry.replicates, workload=entry.workload if calibrated else None,
-                    calibration_passes=entry.calibration_passes)
+                    calibration_passes=entry.calibration_passes, width=entry.width,
+                    trial_search=entry.trial_search)
     return replace(method, **changes)
 
 

@@ -70,7 +70,8 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
     ctx = MaskContext(WeightSource(ckpt / WEIGHTS), cfg, load_model=dense_model,
                       calibration=calibration if calibrated else None,
                       search_split=lambda: load_search_split(plan.samples_dir(model), samples["suffix_tokens"]),
-                      samples=samples)
+                      samples=samples, pool=lambda: load_calibration_pool(plan.samples_dir(model)),
+                      cache_dir=plan.root / ".snakemake" / "prunemem" / "adapruner")
     log.info("%s @ %s: computing from checkpoint %s", method, level, ckpt_sha[:12])
     result = compute(resolved, ctx, float(level))
     chosen.pop("sequences", None)
@@ -78,11 +79,11 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
     pruned = sum(m.numel() - m.kept for m in result.masks.values())
     total = sum(m.numel() for m in result.masks.values())
     log.info("%s @ %s: pruned %d of %d prunable weights (%.4f)%s", method, level, pruned, total, pruned / total,
-             f", removed {result.removed_blocks or result.removed_sublayers}"
-             if result.removed_blocks or result.removed_sublayers else "")
+             f", removed {result.removed_blocks or result.removed_sublayers or len(result.removed_units)}"
+             if result.removed_blocks or result.removed_sublayers or result.removed_units else "")
     out = plan.mask_path(model, method, level)
     prov = record("mask", inputs, plan.stage_params("mask", model, method, level))
     masks.save(out, result.masks, method=method, level=level, checkpoint_sha256=ckpt_sha, provenance=prov,
                updated=result.updated, removed_blocks=result.removed_blocks, block_levels=result.block_levels,
-               removed_sublayers=result.removed_sublayers, info=info)
+               removed_sublayers=result.removed_sublayers, removed_units=result.removed_units, info=info)
     return out

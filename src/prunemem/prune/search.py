@@ -160,6 +160,46 @@ class Score:
     extraction: float | None = None  # share of the search split extracted (evop-mem only)
     fitness: float = 0.0
 
+    @classmethod
+    def of(cls, nll: float, tokens: int, extracted: float | None, members: int, lam: float) -> "Score":
+        """The memorization-aware objective, in one place for EvoP and AdaPruner: calibration
+        perplexity exp(nll / tokens), plus ``lam`` times the share of search-split members extracted."""
+        ppl = math.exp(nll / tokens)
+        rate = extracted / members if extracted is not None else None
+        return cls(ppl, rate, ppl + lam * rate if rate is not None else ppl)
+
+
+def nll_rows(forward, ids: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of each calibration row under ``forward`` (a model, or ``GatedForward``)."""
+    ids = ids.long()
+    logits = forward(input_ids=ids).logits[:, :-1].float()
+    flat = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                             reduction="none")
+    return flat.view(ids.shape[0], -1).sum(1)
+
+
+def extracted_rows(forward, windows: torch.Tensor, k: int, suffix: int) -> torch.Tensor:
+    """1.0 for each search-split window whose suffix greedy decoding reproduces, else 0.0."""
+    from prunemem.evaluate.memorization import score_batch
+
+    return score_batch(forward, windows, k, suffix)["extracted"].double()
+
+
+@torch.no_grad()
+def score_model(model, calibration: torch.Tensor, search: torch.Tensor | None = None, k: int = 0, suffix: int = 0,
+                lam: float = 0.0, batch_rows: int = 8) -> Score:
+    """One model's ``Score`` (as ``Evaluator`` scores a pattern): what AdaPruner's trials are judged by."""
+    device = next(model.parameters()).device
+
+    def total(data, measure):
+        return sum(float(measure(data[i:i + batch_rows].to(device)).double().sum())
+                   for i in range(0, data.shape[0], batch_rows))
+
+    nll = total(calibration, lambda ids: nll_rows(model, ids))
+    extracted = total(search, lambda w: extracted_rows(model, w, k, suffix)) if search is not None else None
+    tokens = calibration.shape[0] * (calibration.shape[1] - 1)
+    return Score.of(nll, tokens, extracted, search.shape[0] if search is not None else 0, lam)
+
 
 @dataclass
 class Evaluator:
@@ -185,15 +225,15 @@ class Evaluator:
         if todo:
             with SublayerGates(self.model) as gates:
                 forward = GatedForward(self.model, gates)
-                nll = self._rows(forward, todo, self.calibration, self._nll)
-                extracted = (self._rows(forward, todo, self.search, self._extracted)
+                nll = self._rows(forward, todo, self.calibration, nll_rows)
+                extracted = (self._rows(forward, todo, self.search,
+                                        lambda f, w: extracted_rows(f, w, self.k, self.suffix))
                              if self.search is not None else None)
             tokens = self.calibration.shape[0] * (self.calibration.shape[1] - 1)
             for i, pattern in enumerate(todo):
-                ppl = math.exp(float(nll[i]) / tokens)
-                rate = float(extracted[i]) / self.search.shape[0] if extracted is not None else None
-                fitness = ppl + self.lam * rate if rate is not None else ppl
-                self.cache[pattern] = Score(ppl, rate, fitness)
+                self.cache[pattern] = Score.of(float(nll[i]), tokens,
+                                               float(extracted[i]) if extracted is not None else None,
+                                               self.search.shape[0] if self.search is not None else 0, self.lam)
         return [self.cache[p] for p in patterns]
 
     @torch.no_grad()
@@ -212,18 +252,6 @@ class Evaluator:
             totals.index_add_(0, cand, values)
         return totals
 
-    @staticmethod
-    def _nll(forward: GatedForward, ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.long()
-        logits = forward(input_ids=ids).logits[:, :-1].float()
-        flat = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                 reduction="none")
-        return flat.view(ids.shape[0], -1).sum(1)
-
-    def _extracted(self, forward: GatedForward, windows: torch.Tensor) -> torch.Tensor:
-        from prunemem.evaluate.memorization import score_batch
-
-        return score_batch(forward, windows, self.k, self.suffix)["extracted"].double()
 
 
 @dataclass(frozen=True)

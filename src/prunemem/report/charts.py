@@ -410,3 +410,26 @@ def search_history(history: pl.DataFrame) -> alt.TopLevelMixin:
     if data["model"].n_unique() > 1:
         facet["row"] = alt.Row("model:N", title="model")
     return ds.figure(chart.facet(**facet).resolve_scale(y="independent"))
+
+
+def trial_history(trials: pl.DataFrame) -> alt.TopLevelMixin:
+    """AdaPruner's objective per trial (points, coloured by importance metric) and the best so far (line),
+    one panel per model and level."""
+    data = trials.filter(pl.col("state") == "complete").with_columns(
+        pl.col("level").map_elements(lambda v: f"{v:g}", return_dtype=pl.String))
+    ds = Datasets()
+    base = alt.Chart(ds(data))
+    points = base.mark_point(filled=True).encode(
+        x=alt.X("trial:Q", title="trial"), y=alt.Y("value:Q", title="objective (lower is better)",
+                                                   scale=alt.Scale(zero=False)),
+        color=alt.Color("metric:N", title="importance metric"), shape=alt.Shape("method:N", title="method"),
+        tooltip=["model:N", "method:N", "level:N", "trial:Q", "metric:N", "allocation:N", "windows:Q", "cluster:N",
+                 alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("perplexity:Q", format=".3f"),
+                 alt.Tooltip("extraction:Q", format=".3f")])
+    line = base.mark_line().encode(x="trial:Q", y="best_value:Q", detail="method:N",
+                                   strokeDash=alt.StrokeDash("method:N", title="best so far"))
+    chart = alt.layer(points, line).properties(width=WIDTH, height=150)
+    facet = {"column": alt.Column("level:N", title="level")}
+    if data["model"].n_unique() > 1:
+        facet["row"] = alt.Row("model:N", title="model")
+    return ds.figure(chart.facet(**facet).resolve_scale(y="independent"))

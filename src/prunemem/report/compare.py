@@ -53,7 +53,7 @@ def traits(method: str) -> Traits:
         return Traits("controls", m.structure, control=True)
     if m.kind == "transform":
         return Traits("quantization and low-rank", m.structure)
-    if m.removes_units:
+    if m.removes_units or m.width:
         return Traits("structured / search", m.structure)
     return Traits("paper strategies" if m.paper else "state of the art", m.structure)
 

@@ -329,6 +329,7 @@ def build(plan: Plan) -> tuple[str, str]:
     results = tables.results(plan)
     layers = tables.layer_sparsity(plan)
     history = tables.search_history(plan)
+    trials, against = tables.trial_history(plan), tables.search_against_fixed(plan)
     k = plan.ks[-1]
     reference = [m for m in plan.methods if plan.method(m).reference]  # the paper's method (global magnitude)
     dup = pl.concat([tables.by_duplication(plan, model, [(DENSE, "0")] + [
@@ -343,6 +344,7 @@ def build(plan: Plan) -> tuple[str, str]:
                "checkpoint_ids": tables.checkpoint_ids(plan), "examples": redaction.extracted_examples(plan),
                "paper_names": {m: tables.paper_model_name(plan, m) for m in plan.models},
                "built_by": f"prunemem {env['prunemem']} (commit {env['git_commit'] or 'unknown'})", "history": history,
+               "trials": trials, "search_against_fixed": against,
                "samples": samples, "methods": methods_info(plan), "kinds": pl.concat(kinds) if kinds else None}
     page, figures, analyses = render(results, layers, dup, context)
     summaries = {f"{m}/{me}/{lv}": sha256_file(plan.metrics_dir(m, me, lv) / "summary.json")
@@ -510,6 +512,22 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
                   "(solid) and the population mean (dashed) per generation; the full history, with the best pattern, "
                   "is <a href=\"search_history.csv\">search_history.csv</a>.</p>",
                   p.chart("search-history", charts.search_history(history)))
+    trials = context.get("trials")
+    if trials is not None and trials.height:
+        against = context["search_against_fixed"]
+        verdicts = [f"{r['model']} {r['method']} at {r['level']:g}: the best trial ({r['best trial metric']}, "
+                    f"objective {r['best trial objective']:.3f}) "
+                    + ("beats" if r["search beats fixed"] else "does not beat")
+                    + f" the best single fixed metric ({r['best fixed metric']}, {r['best fixed objective']:.3f}) at "
+                    f"the same {r['removed units']} removed units." for r in against.iter_rows(named=True)
+                    if r["best fixed metric"] is not None]
+        p.section("trials", "AdaPruner trial history (beside EvoP's search)",
+                  "<p class=note>Width pruning searched by optuna's TPE over the calibration subset, the importance "
+                  "metric and the allocation; the objective is calibration perplexity at a fixed number of removed "
+                  "heads and neurons (adapruner-mem adds λ × the search-split extraction rate, scored as evop-mem "
+                  "scores). Points: each trial, by metric; line: the best so far.</p>",
+                  ("<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>") if verdicts else "",
+                  _table(against), p.chart("trial-history", charts.trial_history(trials)))
     if dup.height:
         p.section("duplication", f"Extraction against duplication (k={k})",
                   "<p class=note>Canaries planted 0 times were never trained on: their rate is what the model guesses "

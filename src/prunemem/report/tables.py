@@ -272,6 +272,53 @@ def search_history(plan: Plan) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=HISTORY_SCHEMA)
 
 
+TRIAL_SCHEMA = {"model": pl.String, "method": pl.String, "level": pl.Float64, "trial": pl.Int64, "metric": pl.String,
+                "allocation": pl.String, "windows": pl.Int64, "cluster": pl.String, "owl_M": pl.Float64,
+                "owl_lambda": pl.Float64, "state": pl.String, "value": pl.Float64, "perplexity": pl.Float64,
+                "extraction": pl.Float64, "best_value": pl.Float64}
+FIXED_SCHEMA = {"model": pl.String, "method": pl.String, "level": pl.Float64, "removed units": pl.Int64,
+                "best trial": pl.Int64, "best trial objective": pl.Float64, "best trial metric": pl.String,
+                "best fixed metric": pl.String, "best fixed objective": pl.Float64, "search beats fixed": pl.Boolean}
+
+
+def _trial_headers(plan: Plan):
+    from prunemem.prune.masks import header
+
+    for model in plan.models:
+        for method, level in plan.variants(model):
+            if plan.method(method).trial_search:
+                found = header(plan.mask_path(model, method, level))["info"].get("trials")
+                if found is None:
+                    raise PrunememError(f"{plan.mask_path(model, method, level)}: an {method} mask without its trial "
+                                        "history; rebuild it (prunemem mask)")
+                yield model, method, level, found
+
+
+def trial_history(plan: Plan) -> pl.DataFrame:
+    """AdaPruner's trials for every searched mask, read from the mask headers: the configuration, the
+    objective (calibration perplexity, + lambda x search-split extraction for adapruner-mem), best so far."""
+    rows = [{"model": model, "method": method, "level": float(level),
+             **{k: row.get(k) for k in TRIAL_SCHEMA if k not in ("model", "method", "level")}}
+            for model, method, level, found in _trial_headers(plan) for row in found["history"]]
+    return pl.DataFrame(rows, schema=TRIAL_SCHEMA)
+
+
+def search_against_fixed(plan: Plan) -> pl.DataFrame:
+    """The best trial against the best single fixed metric (``width-<metric>``'s pattern), both removing the
+    same number of units, hence parameters, scored by the same objective."""
+    rows = []
+    for model, method, level, found in _trial_headers(plan):
+        best = next(r for r in found["history"] if r["trial"] == found["best"])
+        fixed = {m: f for m, f in found.get("fixed", {}).items() if f["state"] == "complete"}
+        top = min(fixed, key=lambda m: (fixed[m]["value"], m)) if fixed else None
+        rows.append({"model": model, "method": method, "level": float(level), "removed units": found["removed"],
+                     "best trial": found["best"], "best trial objective": best["value"],
+                     "best trial metric": best["metric"], "best fixed metric": top,
+                     "best fixed objective": fixed[top]["value"] if top else None,
+                     "search beats fixed": best["value"] < fixed[top]["value"] if top else None})
+    return pl.DataFrame(rows, schema=FIXED_SCHEMA)
+
+
 def calibration_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
     """Each calibrated method beside its '-ccds' twin (cluster-sampled calibration) at every level."""
     at_k = results.filter(pl.col("k") == k)
@@ -294,9 +341,10 @@ def calibration_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
 
 
 def structured_comparison(results: pl.DataFrame, k: int) -> pl.DataFrame:
-    """Methods that remove whole units (blocks, sublayers) side by side at each level: what they remove
-    and what that costs."""
-    structured = sorted((m for m in results["method"].unique() if describe(m).removes_units), key=order)
+    """Methods that remove whole units (blocks, sublayers, heads and neurons) side by side at each level:
+    what they remove and what that costs."""
+    structured = sorted((m for m in results["method"].unique() if describe(m).removes_units or describe(m).width),
+                        key=order)
     return results.filter((pl.col("k") == k) & pl.col("method").is_in(structured)).select(
         "model", "level", "method", "achieved_sparsity", "perplexity", "extraction_rate", "ci_low", "ci_high"
     ).sort("model", "level", pl.col("method").replace_strict({m: i for i, m in enumerate(structured)}))
