@@ -78,6 +78,7 @@ class Entry:
     paper: bool = False  # one of the paper's L1 magnitude strategies (arXiv 2502.15796), grouped so in the report
     subset: bool = False  # prunes only part of the prunable weights (attention, MLP, first/last 25% of layers)
     calibrated_by: str | None = None  # the params key that decides whether it reads calibration (OWL's score)
+    forgets: bool = False  # targeted forgetting (localize-*): reads the members, levels are unit budgets
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Method:
     replicates: bool = False  # '<name>-s<N>' names a replicate of it (prune.random_seeds adds them)
     paper: bool = False  # one of the paper's own strategies
     subset: bool = False  # prunes part of the prunable weights only
+    forgets: bool = False  # targeted forgetting: prunes the width units that hold a forget set (localize-*)
 
     @property
     def structure(self) -> str:
@@ -112,6 +114,8 @@ class Method:
             return "none"
         if self.kind == "transform":
             return self.family
+        if self.forgets:
+            return "units"
         return "N:M" if self.nm else "blocks" if self.removes_units else "subset" if self.subset else "unstructured"
 
     @property
@@ -120,7 +124,10 @@ class Method:
 
     def levels(self, model_levels: list[str], params: dict) -> list[str]:
         """The level rule: N:M has the single level 1 - N/M, quantization 0, low-rank 1 - each keep,
-        dense 0, every other method the model's own levels."""
+        targeted forgetting its unit budgets (prune.localize.budgets), dense 0, every other method the
+        model's own levels."""
+        if self.forgets:
+            return [level_name(b) for b in params["prune"]["localize"]["budgets"]]
         if self.nm:
             return [level_name(1 - self.nm[0] / self.nm[1])]
         if self.kind == "dense" or self.family == "quantization":
@@ -164,6 +171,12 @@ register(Entry("evop", f"{_M}:evop", params=(*EVOP_KEYS, "prune.seed"), calibrat
 register(Entry("evop-mem", f"{_M}:evop_mem", params=(*EVOP_KEYS, "prune.evop.lambda", "prune.seed"),
                calibrated=True, cluster_sampling=True, removes_units=True, search=True, search_split=True,
                threads="prune.evop.threads"))
+# targeted forgetting (prunemem.prune.localize): score the width units holding a forget set, prune the top ones;
+# they read the members (the forget set), the calibration windows and the search split (the retain signal)
+LOCALIZE_KEYS = ("prune.localize", "prune.seed", "samples.k", "samples.suffix_tokens")
+for _name in ("activations", "zeroout", "ig", "slimming", "hardconcrete", "selective", "random"):
+    register(Entry(f"localize-{_name}", f"{_M}:localize_{_name}", family="control" if _name == "random" else "pruning",
+                   params=LOCALIZE_KEYS, calibrated=True, forgets=True, threads="prune.localize.threads"))
 
 
 def _allowed() -> str:
@@ -180,7 +193,7 @@ def _from_entry(name: str, entry: Entry, params: dict, **changes) -> Method:
     method = Method(name, "mask", entry.family, entry.name, entry.target, tuple(dict.fromkeys(keys)), calibration,
                     entry.removes_units, entry.search, entry.search_split, threads=entry.threads,
                     loads_model=calibrated, reference=entry.reference, paper=entry.paper, subset=entry.subset,
-                    replicates=entry.replicates)
+                    replicates=entry.replicates, forgets=entry.forgets)
     return replace(method, **changes)
 
 
