@@ -126,3 +126,23 @@ def test_each_method_forgets_more_than_random_units(memorizing_model, method):
     assert len(record["scores"]) == record["units"]
     assert forget_nll(chosen) > forget_nll(rand)
     assert localize.localize(method, model, sets, 0.05, K, SUFFIX, CFG, 0)[0] == chosen  # deterministic
+
+
+# -- params ----------------------------------------------------------------------------------------
+def test_a_unit_budget_larger_than_the_embedded_model_stops_validate_naming_its_unit_count(default_params):
+    import copy
+
+    from prunemem.plan import validate
+
+    params = copy.deepcopy(default_params)
+    params["prune"]["methods"] = ["global", "localize-zeroout"]
+    params["prune"].pop("localize", None)
+    with pytest.raises(PrunememError, match=r"prune.localize: required by method localize-zeroout"):
+        validate(params)
+    arch = params["embedded"]["architecture"]
+    units = arch["num_layers"] * (arch["num_heads"] + 4 * arch["hidden_size"])
+    params["prune"]["localize"] = {"budgets": [0.01, units + 1], "forget": {"size": 2}, "steps": 5, "threads": 1}
+    with pytest.raises(PrunememError) as err:
+        validate(params)
+    assert f"{units + 1} units exceed the embedded model's {units} units" in str(err.value)
+    assert "\n" not in str(err.value)
