@@ -10,7 +10,7 @@ from prunemem.codedeps import closure, import_graph
 
 # the kernels: masks, transforms, scoring and the readers they are built on
 KERNELS = ["prune.magnitude", "prune.calibrated", "prune.ccds", "prune.targets", "prune.search", "prune.masks",
-           "prune.methods", "prune.units", "prune.registry", "compress.quantize", "compress.gptq", "compress.lowrank",
+           "prune.methods", "prune.units", "prune.registry", "prune.localize", "compress.quantize", "compress.gptq", "compress.lowrank",
            "evaluate.memorization", "evaluate.mia", "evaluate.perplexity", "evaluate.stats", "blockwise",
            "data.sources", "data.mmap", "data.sampling", "data.windows", "data.layout"]
 # the stage runners and the tools above them

@@ -39,6 +39,9 @@ def test_every_entry_resolves_to_its_code(default_params):
     ("int8", dict(kind="transform", family="quantization", calibration=None)),
     ("lowrank", dict(kind="transform", family="low-rank", loads_model=True)),
     ("dense", dict(kind="dense", family="dense")),
+    ("localize-hardconcrete", dict(forgets=True, calibration="random", family="pruning", structure="units",
+                                   threads="prune.localize.threads")),
+    ("localize-random", dict(forgets=True, family="control", structure="units")),
 ])
 def test_the_name_grammar_gives_the_traits(default_params, name, traits):
     method = resolve(name, default_params)
@@ -49,6 +52,15 @@ def test_the_name_grammar_gives_the_traits(default_params, name, traits):
 def test_names_outside_the_grammar_are_one_line(default_params, name):
     with pytest.raises(PrunememError, match=f"prune.methods: .*{name!r}"):
         resolve(name, default_params)
+
+
+def test_localize_levels_are_the_unit_budgets_and_its_digest_has_the_forget_set(default_params):
+    params = copy.deepcopy(default_params)
+    params["prune"]["localize"] = {"budgets": [0.001, 16], "forget": {"size": 4}, "steps": 5, "threads": 1}
+    method = resolve("localize-zeroout", params)
+    assert method.levels(["0.3"], params) == ["0.001", "16"]
+    assert {"prune.localize", "samples.k", "samples.suffix_tokens"} <= set(method.params)
+    assert "prune.localize" not in resolve("global", params).params
 
 
 def test_owl_reads_calibration_only_with_wanda_scores(default_params):

@@ -234,6 +234,22 @@ def _validate_model_sources(name: str, model: dict, window: int, source: str) ->
                                     f"allowed: <= {PRESHUFFLED_ROW}")
 
 
+def _validate_localize(params: dict, name: str, i: int, source: str) -> None:
+    """prune.localize present; for an embedded model, no budget above its unit count (heads + MLP neurons)."""
+    spec = params["prune"].get("localize")
+    if spec is None:
+        raise PrunememError(f"{source}: prune.localize: required by method {name}; allowed keys: budgets, forget, "
+                            "retain, steps, lr, l1, retain_weight, ig_steps, zeroout_batch, threads")
+    if "embedded" in params and any(m["source"] == "embedded" for m in params["models"].values()):
+        arch = params["embedded"]["architecture"]
+        units = arch["num_layers"] * (arch["num_heads"] + 4 * arch["hidden_size"])  # GPT-NeoX: 4x MLP width
+        for budget in spec["budgets"]:
+            if budget >= 1 and budget > units:
+                raise PrunememError(f"{source}: prune.localize.budgets: {budget:g} units exceed the embedded model's "
+                                    f"{units} units (heads and MLP neurons); allowed: a count <= {units} or a "
+                                    "fraction < 1")
+
+
 def _validate_prune(params: dict, source: str) -> None:
     """Every method resolves in the registry; N:M patterns fit; each method's settings are present."""
     prune = params["prune"]
@@ -253,6 +269,8 @@ def _validate_prune(params: dict, source: str) -> None:
                                 f"{params['embedded']['architecture']['hidden_size']}")
         if "prune.owl" in method.params and "owl" not in prune:
             raise PrunememError(f"{source}: prune.owl: required by method {name}; allowed keys: score, M, lambda")
+        if method.forgets:
+            _validate_localize(params, name, i, source)
         if method.calibration == "cluster" and "ccds" not in prune:
             raise PrunememError(f"{source}: prune.ccds: required by method {name}; allowed keys: clusters")
         if method.search and "evop" not in prune:

@@ -45,6 +45,8 @@ class MaskContext:
     samples: dict | None = None  # params["samples"] (k and suffix of the search split)
     pool: Callable[[], torch.Tensor] | None = None  # the whole calibration pool (AdaPruner draws its subsets)
     cache_dir: object = None  # where a search may keep scored trials between runs (AdaPruner); None: nowhere
+    members: Callable[[], object] | None = None  # localize-*: the evaluation members (polars frame: sample_id, tokens)
+    search_members: Callable[[], torch.Tensor] | None = None  # localize-*: the search split's windows (may be empty)
 
 
 @dataclass
@@ -290,6 +292,49 @@ def width(ctx: MaskContext, level: float) -> MaskResult:
     from prunemem.prune import adapruner
 
     return MaskResult(**adapruner.METHODS[ctx.method.base](ctx, level))
+
+
+def _localize(name: str):
+    def method(ctx: MaskContext, level: float) -> MaskResult:
+        from prunemem.evaluate.memorization import score_windows
+        from prunemem.prune import localize
+
+        spec, samples = ctx.cfg["localize"], ctx.samples
+        torch.set_num_threads(spec["threads"])
+        k, suffix = max(samples["k"]), samples["suffix_tokens"]
+        members = ctx.members()
+        windows = torch.tensor(members["tokens"].to_list(), dtype=torch.long)
+        model = ctx.load_model()
+        localize.budget_units(level, len(localize.width_units(model)))  # a budget too large: one line, before any work
+        extracted = score_windows(model, windows, k, suffix, batch_size=32)["extracted"].tolist()
+        ids = members["sample_id"].to_list()
+        forget, retain, record = localize.choose_sets(ids, extracted, spec, ctx.cfg["seed"], k)
+        row = {sid: i for i, sid in enumerate(ids)}
+        search = ctx.search_members()
+        localize.check_disjoint_text({sid: windows[row[sid]].tolist() for sid in forget},
+                                     {f"search[{i}]": t for i, t in enumerate(search.tolist())}, suffix,
+                                     "search split (the retain signal the methods read)")
+        device = next(model.parameters()).device
+        sets = localize.Sets(forget, retain, windows[[row[s] for s in forget]].to(device),
+                             ctx.calibration().to(device), search.to(device))
+        model = model.float()  # gradients and gates in float32 (the chosen units are all that leaves)
+        chosen, _, found = localize.localize(name, model, sets, level, k, suffix, spec, ctx.cfg["seed"])
+        record["retain_signal"] = {"calibration_windows": int(sets.retain_text.shape[0]),
+                                   "search_members": int(search.shape[0])}
+        masks = localize.keep_masks(model, chosen, list(ctx.source.names))
+        return MaskResult(masks, info={"localize": {**record, **found}})
+
+    method.__doc__ = f"Targeted forgetting: prune the top width units by {name} (prunemem.prune.localize)."
+    return method
+
+
+localize_activations = _localize("activations")
+localize_zeroout = _localize("zeroout")
+localize_ig = _localize("ig")
+localize_slimming = _localize("slimming")
+localize_hardconcrete = _localize("hardconcrete")
+localize_selective = _localize("selective")
+localize_random = _localize("random")
 
 
 def compute(method: Method | str, ctx: MaskContext, level: float) -> MaskResult:

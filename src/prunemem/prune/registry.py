@@ -88,6 +88,7 @@ class Entry:
     calibration_passes: int = 2  # forwards of every block over the calibration set (OWL measures in its own)
     width: bool = False  # removes MLP neurons and attention heads, shrinking the matrices (prunemem.prune.width)
     trial_search: bool = False  # finds its pattern by Bayesian trials, history in the mask header (AdaPruner)
+    forgets: bool = False  # targeted forgetting (localize-*): reads the members, levels are unit budgets
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class Method:
     calibration_passes: int = 2
     width: bool = False  # removes heads and neurons: the evaluated model is physically smaller
     trial_search: bool = False  # AdaPruner: its trial history is in the mask header
+    forgets: bool = False  # targeted forgetting: prunes the width units that hold a forget set (localize-*)
 
     @property
     def structure(self) -> str:
@@ -126,6 +128,8 @@ class Method:
             return "none"
         if self.kind == "transform":
             return self.family
+        if self.forgets:
+            return "units"
         return "N:M" if self.nm else "blocks" if self.removes_units else "width" if self.width else \
             "subset" if self.subset else "unstructured"
 
@@ -135,7 +139,10 @@ class Method:
 
     def levels(self, model_levels: list[str], params: dict) -> list[str]:
         """The level rule: N:M has the single level 1 - N/M, quantization 0, low-rank 1 - each keep,
-        dense 0, every other method the model's own levels."""
+        targeted forgetting its unit budgets (prune.localize.budgets), dense 0, every other method the
+        model's own levels."""
+        if self.forgets:
+            return [level_name(b) for b in params["prune"]["localize"]["budgets"]]
         if self.nm:
             return [level_name(1 - self.nm[0] / self.nm[1])]
         if self.kind == "dense" or self.family == "quantization":
@@ -199,6 +206,12 @@ register(Entry("adapruner", _W, params=(*WIDTH_KEYS, *ADAPRUNER_KEYS, "prune.ccd
 register(Entry("adapruner-mem", _W,
                params=(*WIDTH_KEYS, *ADAPRUNER_KEYS, "prune.adapruner.lambda", "prune.ccds.clusters", "prune.seed"),
                calibrated=True, width=True, trial_search=True, search_split=True, threads="prune.adapruner.threads"))
+# targeted forgetting (prunemem.prune.localize): score the width units holding a forget set, prune the top ones;
+# they read the members (the forget set), the calibration windows and the search split (the retain signal)
+LOCALIZE_KEYS = ("prune.localize", "prune.seed", "samples.k", "samples.suffix_tokens")
+for _name in ("activations", "zeroout", "ig", "slimming", "hardconcrete", "selective", "random"):
+    register(Entry(f"localize-{_name}", f"{_M}:localize_{_name}", family="control" if _name == "random" else "pruning",
+                   params=LOCALIZE_KEYS, calibrated=True, forgets=True, threads="prune.localize.threads"))
 
 
 def _allowed() -> str:
@@ -217,7 +230,7 @@ def _from_entry(name: str, entry: Entry, params: dict, **changes) -> Method:
                     loads_model=calibrated, reference=entry.reference, paper=entry.paper, subset=entry.subset,
                     replicates=entry.replicates, workload=entry.workload if calibrated else None,
                     calibration_passes=entry.calibration_passes, width=entry.width,
-                    trial_search=entry.trial_search)
+                    trial_search=entry.trial_search, forgets=entry.forgets)
     return replace(method, **changes)
 
 

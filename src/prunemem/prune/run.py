@@ -18,13 +18,22 @@ from prunemem.blockwise import Placement, place, resolve_placement
 from prunemem.checkpoints import WEIGHTS, checkpoint_hash, load_model
 from prunemem.data.samples import load_calibration_pool, load_search_split, samples_hash
 from prunemem.plan import Plan, lookup
-from prunemem.provenance import record
+from prunemem.provenance import read_parquet, record
 from prunemem.prune import ccds, masks
 from prunemem.prune.methods import MaskContext, compute
 from prunemem.prune.targets import WeightSource
 from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
+
+
+def search_windows(samples_dir: Path, suffix: int):
+    """The search split's windows (possibly none), refused when it overlaps the evaluation members."""
+    import torch
+
+    if read_parquet(samples_dir / "search.parquet", "search split").height == 0:
+        return torch.zeros(0, 0, dtype=torch.long)
+    return load_search_split(samples_dir, suffix)
 
 
 def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
@@ -71,7 +80,10 @@ def build_mask(plan: Plan, model: str, method: str, level: str) -> Path:
                       calibration=calibration if calibrated else None,
                       search_split=lambda: load_search_split(plan.samples_dir(model), samples["suffix_tokens"]),
                       samples=samples, pool=lambda: load_calibration_pool(plan.samples_dir(model)),
-                      cache_dir=plan.root / ".snakemake" / "prunemem" / "adapruner")
+                      cache_dir=plan.root / ".snakemake" / "prunemem" / "adapruner",
+                      members=lambda: read_parquet(plan.samples_dir(model) / "members.parquet",
+                                                                    "member samples"),
+                      search_members=lambda: search_windows(plan.samples_dir(model), samples["suffix_tokens"]))
     log.info("%s @ %s: computing from checkpoint %s", method, level, ckpt_sha[:12])
     result = compute(resolved, ctx, float(level))
     chosen.pop("sequences", None)

@@ -433,3 +433,61 @@ def trial_history(trials: pl.DataFrame) -> alt.TopLevelMixin:
     if data["model"].n_unique() > 1:
         facet["row"] = alt.Row("model:N", title="model")
     return ds.figure(chart.facet(**facet).resolve_scale(y="independent"))
+
+
+_MEASURES = {"forget": "forget-set extraction (share of dense)", "retain": "retain-set extraction (share of dense)",
+             "perplexity": "perplexity change over dense"}
+
+
+def dose_response(table: pl.DataFrame) -> Figure:
+    """Targeted forgetting: forget and retain extraction (share of dense) and perplexity change against the
+    share of units pruned, one column per localize method, 95% CI bands (``report.forgetting``)."""
+    rows = []
+    for r in table.iter_rows(named=True):
+        base = {"model": r["model"], "method": r["method"], "budget": f"{r['level']:g}", "units": r["units"]}
+        rows += [{**base, "share": r["unit_share"], "measure": _MEASURES["forget"], "value": 1 - r["removal"],
+                  "low": 1 - r["removal_high"], "high": 1 - r["removal_low"]},
+                 {**base, "share": r["unit_share"], "measure": _MEASURES["retain"], "value": 1 - r["retain_fall"],
+                  "low": 1 - r["retain_fall_high"], "high": 1 - r["retain_fall_low"]},
+                 {**base, "share": r["unit_share"], "measure": _MEASURES["perplexity"],
+                  "value": r["perplexity_change"], "low": r["perplexity_low"], "high": r["perplexity_high"]}]
+    for (model, method), _ in table.group_by(["model", "method"], maintain_order=True):  # every curve starts at dense
+        for measure, value in ((_MEASURES["forget"], 1.0), (_MEASURES["retain"], 1.0), (_MEASURES["perplexity"], 0.0)):
+            rows.append({"model": model, "method": method, "budget": "dense", "units": 0, "share": 0.0,
+                         "measure": measure, "value": value, "low": value, "high": value})
+    data = pl.DataFrame(rows).sort("model", "method", "measure", "share")
+    ds = Datasets()
+    base = alt.Chart(ds(data)).encode(x=alt.X("share:Q", title="share of units pruned", axis=alt.Axis(format="%")))
+    band = base.mark_area(opacity=0.25, color=PALETTE[0]).encode(y=alt.Y("low:Q", title=None), y2="high:Q")
+    line = base.mark_line(point=True, color=PALETTE[0]).encode(
+        y=alt.Y("value:Q", title=None, axis=alt.Axis(format="%")),
+        tooltip=["model:N", "method:N", "budget:N", "units:Q", alt.Tooltip("share:Q", format=".2%"),
+                 "measure:N", alt.Tooltip("value:Q", format=".1%"), alt.Tooltip("low:Q", format=".1%"),
+                 alt.Tooltip("high:Q", format=".1%")])
+    facet = {"column": alt.Column("method:N", title=None),
+             "row": alt.Row("measure:N", title=None, sort=list(_MEASURES.values()))}
+    chart = (band + line).properties(width=170, height=120)
+    if data["model"].n_unique() > 1:
+        chart = alt.vconcat(*[chart.transform_filter(alt.datum.model == m).facet(**facet).properties(title=m)
+                              .resolve_scale(y="independent") for m in data["model"].unique(maintain_order=True)])
+        return ds.figure(chart)
+    return ds.figure(chart.facet(**facet).resolve_scale(y="independent"))
+
+
+def chosen_units_per_layer(layers: pl.DataFrame) -> Figure:
+    """Where the chosen units sit: units per block and kind at each method's largest budget."""
+    top = layers.join(layers.group_by("model", "method").agg(pl.col("level").max().alias("top")),
+                      on=["model", "method"]).filter(pl.col("level") == pl.col("top"))
+    data = top.with_columns(pl.col("level").map_elements(lambda v: f"{v:g}", return_dtype=pl.String).alias("budget")
+                            ).select("model", "method", "budget", "block", "kind", "units")
+    ds = Datasets()
+    chart = alt.Chart(ds(data)).mark_bar().encode(
+        x=alt.X("block:O", title="transformer block"), y=alt.Y("units:Q", title="chosen units"),
+        color=alt.Color("kind:N", title="unit", scale=alt.Scale(domain=["head", "neuron"], range=PALETTE[:2])),
+        xOffset="kind:N",
+        tooltip=["model:N", "method:N", "budget:N", "block:O", "kind:N", "units:Q"],
+    ).properties(width=150, height=120)
+    facet = {"column": alt.Column("method:N", title=None)}
+    if data["model"].n_unique() > 1:
+        facet["row"] = alt.Row("model:N", title="model")
+    return ds.figure(chart.facet(**facet).resolve_scale(y="independent"))

@@ -30,7 +30,8 @@ SEED = 0
 BUDGETS = (0.01, 0.05, 0.10, 0.25)  # perplexity increases over dense at which methods are matched
 PRIMARY_BUDGET = 0.05
 MIN_DOCUMENTS = 20  # below this a bootstrap over documents is too coarse to lean on (flagged in the note)
-GROUPS = ("paper strategies", "state of the art", "structured / search", "quantization and low-rank", "controls")
+GROUPS = ("paper strategies", "state of the art", "structured / search", "targeted forgetting",
+          "quantization and low-rank", "controls")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def traits(method: str) -> Traits:
         return Traits("quantization and low-rank", m.structure)
     if m.removes_units or m.width:
         return Traits("structured / search", m.structure)
+    if m.forgets:
+        return Traits("targeted forgetting", m.structure)
     return Traits("paper strategies" if m.paper else "state of the art", m.structure)
 
 
@@ -77,6 +80,7 @@ class ModelSamples:
     member: np.ndarray | None = None  # MIA rows: True for members
     mia: dict[tuple[str, float], dict[str, np.ndarray]] = field(default_factory=dict)
     documents: dict[tuple[str, float], np.ndarray] = field(default_factory=dict)  # (docs, 2) [NLL, tokens]
+    ids: np.ndarray | None = None  # the members' sample ids, aligned with ``extracted`` rows
 
 
 def load_samples(plan, model: str) -> ModelSamples:
@@ -91,7 +95,8 @@ def load_samples(plan, model: str) -> ModelSamples:
         key = (method, float(level))
         first_k = mem.filter(pl.col("k") == mem["k"].min())
         if out is None:
-            out = ModelSamples(kinds=first_k["kind"].to_numpy(), copies=first_k["copies"].to_numpy(), extracted={})
+            out = ModelSamples(kinds=first_k["kind"].to_numpy(), copies=first_k["copies"].to_numpy(), extracted={},
+                               ids=first_k["sample_id"].to_numpy())
         out.extracted[key] = {int(k): g.sort("sample_id")["extracted"].to_numpy().astype(bool)
                               for (k,), g in mem.group_by("k")}
         mia = read_parquet(d / "mia.parquet", "membership scores").sort("sample_id")

@@ -20,7 +20,7 @@ from prunemem.evaluate.mia import SCORES
 from prunemem.plan import DENSE, FIGURES, REPORT_DIRECTORIES, REPORT_FILES, Plan
 from prunemem.provenance import atomic_path, environment, read_json, record, sha256_file, write_json
 from prunemem.prune.registry import describe, order
-from prunemem.report import charts, compare, redaction, tables
+from prunemem.report import charts, compare, forgetting, redaction, tables
 from prunemem.report.compare import fmt_ci, fmt_effect, fmt_p
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,8 @@ def build(plan: Plan) -> tuple[str, str]:
                "paper_names": {m: tables.paper_model_name(plan, m) for m in plan.models},
                "built_by": f"prunemem {env['prunemem']} (commit {env['git_commit'] or 'unknown'})", "history": history,
                "trials": trials, "search_against_fixed": against,
-               "samples": samples, "methods": methods_info(plan), "kinds": pl.concat(kinds) if kinds else None}
+               "samples": samples, "methods": methods_info(plan), "kinds": pl.concat(kinds) if kinds else None,
+               "forgetting": {m: forgetting.load(plan, m) for m in plan.models}}
     page, figures, analyses = render(results, layers, dup, context)
     summaries = {f"{m}/{me}/{lv}": sha256_file(plan.metrics_dir(m, me, lv) / "summary.json")
                  for m in plan.models for me, lv in plan.variants(m)}
@@ -473,6 +474,37 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
               "Min-K%++), stratified bootstrap 95% bars, y-axis scaled to the data (chance 0.5 dashed when in view); "
               f"scores use the whole {max(ks) + suffix}-token window. Every score for every variant is in "
               "<a href=\"results.csv\">results.csv</a>.</p>", *body)
+
+    forgotten = {m: forgetting.analyse(m, samples.get(m), context.get("forgetting", {}).get(m, {}), results, k)
+                 for m in models}
+    forgotten = {m: r for m, r in forgotten.items() if r is not None and r.rows.height}
+    for m, r in forgotten.items():  # its tests are listed (and written) with the model's other comparisons
+        analyses[m].comparisons = pl.concat([analyses[m].comparisons, r.comparisons])
+    if forgotten:
+        table = pl.concat([r.rows for r in forgotten.values()], how="diagonal_relaxed")
+        layers_chosen = pl.concat([r.layers for r in forgotten.values()])
+        shown = table.select(
+            "model", "method", "level", "units", *(pl.col(c).mul(100).round(1).alias(f"{c} (%)") for c in (
+                "removal", "removal_low", "removal_high", "retain_fall", "retain_fall_low", "retain_fall_high",
+                "perplexity_change", "specificity", "specificity_low", "specificity_high")),
+            *(pl.col(c).mul(100).round(1).alias(f"{c} (points)") for c in ("vs_magnitude_forget_diff",
+                                                                          "vs_random_forget_diff") if c in table.columns),
+            "meets_target", "meets_with_ci")
+        p.section("forgetting", f"Targeted forgetting (k={k})",
+                  "<p class=note>localize-* masks prune the width units (attention heads, MLP neurons) a localization "
+                  "method scores highest for a forget set of members the dense model extracts; the retain set is "
+                  "every other extracted member, and perplexity the held-out text (both recorded in each mask's "
+                  "header). Removal: the share of the forget set's dense extraction gone; retain fall: the same on "
+                  "the retain set; specificity: removal minus retain fall. vs magnitude / vs random: forget-set "
+                  "extraction minus that of global magnitude pruning or random units interpolated to the same "
+                  "perplexity (negative: targeted forgets more). Paired tests, one Holm family per model, are in the "
+                  "comparisons (ids <code>forgetting:</code>).</p>",
+                  "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for r in forgotten.values() for v in r.verdict)
+                  + "</ul>", _table(shown, left=2),
+                  p.chart("forgetting-dose-response", charts.dose_response(table)),
+                  "<p class=note>Where the chosen units sit, at each method's largest budget: which layers hold the "
+                  "forget set's memorization by each method's account.</p>",
+                  p.chart("forgetting-layers", charts.chosen_units_per_layer(layers_chosen)))
 
     comparisons = pl.concat([a.comparisons for a in analyses.values()])
     if comparisons.height:
