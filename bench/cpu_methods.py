@@ -121,8 +121,8 @@ def measure(args) -> dict:
               "torch": torch.__version__, "threads": args.threads, "calibration": [args.sequences, args.tokens],
               "level": level, "setup": {}, "jobs": {}, "workdir": str(work)}
     runs = [(stage, result["setup"], [stage, "--model", MODEL]) for stage in ("checkpoint", "samples")]
-    runs += [(method, result["jobs"], [verb, "--model", MODEL, "--method", method,
-                                       "--level", level if verb == "mask" else "0"]) for method, verb in METHODS.items()]
+    runs += [(method, result["jobs"], [verb, "--model", MODEL, "--method", method, "--level",
+                                       level if verb == "mask" else "0"]) for method, verb in METHODS.items()]
     for name, into, argv in runs:
         into[name] = run_job(argv, work, env)
         print(f"{name:12s} {into[name]}", flush=True)
@@ -164,13 +164,15 @@ def table(r: dict) -> str:
 
     s, t = r["calibration"]
     small, big = memplan.Shapes.pythia("160m"), memplan.Shapes.pythia("12b")
-    rows = [f"| method (job) | wall s | CPU s | peak RSS MB | plan MB (fp32) | load avg mean / max | "
+    rows = [f"| method (job) | wall s | CPU s | peak RSS MB | plan MB (fp32, CPU) | load avg mean / max | "
             f"FLOPs at {s} x {t}: matmul + float64 | FLOPs / CPU s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, m in r["jobs"].items():
         here = flop_parts(method, small, s, t)
-        plan_mb = memplan.plan(resolve(method, GPTQ_PARAMS), small, s, t, 8, "float32")["device"] / 2**20
-        rows.append(f"| {method} ({METHODS[method]}) | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | {m['peak_rss_mb']:,.0f} | "
-                    f"{plan_mb:,.0f} | {m['load_mean']:.1f} / {m['load_max']:.1f} | {here['matmul']:.2e} + "
+        figures = memplan.plan(resolve(method, GPTQ_PARAMS), small, s, t, 8, "float32")
+        # on the CPU the device is the host: the working set plus what the artifact carries, the weights once
+        plan_mb = (figures["device"] + figures["host"] - small.params * 4) / 2**20
+        rows.append(f"| {method} ({METHODS[method]}) | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | "
+                    f"{m['peak_rss_mb']:,.0f} | {plan_mb:,.0f} | {m['load_mean']:.1f} / {m['load_max']:.1f} | {here['matmul']:.2e} + "
                     f"{here['float64']:.2e} | {sum(here.values()) / m['cpu_s'] / 1e9:.1f} GFLOP/s |")
     rows += ["", "| method | size | FLOPs at 128 x 2048: matmul + float64 | H100 bound, bf16 weights | "
              "H100 bound, fp32 weights | sweep column steps (at 35 us each) |", "|---|---|---:|---:|---:|---:|"]

@@ -297,7 +297,8 @@ def main(argv=None) -> int:
     r["teacher_forcing"] = teacher_vs_generate(small, device, k, suffix, 8 if args.tiny else 64, 8 if args.tiny else 32)
     del small
     eval_rate = min(e["flop_rate"] for e in r["evaluation"].values())
-    r["predicted_gpu_hours"] = predicted_hours(eval_rate, {v["workload"]: v["flop_rate"] for v in r["methods"].values()})
+    rates = {v["workload"]: v["flop_rate"] for v in r["methods"].values()}  # by memory-plan class (registry trait)
+    r["predicted_gpu_hours"] = predicted_hours(eval_rate, rates)
     done("total")
     (args.out / "gpu.md").write_text(table(r) + "\n")
     print(table(r))

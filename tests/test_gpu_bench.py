@@ -32,3 +32,23 @@ def test_gpu_check_tiny_writes_json_and_table(tmp_path):
     assert hours["sota"] > hours["paper"] > 0
     table = (tmp_path / "gpu.md").read_text()
     assert table.startswith("| figure | value | target |") and table.count("\n") == 11
+
+
+def test_cpu_stand_in_table_from_a_recorded_run():
+    """bench/cpu_methods.py's figures from a run's JSON: FLOPs from the shapes, the sweep's column steps."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_methods", REPO / "bench" / "cpu_methods.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    job = {"wall_s": 100.0, "cpu_s": 50.0, "peak_rss_mb": 1000.0, "load_mean": 1.0, "load_max": 2.0}
+    table = bench.table({"calibration": [16, 512], "jobs": {m: job for m in bench.METHODS}})
+    measured, estimates = table.split("\n\n")
+    assert measured.count("\n") == 4 and estimates.count("\n") == 7
+    from prunemem import memplan
+
+    twelve = memplan.Shapes.pythia("12b")
+    assert bench.column_steps("sparsegpt", twelve) == bench.column_steps("int4-gptq", twelve) == 36 * (3 * 5120 + 20480)
+    assert bench.column_steps("wanda", twelve) == 0
+    wanda, sgpt = (bench.gpu_seconds(bench.flop_parts(m, twelve, 128, 2048), "bf16") for m in ("wanda", "sparsegpt"))
+    assert 10 < wanda < 20 and sgpt > 10 * wanda  # SparseGPT's float64 Hessians run at fp64's rate

@@ -194,7 +194,8 @@ def fit_error(figures: dict[str, int], free: int, key: str, offloaded: bool = Fa
     fewer calibration sequences or a smaller micro-batch."""
     if figures["device"] <= free:
         return None
-    need = f"{key}: the memory plan needs {figures['device'] / GIB:.1f} GiB on the device and {free / GIB:.1f} GiB is free"
+    need = (f"{key}: the memory plan needs {figures['device'] / GIB:.1f} GiB on the device and "
+            f"{free / GIB:.1f} GiB is free")
     if offloaded:
         return (f"{need} even with blocks streamed from host memory ({figures['activations'] / GIB:.1f} GiB of it "
                 f"one block's calibration activations); set fewer samples.calibration.sequences or a smaller "
