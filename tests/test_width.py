@@ -107,3 +107,21 @@ def test_removing_a_whole_sublayer_is_refused_unless_allowed(model):
             zeroed = model(ids).logits
         shrunk = width.shrink(copy.deepcopy(model), units, allow_empty_sublayer=True)(ids).logits
     torch.testing.assert_close(shrunk, zeroed, rtol=1e-5, atol=1e-5)
+
+
+def test_standard_form_round_trips_through_from_pretrained(model, tmp_path):
+    """Export: the shrunk model in standard shapes loads with transformers alone and gives the same logits."""
+    from transformers import GPTNeoXForCausalLM
+
+    units = _some_units(model) + [WidthUnit(b, "neuron", i) for b in (0, 1, 2) for i in range(100, 128)] + \
+        [WidthUnit(1, "head", h) for h in range(4)]
+    ids = _ids()
+    with torch.no_grad():
+        with width.units_zeroed(model, units):
+            zeroed = model(ids).logits
+        small = width.shrink(copy.deepcopy(model), units, allow_empty_sublayer=True)
+        assert width.standard_form(small)["intermediate_size"] == 128 - 28
+        small.save_pretrained(tmp_path, safe_serialization=True)
+        loaded = GPTNeoXForCausalLM.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(loaded(ids).logits, zeroed, rtol=1e-5, atol=1e-5)
+    assert loaded.config.intermediate_size == 100

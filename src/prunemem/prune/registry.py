@@ -45,7 +45,7 @@ CLUSTER_KEYS = ("prune.ccds.clusters",)
 # where a calibrated method computes (prunemem.blockwise.Placement): bf16 on a GPU changes the bytes
 PLACEMENT_KEYS = ("prune.device", "prune.dtype", "prune.offload", "prune.batch_size")
 SEARCH_SPLIT_KEYS = ("samples.k", "samples.suffix_tokens")  # which windows of the search split are scored
-WIDTH_KEYS = tuple(f"prune.width.{k}" for k in ("scope", "allow_empty_sublayer"))
+WIDTH_KEYS = tuple(f"prune.width.{k}" for k in ("scope", "allocation", "owl", "allow_empty_sublayer"))
 ADAPRUNER_KEYS = tuple(f"prune.adapruner.{k}" for k in ("trials", "startup_trials", "metrics", "allocations", "windows",
                                                          "clusters", "owl_lambda", "owl_M", "batch_size", "threads"))
 EVOP_KEYS = tuple(f"prune.evop.{k}" for k in ("granularity", "population", "generations", "mutation", "crossover",
@@ -199,8 +199,9 @@ def _width_reads_calibration(metric: str) -> Callable[[dict], bool]:
 
 for _metric in WIDTH_METRICS:  # width-l1 ... width-flap: one importance metric, prune.width's allocation
     register(Entry(f"width-{_metric}", _W, width=True,
-                   params=(*WIDTH_KEYS, "prune.width.allocation", "prune.width.owl"),
+                   params=WIDTH_KEYS,
                    calibrated=_width_reads_calibration(_metric)))
+# the fixed-metric baselines in an adapruner header use prune.width's allocation: WIDTH_KEYS
 register(Entry("adapruner", _W, params=(*WIDTH_KEYS, *ADAPRUNER_KEYS, "prune.ccds.clusters", "prune.seed"),
                calibrated=True, width=True, trial_search=True, threads="prune.adapruner.threads"))
 register(Entry("adapruner-mem", _W,

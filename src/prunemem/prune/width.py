@@ -241,3 +241,63 @@ def _widths(layer) -> dict[str, int]:
 
 def n_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _pad(linear: torch.nn.Linear, dim: int, size: int) -> torch.nn.Linear:
+    """``linear`` with zero output rows (``dim`` 0, zero bias too) or zero input columns (``dim`` 1) appended
+    up to ``size``: a zero unit computes nothing, wherever it sits."""
+    have = linear.weight.shape[dim]
+    if have == size:
+        return linear
+    shape = list(linear.weight.shape)
+    shape[dim] = size
+    out = torch.nn.Linear(shape[1], shape[0], bias=linear.bias is not None, device=linear.weight.device,
+                          dtype=linear.weight.dtype)
+    with torch.no_grad():
+        out.weight.zero_()
+        out.weight.narrow(dim, 0, have).copy_(linear.weight)
+        if linear.bias is not None:
+            out.bias.zero_()
+            out.bias.narrow(0, 0, linear.bias.shape[0]).copy_(linear.bias)
+    return out
+
+
+@torch.no_grad()
+def standard_form(model) -> dict[str, int]:
+    """Give a shrunk model shapes a standard ``GPTNeoXConfig`` describes, computing the same function, so
+    ``save_pretrained`` / ``from_pretrained`` round-trip it (export).
+
+    Heads cannot change count without changing ``head_size``, so removed heads come back as zero heads;
+    the MLPs are padded with zero neurons to the widest block, which becomes ``config.intermediate_size``
+    (all blocks equally pruned: the file really is smaller). An emptied sublayer becomes the standard
+    module with zero weights and its output bias. Returns the new ``intermediate_size`` and head count.
+    """
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention, GPTNeoXMLP
+
+    layers, config = _layers(model), model.config
+    widest = max(1, max(_widths(layer)["neurons"] for layer in layers))
+    heads = config.num_attention_heads
+    for i, layer in enumerate(layers):
+        ref = next(p for p in model.parameters())
+        for sub in ("attention", "mlp"):
+            module = getattr(layer, sub)
+            if isinstance(module, _BiasOnly):
+                standard = GPTNeoXAttention(config, i) if sub == "attention" else \
+                    GPTNeoXMLP(config.__class__(**{**config.to_dict(), "intermediate_size": widest}))
+                standard = standard.to(device=ref.device, dtype=ref.dtype)
+                for p in standard.parameters():
+                    p.zero_()
+                out = standard.dense if sub == "attention" else standard.dense_4h_to_h
+                if module.bias is not None and out.bias is not None:
+                    out.bias.copy_(module.bias)
+                setattr(layer, sub, standard)
+        att, mlp = layer.attention, layer.mlp
+        d = att.head_size
+        att.query_key_value = _pad(att.query_key_value, 0, 3 * d * heads)
+        att.dense = _pad(att.dense, 1, d * heads)
+        mlp.dense_h_to_4h = _pad(mlp.dense_h_to_4h, 0, widest)
+        mlp.dense_4h_to_h = _pad(mlp.dense_4h_to_h, 1, widest)
+    config.intermediate_size = widest
+    if hasattr(config, "width_per_block"):
+        del config.width_per_block
+    return {"intermediate_size": widest, "num_attention_heads": heads}
