@@ -25,9 +25,10 @@ def _windows(plan) -> torch.Tensor:
     return torch.tensor(members["tokens"].to_list()[:16], dtype=torch.long)
 
 
-# a mask with updated weights, one with a removed block, one with removed sublayers, two transforms
+# a mask with updated weights, one with a removed block, one with removed sublayers, one with removed
+# heads and neurons, two transforms
 @pytest.mark.parametrize("method,level,layers", [("sparsegpt", "0.5", 2), ("sleb", "0.5", 1), ("evop-mem", "0.5", 2),
-                                                 ("int4-gptq", "0", 2), ("lowrank", "0.5", 2)])
+                                                 ("adapruner", "0.5", 2), ("int4-gptq", "0", 2), ("lowrank", "0.5", 2)])
 def test_export_loads_with_transformers_alone_and_gives_the_evaluated_logits(pipeline, tmp_path, method, level,
                                                                             layers):
     from transformers import AutoModelForCausalLM

@@ -13,6 +13,8 @@ nothing of prunemem and gives the very logits we evaluated:
   A removed block is the identity, so dropping it is exact, and the file is really smaller;
 - removed sublayers (EvoP): a standard attention or MLP module whose weights and biases are all
   zero, which adds exactly nothing to the residual stream;
+- removed heads and neurons (width pruning, AdaPruner): ``prunemem.prune.width.standard_form``,
+  zero heads and the MLPs padded to the widest block;
 - transforms (quantization, low rank): the dequantized or refactored weights, in the export
   dtype. The file is not smaller than dense: a standard checkpoint has no int4 tensor.
 
@@ -62,6 +64,11 @@ def standard_form(model) -> dict[str, list]:
                 ref = next(layer.parameters())
                 setattr(layer, sub, module.to(device=ref.device, dtype=ref.dtype))
                 zeroed.append(f"{i}.{sub}")
+    widths = {}
+    if getattr(model.config, "width_per_block", None) is not None:  # width pruning shrank the matrices
+        from prunemem.prune import width
+
+        widths = width.standard_form(model)
     if dropped:
         if len(dropped) == len(layers):
             raise PrunememError("export: every block of the variant is removed; a standard checkpoint needs one")
@@ -70,7 +77,7 @@ def standard_form(model) -> dict[str, list]:
             layer.attention.layer_idx = new_index
         model.gpt_neox.layers = torch.nn.ModuleList(kept)
         model.config.num_hidden_layers = len(kept)
-    return {"dropped_blocks": dropped, "zeroed_sublayers": zeroed}
+    return {"dropped_blocks": dropped, "zeroed_sublayers": zeroed, **({"width": widths} if widths else {})}
 
 
 def _card(model_name: str, method: str, level: str, prov: dict, summary: dict | None) -> str:
