@@ -11,7 +11,7 @@ from prunemem.prune import localize
 from prunemem.prune.width import units_zeroed, width_units
 
 SUFFIX, K = 8, 24
-CFG = {"steps": 15, "lr": 0.2, "l1": 0.5, "retain_weight": 1.0, "ig_steps": 4, "zeroout_batch": 64, "threads": 1}
+CFG = {"steps": 15, "lr": 100.0, "l1": 0.5, "retain_weight": 1.0, "ig_steps": 4, "zeroout_batch": 64, "threads": 1}
 
 
 def _sets(seqs: torch.Tensor) -> localize.Sets:

@@ -116,9 +116,10 @@ def choose_sets(ids: list[str], extracted: list[bool], spec: dict, seed: int, k:
             raise PrunememError(f"prune.localize.forget: the dense model extracts 0 of the {len(ids)} evaluation "
                                 f"members at k={k}, so there is nothing to forget; allowed: a model that memorizes, "
                                 "or a smaller samples.k")
-        if size > len(hits):
-            raise PrunememError(f"prune.localize.forget.size: {size} exceeds the {len(hits)} members the dense model "
-                                f"extracts at k={k}; allowed: <= {len(hits)}")
+        if size > len(hits):  # a default that survives a retrained model; the size drawn is recorded
+            log.warning("prune.localize.forget.size: %d exceeds the %d members the dense model extracts at k=%d; "
+                        "drawing %d", size, len(hits), k, len(hits))
+            size = len(hits)
         rng = _random.Random(forget_spec.get("seed", seed) * 104_729 + 23)
         forget, dropped = sorted(rng.sample(hits, size)), []
     if "sample_ids" in retain_spec:
@@ -362,10 +363,12 @@ def ig(inp: Inputs) -> torch.Tensor:
 
 
 def _learn(inp: Inputs, gate_of, penalty_of, params: list[torch.Tensor]) -> None:
-    """Adam on the removal parameters: forget unlikelihood + retain_weight * retain loss + l1 * penalty."""
+    """SGD with momentum on the removal parameters: forget unlikelihood + retain_weight * retain loss + l1 * penalty."""
     from prunemem.runtime import progress
 
-    opt = torch.optim.Adam(params, lr=inp.cfg.get("lr", 0.1))
+    # plain gradient steps, not Adam: Adam moves every parameter by about lr a step whatever its gradient,
+    # so after a few dozen steps every unit with a steady gradient sign has the same score (ties)
+    opt = torch.optim.SGD(params, lr=inp.cfg.get("lr", 100.0), momentum=0.9)
     windows = inp.forget_windows()
     gen = torch.Generator().manual_seed(inp.seed)
     for step in progress(range(inp.cfg.get("steps", 40)), desc="mask", unit="step"):
@@ -382,10 +385,20 @@ def _learn(inp: Inputs, gate_of, penalty_of, params: list[torch.Tensor]) -> None
                      float(penalty_of().detach()))
 
 
+def _param_share(inp: Inputs) -> torch.Tensor:
+    """Each unit's share of all the units' parameters: the penalty weighs what a removal costs, so a
+    head (3 d_head rows and d_head columns) costs as much as the neurons of the same weight mass."""
+    from prunemem.prune.width import unit_size
+
+    size = torch.tensor([float(unit_size(inp.model, u)) for u in inp.units])
+    return size / size.sum()
+
+
 def slimming(inp: Inputs) -> torch.Tensor:
-    """A soft removal mask r = sigmoid(rho) (starting near 0), L1 on r; the score is r."""
+    """A soft removal mask r = sigmoid(rho) (starting near 0), L1 on r weighted by parameters; the score is r."""
     rho = torch.full((len(inp.units),), -3.0, requires_grad=True)
-    _learn(inp, lambda gen: 1 - torch.sigmoid(rho), lambda: torch.sigmoid(rho).mean(), [rho])
+    share = _param_share(inp)
+    _learn(inp, lambda gen: 1 - torch.sigmoid(rho), lambda: (torch.sigmoid(rho) * share).sum(), [rho])
     return torch.sigmoid(rho).detach()
 
 
@@ -403,8 +416,10 @@ def hardconcrete(inp: Inputs) -> torch.Tensor:
         z = (s * (HC_ZETA - HC_GAMMA) + HC_GAMMA).clamp(0, 1)
         return 1 - z
 
-    def l0():
-        return torch.sigmoid(log_alpha - HC_BETA * math.log(-HC_GAMMA / HC_ZETA)).mean()
+    share = _param_share(inp)
+
+    def l0():  # the expected number of removed units, weighted by their parameters
+        return (torch.sigmoid(log_alpha - HC_BETA * math.log(-HC_GAMMA / HC_ZETA)) * share).sum()
 
     _learn(inp, gate, l0, [log_alpha])
     return log_alpha.detach()
