@@ -173,7 +173,7 @@ def analyse(model: str, samples: ModelSamples | None, info: dict, results: pl.Da
 
 
 def _pct(x) -> str:
-    return "n/a" if x is None or x != x else f"{100 * x:.1f}%"
+    return "n/a" if x is None or x != x else f"{100 * x + 0.0:.1f}%"  # + 0.0: no "-0.0%"
 
 
 def verdict(table: pl.DataFrame, reference: str | None) -> list[str]:
