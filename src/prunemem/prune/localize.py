@@ -93,6 +93,10 @@ def choose_sets(ids: list[str], extracted: list[bool], spec: dict, seed: int, k:
     forget_spec, retain_spec = spec.get("forget", {}), spec.get("retain", {})
     known = dict(zip(ids, extracted))
     hits = [i for i in ids if known[i]]
+    shared = sorted(set(forget_spec.get("sample_ids", [])) & set(retain_spec.get("sample_ids", [])))
+    if shared:  # refused first, whatever the dense model extracts
+        raise PrunememError(f"prune.localize: the forget and retain sets share {len(shared)} sample id"
+                            f"{'s' if len(shared) > 1 else ''}: {', '.join(shared[:10])}; allowed: disjoint sets")
     if "sample_ids" in forget_spec:
         given = list(dict.fromkeys(forget_spec["sample_ids"]))
         unknown = [i for i in given if i not in known]
@@ -128,10 +132,6 @@ def choose_sets(ids: list[str], extracted: list[bool], spec: dict, seed: int, k:
         if unknown:
             raise PrunememError(f"prune.localize.retain.sample_ids: {', '.join(unknown[:5])} not among the "
                                 f"{len(ids)} evaluation members")
-        shared = sorted(set(forget) & set(retain))
-        if shared:
-            raise PrunememError(f"prune.localize: the forget and retain sets share {len(shared)} sample id"
-                                f"{'s' if len(shared) > 1 else ''}: {', '.join(shared[:10])}; allowed: disjoint sets")
     else:
         chosen = set(forget)
         retain = [i for i in hits if i not in chosen]
