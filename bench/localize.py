@@ -72,12 +72,13 @@ def main(argv=None) -> int:
                          torch.randint(vocab, (samples.get("search_members", 0), k + suffix),
                                        generator=gen).to(args.device))
     for method in args.methods.split(","):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         chosen, _, record = localize.localize(method, model, sets, args.level, k, suffix, spec, 0)
         if args.device == "cuda":
             torch.cuda.synchronize()
         print(json.dumps({"method": method, "shape": args.shape, "device": args.device, "dtype": args.dtype,
                           "threads": args.threads, "seconds": round(time.perf_counter() - start, 2),
+                          "cpu_seconds": round(time.process_time() - cpu, 2),
                           "units": record["units"], "chosen": len(chosen), "forget": n_forget,
                           "steps": spec.get("steps"), "ig_steps": spec.get("ig_steps")}), flush=True)
     return 0
