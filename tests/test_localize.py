@@ -33,6 +33,9 @@ def test_a_seeded_forget_set_is_drawn_from_the_extracted_members_and_the_rest_re
     assert record["forget"] == forget and record["retain"] == retain and record["extracted_members"] == 4
     other = [localize.choose_sets(IDS, HIT, {"forget": {"size": 2, "seed": s}}, seed=0, k=K)[0] for s in range(8)]
     assert len({tuple(o) for o in other}) > 1  # the seed matters
+    # a size above the extracted count draws them all (a default that survives a retrained model), recorded
+    forget, retain, record = localize.choose_sets(IDS, HIT, {"forget": {"size": 10}}, seed=0, k=K)
+    assert len(forget) == 4 and retain == [] and record["forget"] == forget
 
 
 def test_a_forget_set_with_no_extracted_member_says_how_many_are_and_how_to_choose():
