@@ -43,6 +43,7 @@ def empty_members(root: Path) -> None:
 
 
 EVOP_MEM = ("mask", "--model", "tiny", "--method", "evop-mem", "--level", "0.5")
+LOCALIZE = ("mask", "--model", "tiny", "--method", "localize-zeroout", "--level", "0.01")
 
 
 def search_overlaps_members(root: Path) -> None:
@@ -88,6 +89,19 @@ CASES = [
      ("mask", "--model", "tiny", "--method", "evop", "--level", "1"), ["prune.levels[0]", "out of range", "< 1"]),
     ("search-split-overlaps-members", search_overlaps_members, ("params.yaml", BAD), EVOP_MEM,
      [str(SAMPLES / "search.parquet"), "overlaps the evaluation members", "canary-"]),
+    ("localize-forget-set-not-extracted",
+     override("prune: {methods: [global, localize-zeroout], localize: {budgets: [0.01], steps: 2, threads: 1, "
+              "forget: {sample_ids: [train-00000, canary-00004]}}}\n"), ("params.yaml", BAD), LOCALIZE,
+     ["prune.localize.forget.sample_ids", "0 of the 2 chosen samples are extracted by the dense model at k=32",
+      "forget.size"]),
+    ("localize-forget-overlaps-retain",
+     override("prune: {methods: [global, localize-zeroout], localize: {budgets: [0.01], steps: 2, threads: 1, "
+              "forget: {sample_ids: [canary-00008, train-00001]}, retain: {sample_ids: [train-00001]}}}\n"),
+     ("params.yaml", BAD), LOCALIZE, ["forget and retain sets share 1 sample id: train-00001"]),
+    ("localize-budget-above-unit-count",
+     override("prune: {methods: [global, localize-zeroout], localize: {budgets: [100000], forget: {size: 1}, "
+              "steps: 2, threads: 1}}\n"), ("params.yaml", BAD), GLOBAL,
+     ["prune.localize.budgets", "100000 units exceed the embedded model's 1032 units"]),
     ("missing-params-file", None, ("nope.yaml",), ("checkpoint", "--model", "tiny"), ["nope.yaml", "not found"]),
     ("corrupt-checkpoint-mask", truncate(CKPT / "model.safetensors"), ("params.yaml",), GLOBAL,
      [str(CKPT / "model.safetensors")]),

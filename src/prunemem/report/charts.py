@@ -435,13 +435,14 @@ def trial_history(trials: pl.DataFrame) -> alt.TopLevelMixin:
     return ds.figure(chart.facet(**facet).resolve_scale(y="independent"))
 
 
-_MEASURES = {"forget": "forget-set extraction (share of dense)", "retain": "retain-set extraction (share of dense)",
-             "perplexity": "perplexity change over dense"}
+_MEASURES = {"forget": "forget extraction / dense", "retain": "retain extraction / dense",
+             "perplexity": "perplexity change"}
 
 
 def dose_response(table: pl.DataFrame) -> Figure:
     """Targeted forgetting: forget and retain extraction (share of dense) and perplexity change against the
-    share of units pruned, one column per localize method, 95% CI bands (``report.forgetting``)."""
+    share of units pruned, one column per localize method, 95% CI bands (a share's band clipped to 0-100%;
+    ``report.forgetting``)."""
     rows = []
     for r in table.iter_rows(named=True):
         base = {"model": r["model"], "method": r["method"], "budget": f"{r['level']:g}", "units": r["units"]}
@@ -455,7 +456,10 @@ def dose_response(table: pl.DataFrame) -> Figure:
         for measure, value in ((_MEASURES["forget"], 1.0), (_MEASURES["retain"], 1.0), (_MEASURES["perplexity"], 0.0)):
             rows.append({"model": model, "method": method, "budget": "dense", "units": 0, "share": 0.0,
                          "measure": measure, "value": value, "low": value, "high": value})
-    data = pl.DataFrame(rows).sort("model", "method", "measure", "share")
+    data = pl.DataFrame(rows).sort("model", "method", "measure", "share").with_columns(  # a share's band stays in 0-1
+        low=pl.when(pl.col("measure") == _MEASURES["perplexity"]).then(pl.col("low")).otherwise(pl.col("low").clip(0, 1)),
+        high=pl.when(pl.col("measure") == _MEASURES["perplexity"]).then(pl.col("high"))
+        .otherwise(pl.col("high").clip(0, 1)))
     ds = Datasets()
     base = alt.Chart(ds(data)).encode(x=alt.X("share:Q", title="share of units pruned", axis=alt.Axis(format="%")))
     band = base.mark_area(opacity=0.25, color=PALETTE[0]).encode(y=alt.Y("low:Q", title=None), y2="high:Q")

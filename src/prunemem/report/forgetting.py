@@ -15,7 +15,7 @@ variant. Per variant (method, budget), against the dense model on the same membe
 - at the variant's perplexity, global magnitude (the paper's method) and random units
   (``localize-random``) interpolated along their curves: paired bootstrap over the forget members.
 
-These tests are one Holm family per model (rows in reports/comparisons.csv with ids starting
+These tests are their own Holm family per model (rows in reports/comparisons.csv with ids starting
 ``forgetting:``). The target (issue 23): removal >= 80%, retain fall <= 20%, perplexity <= +5%.
 """
 
@@ -173,7 +173,7 @@ def analyse(model: str, samples: ModelSamples | None, info: dict, results: pl.Da
 
 
 def _pct(x) -> str:
-    return "n/a" if x is None or x != x else f"{100 * x:.1f}%"
+    return "n/a" if x is None or x != x else f"{100 * x + 0.0:.1f}%"  # + 0.0: no "-0.0%"
 
 
 def verdict(table: pl.DataFrame, reference: str | None) -> list[str]:

@@ -497,8 +497,8 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
                   "header). Removal: the share of the forget set's dense extraction gone; retain fall: the same on "
                   "the retain set; specificity: removal minus retain fall. vs magnitude / vs random: forget-set "
                   "extraction minus that of global magnitude pruning or random units interpolated to the same "
-                  "perplexity (negative: targeted forgets more). Paired tests, one Holm family per model, are in the "
-                  "comparisons (ids <code>forgetting:</code>).</p>",
+                  "perplexity (negative: targeted forgets more). Its paired tests are their own Holm family per "
+                  "model, listed with the comparisons (ids <code>forgetting:</code>).</p>",
                   "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for r in forgotten.values() for v in r.verdict)
                   + "</ul>", _table(shown, left=2),
                   p.chart("forgetting-dose-response", charts.dose_response(table)),
