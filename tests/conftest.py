@@ -27,7 +27,7 @@ SMALL = {
         "tokenizer": {"vocab_size": 512},
         "architecture": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "seq_len": 64},
         "training": {"steps": 300, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 10, "weight_decay": 0.0,
-                     "threads": 2},
+                     "threads": 1},  # one thread: 2 stall at their barriers when the cores are shared
         # a model this small memorizes only under heavy duplication
         "canaries": {"tokens": 48, "copies": [0, 32, 256], "per_copy_count": 4},
     },

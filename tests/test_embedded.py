@@ -63,6 +63,33 @@ def test_training_stream_plants_each_canary_its_number_of_times():
     assert torch.equal(stream.rows, again.rows)
 
 
-def test_training_stream_refuses_too_little_text():
-    with pytest.raises(PrunememError, match="lower embedded.training.steps"):
-        embedded.build_training_stream([[1, 2, 3]], [], eos_id=0, n_rows=4, seq_len=16, seed=0)
+def test_training_stream_passes_over_the_text_again_in_a_new_order():
+    docs = [[10 + d] * 7 for d in range(6)]  # 6 documents of 8 tokens with EOS: 48 tokens a pass
+    stream = embedded.build_training_stream(docs, [], eos_id=0, n_rows=9, seq_len=16, seed=0)
+    assert stream.epochs == pytest.approx(3.0)
+    flat = stream.rows.flatten().tolist()
+    passes = [[t for t in flat[i * 48:(i + 1) * 48] if t] for i in range(3)]
+    firsts = [[p[j] for j in range(0, 42, 7)] for p in passes]
+    assert all(sorted(f) == list(range(10, 16)) for f in firsts)  # each pass holds every document once
+    assert firsts[0] == list(range(10, 16)) and firsts[1] != firsts[0]  # later passes are reshuffled
+    with pytest.raises(PrunememError, match="embedded.split: the training split has no text"):
+        embedded.build_training_stream([[]], [], eos_id=0, n_rows=4, seq_len=16, seed=0)
+
+
+def test_canaries_per_copy_count_cut_several_windows_per_document():
+    pool = [{"id": f"d{i}"} for i in range(3)]
+    ids = [list(range(1000 * i, 1000 * i + 100)) for i in range(3)]
+    cfg = {"tokens": 10, "copies": [0, 1, 4], "per_copy_count": [6, 3, 2]}
+    assert embedded.canary_counts(cfg) == {0: 6, 1: 3, 4: 2} and embedded.planted_tokens(cfg) == 10 * (3 + 8)
+    canaries = embedded.choose_canaries(pool, ids, cfg, seed=0)
+    assert [c.copies for c in canaries] == [0] * 6 + [1] * 3 + [4] * 2
+    spans = sorted((c.doc_id, c.offset) for c in canaries)
+    for (d1, o1), (d2, o2) in zip(spans, spans[1:]):  # same-document canaries at least one window apart
+        assert d1 != d2 or o2 - o1 >= 20
+    assert len({c.doc_id for c in canaries}) == 3
+    for c in canaries:
+        assert c.tokens == ids[int(c.doc_id[1:])][c.offset:c.offset + 10]
+    with pytest.raises(PrunememError, match=r"asks for 60 canaries of 10 tokens but the canary pool can supply 15"):
+        embedded.choose_canaries(pool, ids, {**cfg, "per_copy_count": 20}, seed=0)
+    with pytest.raises(PrunememError, match="per_copy_count: 2 counts for 3 copy counts"):
+        embedded.canary_counts({**cfg, "per_copy_count": [1, 2]})

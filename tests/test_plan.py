@@ -29,7 +29,7 @@ BAD = [
     ("prune.levels", [0.5, 1.0], ["prune.levels[1]", "out of range", "< 1"]),
     ("prune.levels", [-0.1], ["prune.levels[0]", "out of range", ">= 0"]),
     ("samples.k", [32, 240], ["samples.k", "240", "context minus the suffix", "k <= 128"]),
-    ("embedded.canaries.tokens", 100, ["samples.k", "embedded.canaries.tokens 100", "k <= 68"]),
+    ("embedded.canaries.tokens", 64, ["samples.k", "embedded.canaries.tokens 64", "k <= 32"]),
     ("perplexity.window", 512, ["perplexity.window", "allowed: <= embedded.architecture.seq_len 160"]),
     ("prune.seeed", 3, ["unknown key 'prune.seeed'", "allowed keys here", "seed"]),
     ("samples.suffix_tokens", "32", ["samples.suffix_tokens", "wrong type", "integer"]),

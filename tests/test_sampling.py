@@ -278,3 +278,21 @@ def test_readers_agree_on_lines_blank_lines_and_carriage_returns(tmp_path, corpu
     (tmp_path / "a.txt").write_bytes(b"a\rb\nc\r\n\nd")
     assert list(read_texts(tmp_path / "a.txt", "txt", None)) == [("line 1", "a\rb"), ("line 2", "c"),
                                                                   ("line 3", ""), ("line 4", "d")]
+def test_occurrences_counts_exact_spans_inside_rows():
+    import torch
+
+    rows = torch.tensor([[1, 2, 3, 4, 1, 2, 3], [9, 1, 2, 3, 0, 0, 0], [3, 1, 2, 0, 0, 0, 0]], dtype=torch.int32)
+    # [1,2,3] twice in row 0 and once in row 1; [3,1,2] only in row 2 (never across the row boundary 0->1)
+    assert samples.occurrences(rows, [[1, 2, 3], [3, 1, 2], [2, 3, 9], [4, 4, 4]]) == [3, 1, 0, 0]
+
+
+def test_heldout_windows_are_disjoint_seeded_and_say_how_many_they_can_supply():
+    docs = [(f"h{i}", list(range(100 * i, 100 * i + 50))) for i in range(4)]  # 2 windows of 12 per document
+    got = samples.heldout_windows(docs, 12, 6, seed=0)
+    assert got == samples.heldout_windows(docs, 12, 6, seed=0) and len(got) == 6
+    assert all(r["kind"] == "heldout" and not r["member"] and r["copies"] == 0 and len(r["tokens"]) == 12 for r in got)
+    spans = {(r["source"], t) for r in got for t in r["tokens"]}
+    assert len(spans) == 6 * 12  # no two windows overlap
+    with pytest.raises(PrunememError, match=r"samples.nonmembers: asks for 9 held-out windows of 12 tokens but the "
+                                            r"held-out split can supply 8"):
+        samples.heldout_windows(docs, 12, 9, seed=0)

@@ -62,14 +62,41 @@ def load_tokenizer(directory: str | Path):
                             f"({str(err).splitlines()[0]})") from None
 
 
-def build_embedded(out_dir: str | Path, params: dict, progress=None, prov_params: dict | None = None) -> Path:
-    """Train the embedded model and write it, its tokenizer and its training stream to ``out_dir``.
+def embedded_recipe(params: dict) -> dict:
+    """What an embedded checkpoint is a function of: the ``embedded:`` recipe (whatever the model is named)."""
+    return {"embedded": params["embedded"]}
 
-    ``prov_params`` (``Plan.stage_params("checkpoint", model)``) is what the provenance record keeps.
-    """
-    import polars as pl
+
+def _training_stream(tokenizer, split: dict, canaries: list, cfg: dict):
+    train_cfg, arch = cfg["training"], cfg["architecture"]
+    return embedded.build_training_stream(embedded.tokenize(tokenizer, [d["text"] for d in split["train"]]),
+                                          canaries, tokenizer.eos_token_id,
+                                          train_cfg["steps"] * train_cfg["batch_size"], arch["seq_len"], cfg["seed"])
+
+
+def _save_training_rows(stream, path: Path) -> None:
     from safetensors.torch import save_file
 
+    save_file({"rows": stream.rows, "row_canary": stream.row_canary,
+               "row_canary_offset": stream.row_canary_offset}, path)
+
+
+def build_embedded(out_dir: str | Path, params: dict, progress=None, prov_params: dict | None = None,
+                   retrain: bool = False) -> Path:
+    """The embedded model, its tokenizer and its training stream in ``out_dir``.
+
+    When the shipped checkpoint (``prunemem.shipped``) was trained from exactly this recipe, it
+    is copied after every file is checked against its pinned sha256 (a verified copy, seconds);
+    otherwise, or with ``retrain``, the model is trained here. ``prov_params``
+    (``Plan.stage_params("checkpoint", model)``) is what the provenance record keeps.
+    """
+    import polars as pl
+
+    from prunemem import shipped
+
+    out_dir = Path(out_dir)
+    if not retrain and (pins := shipped.matching_pins(embedded_recipe(params))) is not None:
+        return shipped.copy_verified(pins, out_dir, params, prov_params or embedded_recipe(params))
     cfg, seed = params["embedded"], params["embedded"]["seed"]
     deterministic(cfg["training"]["threads"])
     docs = embedded.load_corpus()
@@ -77,33 +104,33 @@ def build_embedded(out_dir: str | Path, params: dict, progress=None, prov_params
     log.info("corpus: %d documents -> train %d, heldout %d, canary pool %d", len(docs), len(split["train"]),
              len(split["heldout"]), len(split["canary_pool"]))
     tokenizer = embedded.train_tokenizer([d["text"] for d in split["train"]], cfg["tokenizer"]["vocab_size"])
-    eos_id = tokenizer.eos_token_id
     canaries = embedded.choose_canaries(split["canary_pool"],
                                         embedded.tokenize(tokenizer, [d["text"] for d in split["canary_pool"]]),
                                         cfg["canaries"], seed)
-    train_cfg, arch = cfg["training"], cfg["architecture"]
-    stream = embedded.build_training_stream(embedded.tokenize(tokenizer, [d["text"] for d in split["train"]]),
-                                            canaries, eos_id, train_cfg["steps"] * train_cfg["batch_size"],
-                                            arch["seq_len"], seed)
-    config = embedded.model_config(arch, len(tokenizer), eos_id)
-    model = embedded.train(config, stream, train_cfg, seed, progress=progress)
+    stream = _training_stream(tokenizer, split, canaries, cfg)
+    planted = embedded.planted_tokens(cfg["canaries"])
+    log.info("training stream: %d tokens, %.2f passes over the training split, canaries %d tokens (%.2f%%)",
+             stream.rows.numel(), stream.epochs, planted, 100 * planted / stream.rows.numel())
+    config = embedded.model_config(cfg["architecture"], len(tokenizer), tokenizer.eos_token_id)
+    heldout = embedded.heldout_windows_tensor(embedded.tokenize(tokenizer, [d["text"] for d in split["heldout"]]),
+                                              tokenizer.eos_token_id, cfg["architecture"]["seq_len"], 32)
+    model = embedded.train(config, stream, cfg["training"], seed, progress=progress, heldout=heldout)
     log.info("trained %d parameters", sum(p.numel() for p in model.parameters()))
 
-    out_dir = Path(out_dir)
     with AtomicDir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        save_file({"rows": stream.rows, "row_canary": stream.row_canary,
-                   "row_canary_offset": stream.row_canary_offset}, tmp / embedded.TRAINING_ROWS)
+        _save_training_rows(stream, tmp / embedded.TRAINING_ROWS)
         pl.DataFrame({
             "canary_id": [c.canary_id for c in canaries], "doc_id": [c.doc_id for c in canaries],
             "offset": [c.offset for c in canaries], "copies": [c.copies for c in canaries],
             "tokens": [c.tokens for c in canaries],
         }, schema_overrides={"tokens": pl.List(pl.Int32)}).write_parquet(tmp / embedded.CANARIES)
         weights_sha = sha256_file(tmp / WEIGHTS)
-        prov = record("checkpoint", {"corpus": embedded.CORPUS_SHA256},
-                      {"source": "embedded", "embedded": cfg} if prov_params is None else prov_params)
+        prov = record("checkpoint", {"corpus": embedded.CORPUS_SHA256}, prov_params or embedded_recipe(params))
         prov.update(checkpoint_sha256=weights_sha, source="embedded",
-                    training_rows_sha256=sha256_file(tmp / embedded.TRAINING_ROWS))
+                    training_rows_sha256=sha256_file(tmp / embedded.TRAINING_ROWS),
+                    training={"tokens": stream.rows.numel(), "epochs": round(stream.epochs, 4),
+                              "canary_tokens": planted, "canary_fraction": round(planted / stream.rows.numel(), 6)})
         write_json(tmp / PROVENANCE, prov)
     return out_dir

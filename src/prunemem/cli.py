@@ -2,12 +2,14 @@
 
     prunemem validate                               # check params.yaml, print the plan size
     prunemem fetch      --model pythia-160m         # data/fetched/pythia-160m.json (hub datasets -> HF cache)
-    prunemem checkpoint --model tiny                # data/checkpoints/tiny/
+    prunemem checkpoint --model tiny                # data/checkpoints/tiny/ (a verified copy of the shipped model)
+    prunemem checkpoint --model tiny --retrain --ship   # retrain the embedded model and re-ship it
     prunemem samples    --model tiny                # data/samples/tiny/
     prunemem mask       --model tiny --method global --level 0.5
     prunemem transform  --model tiny --method int4   --level 0     # quantization / low-rank baselines
     prunemem evaluate   --model tiny --method dense  --level 0
     prunemem report                                 # reports/results.csv, reports/report.html
+    prunemem export     --model tiny --method global --level 0.5 --out DIR   # a standard HF checkpoint
     prunemem audit                                  # re-hash everything, check it against params and dvc.lock
     prunemem dvc-yaml                               # regenerate dvc.yaml from the plan
 
@@ -85,10 +87,21 @@ def cmd_checkpoint(plan: Plan, args) -> None:
         out = fetch_checkpoint(spec["repo"], spec["revision"], plan.checkpoint_dir(args.model),
                                plan.stage_params("checkpoint", args.model))
     else:
+        import time
+
         from prunemem.checkpoints import build_embedded
 
+        if args.ship and not args.retrain:
+            raise PrunememError("--ship: ships a model trained by this command; allowed: with --retrain")
+        start = time.perf_counter()
         out = build_embedded(plan.checkpoint_dir(args.model), plan.params, progress=_progress("train"),
-                             prov_params=plan.stage_params("checkpoint", args.model))
+                             prov_params=plan.stage_params("checkpoint", args.model), retrain=args.retrain)
+        if args.ship:
+            from prunemem.checkpoints import embedded_recipe
+            from prunemem.shipped import ship
+
+            ship(out, embedded_recipe(plan.params), time.perf_counter() - start,
+                 plan.params["embedded"]["training"]["threads"])
     print(out)
 
 
@@ -155,6 +168,14 @@ def cmd_audit(plan: Plan, args) -> None:
         raise SystemExit(1)
 
 
+def cmd_export(plan: Plan, args) -> None:
+    from prunemem.export import export_variant
+
+    _check_model(plan, args.model)
+    _check_variant(plan, args.model, args.method, args.level)
+    print(export_variant(plan, args.model, args.method, args.level, args.out, args.dtype))
+
+
 def cmd_dvc_yaml(plan: Plan, args) -> None:
     from prunemem.dvcgen import write_dvc_yaml
 
@@ -171,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
                                ("samples", cmd_samples, "build member / non-member / perplexity sets")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)
+        if name == "checkpoint":
+            p.add_argument("--retrain", action="store_true",
+                           help="embedded: train even when the shipped checkpoint matches the recipe")
+            p.add_argument("--ship", action="store_true",
+                           help="embedded, with --retrain: replace the shipped checkpoint and its pins")
         p.set_defaults(fn=fn)
     for name, fn, helptext in (("mask", cmd_mask, "compute one pruning mask"),
                                ("transform", cmd_transform, "record one compression transform (int8, int4, lowrank)"),
@@ -180,6 +206,13 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--method", required=True)
         p.add_argument("--level", required=True, help="as spelt in paths, e.g. 0.5 (dense: 0)")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("export", help="write one variant as a standard Hugging Face checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--level", required=True, help="as spelt in paths, e.g. 0.5 (dense: 0)")
+    p.add_argument("--out", required=True, help="a new or empty directory")
+    p.add_argument("--dtype", default="float32", help="float32 (the CPU evaluation's, exact), bfloat16 or float16")
+    p.set_defaults(fn=cmd_export)
     sub.add_parser("report", help="results.csv and report.html").set_defaults(fn=cmd_report)
     p = sub.add_parser("audit", help="re-hash every artifact and check it against its recorded inputs and params")
     p.add_argument("--no-dvc", action="store_true", help="skip the comparison with dvc.lock")

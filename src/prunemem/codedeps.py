@@ -8,7 +8,7 @@ SparseGPT ``compress/gptq.py``. This walks the AST of each module, function-loca
 included (a lazy import still runs), plus every package ``__init__`` an import executes, and
 adds the data files the code opens (``resources.files("prunemem").joinpath("<file>")`` and
 module-level ``*_FILE = "<path under the package>"`` constants, e.g. the bundled corpus and the
-params schema). Static and torch-free: ~50 ms for the whole package, cached per process.
+params schema, and every file of a bundled ``resources/`` folder, e.g. the shipped checkpoint). Static and torch-free: ~50 ms for the whole package, cached per process.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def _scan(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
                 and not node.value.startswith("/") and len(node.value) < 200 and "\n" not in node.value:
             if (ROOT / node.value).is_file():  # a file bundled with the package, named by its path in it
                 data.append(node.value)
+            elif node.value.startswith("resources/") and (ROOT / node.value).is_dir():  # a bundled folder
+                data += sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / node.value).rglob("*") if p.is_file())
     found = [m for m in dict.fromkeys(modules) if module_file(m) is not None]
     return tuple(found), tuple(dict.fromkeys(data))
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import lzma
+import math
 import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-import torch
 
 from prunemem.errors import PrunememError
 from prunemem.provenance import sha256_file
@@ -97,20 +96,50 @@ class Canary:
     tokens: list[int]
 
 
-def choose_canaries(pool: list[dict], pool_ids: list[list[int]], cfg: dict, seed: int) -> list[Canary]:
-    """One window of ``cfg['tokens']`` tokens from each of the first long-enough pool documents."""
-    length, per, copy_counts = cfg["tokens"], cfg["per_copy_count"], cfg["copies"]
-    rng = random.Random(seed + 1)
+def canary_counts(cfg: dict) -> dict[int, int]:
+    """``{copies: canaries}`` from ``embedded.canaries``: ``per_copy_count`` is one number for every
+    copy count, or a list beside ``copies`` (so that the buckets whose rate is near 50% can be
+    large and the always- or never-extracted ones small)."""
+    per = cfg["per_copy_count"]
+    if isinstance(per, int):
+        per = [per] * len(cfg["copies"])
+    if len(per) != len(cfg["copies"]):
+        raise PrunememError(f"embedded.canaries.per_copy_count: {len(per)} counts for {len(cfg['copies'])} copy "
+                            "counts; allowed: one number, or one count per entry of embedded.canaries.copies")
+    return dict(zip(cfg["copies"], per))
+
+
+def planted_tokens(cfg: dict) -> int:
+    """Canary tokens in the training stream: every copy of every canary."""
+    return cfg["tokens"] * sum(copies * n for copies, n in canary_counts(cfg).items())
+
+
+def spaced_windows(docs: list[tuple[str, list[int]]], length: int, rng: random.Random
+                   ) -> list[tuple[str, int, list[int]]]:
+    """(doc id, offset, tokens) of windows of ``length`` cut from each document at a random phase,
+    every other window kept, so that two windows of one document are at least a window apart."""
     windows = []
-    for doc, ids in zip(pool, pool_ids):
+    for doc_id, ids in docs:
         if len(ids) >= length:
-            offset = rng.randrange(len(ids) - length + 1)
-            windows.append((doc["id"], offset, ids[offset : offset + length]))
-    needed = per * len(copy_counts)
+            phase = rng.randrange(min(length, len(ids) - length + 1))
+            windows.extend((doc_id, offset, ids[offset : offset + length])
+                           for offset in range(phase, len(ids) - length + 1, 2 * length))
+    return windows
+
+
+def choose_canaries(pool: list[dict], pool_ids: list[list[int]], cfg: dict, seed: int) -> list[Canary]:
+    """Seeded windows of ``cfg['tokens']`` tokens from the canary pool, several per document
+    (``spaced_windows``), shuffled and dealt to the copy counts."""
+    length, counts = cfg["tokens"], canary_counts(cfg)
+    rng = random.Random(seed + 1)
+    windows = spaced_windows([(doc["id"], ids) for doc, ids in zip(pool, pool_ids)], length, rng)
+    rng.shuffle(windows)
+    needed = sum(counts.values())
     if len(windows) < needed:
-        raise PrunememError(f"embedded.canaries: need {needed} canary documents of >= {length} tokens but the "
-                            f"canary pool has {len(windows)}; raise embedded.split.canary_pool or lower per_copy_count")
-    copies = [c for c in copy_counts for _ in range(per)]
+        raise PrunememError(f"embedded.canaries.per_copy_count: asks for {needed} canaries of {length} tokens but the "
+                            f"canary pool can supply {len(windows)}; lower per_copy_count or tokens, or raise "
+                            "embedded.split.canary_pool")
+    copies = [c for c, n in counts.items() for _ in range(n)]
     return [Canary(i, d, o, c, t) for i, ((d, o, t), c) in enumerate(zip(windows[:needed], copies))]
 
 
@@ -121,6 +150,7 @@ class TrainingStream:
     rows: torch.Tensor  # int32 [n_rows, seq_len]
     row_canary: torch.Tensor  # int32 [n_rows], canary_id planted in the row or -1
     row_canary_offset: torch.Tensor  # int32 [n_rows], where in the row it starts, or -1
+    epochs: float = 1.0  # passes over the training text (ordinary tokens / training-split tokens)
 
 
 def build_training_stream(train_ids: list[list[int]], canaries: list[Canary], eos_id: int,
@@ -128,21 +158,34 @@ def build_training_stream(train_ids: list[list[int]], canaries: list[Canary], eo
     """Pack training documents (EOS-separated) into rows, planting each canary copy whole inside one row.
 
     Canary copies go to distinct, seeded-random rows at a random offset, so the model always
-    sees a canary with its full prefix, as a prompt of any k will present it.
+    sees a canary with its full prefix, as a prompt of any k will present it. When the rows
+    need more text than the training split holds, the split is passed over again (an epoch),
+    each pass in its own seeded document order, as a multi-epoch LM run would.
     """
+    import torch
+
     rng = random.Random(seed + 2)
-    filler: list[int] = []
-    for ids in train_ids:
-        filler.extend(ids)
-        filler.append(eos_id)
     copies = [c for c in canaries for _ in range(c.copies)]
     rng.shuffle(copies)
+    if len(copies) > n_rows:
+        raise PrunememError(f"embedded.canaries: {len(copies)} planted copies need as many training rows; allowed: "
+                            f"<= steps x batch_size = {n_rows}")
     planted_rows = rng.sample(range(n_rows), len(copies))
     plan = dict(zip(planted_rows, copies))
     needed = n_rows * seq_len - sum(len(c.tokens) for c in copies)
-    if needed > len(filler):
-        raise PrunememError(f"embedded.training: steps x batch_size x seq_len needs {needed} training tokens but the "
-                            f"training split has {len(filler)}; lower embedded.training.steps")
+    if not any(train_ids):
+        raise PrunememError("embedded.split: the training split has no text")
+    # More rows than the training text fills: further passes (epochs), each in a fresh seeded document order.
+    filler: list[int] = []
+    epoch_order = list(range(len(train_ids)))
+    epochs = 0
+    while len(filler) < needed:
+        if epochs:
+            random.Random(seed * 1_000_003 + epochs).shuffle(epoch_order)
+        for i in epoch_order:
+            filler.extend(train_ids[i])
+            filler.append(eos_id)
+        epochs += 1
     rows = torch.empty((n_rows, seq_len), dtype=torch.int32)
     row_canary = torch.full((n_rows,), -1, dtype=torch.int32)
     row_offset = torch.full((n_rows,), -1, dtype=torch.int32)
@@ -159,7 +202,16 @@ def build_training_stream(train_ids: list[list[int]], canaries: list[Canary], eo
         pos += offset + tail
         rows[r] = torch.tensor(row, dtype=torch.int32)
         row_canary[r], row_offset[r] = canary.canary_id, offset
-    return TrainingStream(rows, row_canary, row_offset)
+    one_pass = sum(len(ids) + 1 for ids in train_ids)
+    return TrainingStream(rows, row_canary, row_offset, epochs=pos / one_pass)
+
+
+def heldout_windows_tensor(ids: list[list[int]], eos_id: int, seq_len: int, n: int):
+    """The first ``n`` whole ``seq_len`` windows of the EOS-joined held-out documents (for the training log)."""
+    import torch
+
+    flat = [t for doc in ids for t in (*doc, eos_id)][: n * seq_len]
+    return torch.tensor(flat[: len(flat) // seq_len * seq_len], dtype=torch.int32).view(-1, seq_len)
 
 
 def model_config(arch: dict, vocab_size: int, eos_id: int):
@@ -175,8 +227,14 @@ def model_config(arch: dict, vocab_size: int, eos_id: int):
     )
 
 
-def train(config, stream: TrainingStream, cfg: dict, seed: int, progress=None):
-    """Deterministic AdamW training with a cosine schedule; returns the model in eval mode."""
+def train(config, stream: TrainingStream, cfg: dict, seed: int, progress=None, heldout=None):
+    """Deterministic AdamW training with a cosine schedule; returns the model in eval mode.
+
+    ``heldout`` (int [n, seq_len] windows of held-out text) is scored every tenth of the run and
+    logged, so the training log shows the learning curve; scoring touches no random state, so the
+    weights do not depend on it.
+    """
+    import torch
     from transformers import GPTNeoXForCausalLM, get_cosine_schedule_with_warmup
 
     torch.manual_seed(seed)
@@ -199,5 +257,11 @@ def train(config, stream: TrainingStream, cfg: dict, seed: int, progress=None):
         optim.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == cfg["steps"] - 1:
             log.info("step %d/%d loss %.4f lr %.2e", step + 1, cfg["steps"], loss.item(), sched.get_last_lr()[0])
+        if heldout is not None and len(heldout) and ((step + 1) % max(1, cfg["steps"] // 10) == 0):
+            model.eval()
+            with torch.no_grad():
+                ppl = math.exp(model(input_ids=heldout.long(), labels=heldout.long()).loss.item())
+            log.info("step %d/%d held-out perplexity %.2f (%d windows)", step + 1, cfg["steps"], ppl, len(heldout))
+            model.train()
     model.eval()
     return model

@@ -19,6 +19,7 @@ import yaml
 
 from prunemem.codedeps import closure
 from prunemem.data.layout import PRESHUFFLED_ROW, hf_specs, local_format, preshuffled_step  # noqa: F401 (re-exported)
+from prunemem.embedded import canary_counts
 from prunemem.errors import PrunememError
 from prunemem.prune import registry
 from prunemem.prune.registry import DENSE, DENSE_LEVEL, LOWRANK, level_name, uses_calibration  # noqa: F401
@@ -159,12 +160,12 @@ def validate(params: dict, source: str = "params") -> None:
             if arch["hidden_size"] % arch["num_heads"]:
                 raise PrunememError(f"{source}: embedded.architecture.num_heads: {arch['num_heads']} must divide "
                                     f"hidden_size {arch['hidden_size']}")
-            pool = emb["canaries"]["per_copy_count"] * sum(1 for c in emb["canaries"]["copies"] if c) + \
-                samples["training_members"]
+            counts = canary_counts(emb["canaries"])
+            pool = sum(n for copies, n in counts.items() if copies) + samples["training_members"]
             if samples.get("search_members", 0) >= pool:
                 raise PrunememError(f"{source}: samples.search_members: {samples['search_members']} leaves none of "
                                     f"the {pool} embedded members for evaluation; allowed: < {pool}")
-            planted = emb["canaries"]["per_copy_count"] * sum(emb["canaries"]["copies"])
+            planted = sum(copies * n for copies, n in counts.items())
             rows = emb["training"]["steps"] * emb["training"]["batch_size"]
             if planted > rows:
                 raise PrunememError(f"{source}: embedded.canaries: {planted} planted copies need at least as many "

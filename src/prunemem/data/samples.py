@@ -9,8 +9,11 @@ same suffixes (docs/architecture.md, "Semantics the numbers depend on").
 Hub models draw from their ``members`` / ``heldout`` sources (``prunemem.data.sampling``) and
 also write ``manifest.parquet``. For the embedded source:
 - members are canaries planted >= 1 times plus ordinary windows cut from training rows that
-  carry no canary (seen exactly once), both taken from the exact training stream;
-- non-members are canaries planted 0 times: same distribution, never trained on;
+  carry no canary (kind ``train``; ``copies`` counts how often the window's exact tokens occur
+  in the training rows: once per epoch, more where the corpus repeats itself), both taken
+  from the exact training stream;
+- non-members are canaries planted 0 times (same distribution, never trained on) plus
+  ``samples.nonmembers`` windows of held-out text (kind ``heldout``) of the same length;
 - perplexity text is the held-out split, which training never saw;
 - calibration windows (a pool of ``samples.calibration.pool``, default ``sequences``, from which
   calibrated methods draw ``sequences``) are held-out text the perplexity set does not use;
@@ -67,15 +70,16 @@ def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]
         raise PrunememError(f"samples.training_members: {n} exceeds the {len(plain)} canary-free training rows")
     rng = random.Random(samples["seed"])
     seq_len = rows.shape[1]
-    train_rows = []
-    for i, r in enumerate(sorted(rng.sample(plain, n))):
+    picked = []
+    for r in sorted(rng.sample(plain, n)):
         offset = rng.randrange(seq_len - window + 1)
-        train_rows.append({"sample_id": f"train-{i:05d}", "kind": "train", "copies": 1, "member": True,
-                           "source": f"training_rows[{r}]", "position": offset,
-                           "tokens": rows[r, offset : offset + window].tolist()})
+        picked.append((r, offset, rows[r, offset : offset + window].tolist()))
+    seen = occurrences(rows, [tokens for _, _, tokens in picked])
+    train_rows = [{"sample_id": f"train-{i:05d}", "kind": "train", "copies": times, "member": True,
+                   "source": f"training_rows[{r}]", "position": offset, "tokens": tokens}
+                  for i, ((r, offset, tokens), times) in enumerate(zip(picked, seen))]
     members, search = split_search([r for r in canary_rows if r["member"]] + train_rows,
                                    samples.get("search_members", 0), samples["seed"])
-    nonmembers = [r for r in canary_rows if not r["member"]]
 
     split = embedded.split_corpus(embedded.load_corpus(), cfg["split"], cfg["seed"])
     tokenizer = load_tokenizer(checkpoint_dir)
@@ -83,6 +87,10 @@ def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]
                        embedded.tokenize(tokenizer, [d["text"] for d in split["heldout"]])))
     ppl, used = _perplexity_docs(heldout, tokenizer.eos_token_id, samples["perplexity_tokens"])
     calibration = _calibration_windows(heldout[used:], tokenizer.eos_token_id, samples["calibration"])
+    last_calibration_doc = calibration[-1]["doc_ids"].split(",")[-1]
+    used += 1 + [doc_id for doc_id, _ in heldout[used:]].index(last_calibration_doc)
+    nonmembers = [r for r in canary_rows if not r["member"]] + heldout_windows(
+        heldout[used:], window, samples.get("nonmembers", samples["training_members"]), samples["seed"])
     return {
         "members.parquet": pl.DataFrame(members, schema=SAMPLE_SCHEMA),
         "search.parquet": pl.DataFrame(search, schema=SAMPLE_SCHEMA),
@@ -90,6 +98,53 @@ def embedded_sets(checkpoint_dir: Path, params: dict) -> dict[str, pl.DataFrame]
         "perplexity.parquet": pl.DataFrame(ppl, schema={"doc_id": pl.String, "tokens": pl.List(pl.Int32)}),
         "calibration.parquet": pl.DataFrame(calibration, schema={"doc_ids": pl.String, "tokens": pl.List(pl.Int32)}),
     }
+
+
+def heldout_windows(docs: list[tuple[str, list[int]]], window: int, n: int, seed: int) -> list[dict]:
+    """``n`` non-member windows of held-out text, cut as canaries are (``embedded.spaced_windows``).
+
+    ``docs`` are the held-out documents neither the perplexity set nor the calibration pool uses.
+    """
+    rng = random.Random(seed * 7919 + 29)
+    cuts = embedded.spaced_windows(docs, window, rng)
+    if n > len(cuts):
+        raise PrunememError(f"samples.nonmembers: asks for {n} held-out windows of {window} tokens but the held-out "
+                            f"split can supply {len(cuts)} after the perplexity and calibration sets")
+    chosen = sorted(rng.sample(range(len(cuts)), n))
+    return [{"sample_id": f"heldout-{i:05d}", "kind": "heldout", "copies": 0, "member": False, "source": cuts[j][0],
+             "position": cuts[j][1], "tokens": cuts[j][2]} for i, j in enumerate(chosen)]
+
+
+def occurrences(rows, windows: list[list[int]]) -> list[int]:
+    """How many times each window's exact tokens occur inside one training row.
+
+    A rolling polynomial hash (mod 2**64) of every ``len(window)``-token span of every row,
+    vectorized over the rows; a hash match is confirmed token by token, so collisions cannot
+    inflate a count.
+    """
+    import numpy as np
+
+    if not windows:
+        return []
+    rows = rows.numpy().astype(np.uint64)
+    width = len(windows[0])
+    span = rows.shape[1] - width + 1
+    if span < 1:
+        return [0] * len(windows)
+    base = np.uint64(1_000_003)
+    with np.errstate(over="ignore"):
+        hashes = np.zeros((rows.shape[0], span), dtype=np.uint64)
+        for j in range(width):
+            hashes = hashes * base + rows[:, j : j + span]
+        wanted = np.zeros(len(windows), dtype=np.uint64)
+        arr = np.array(windows, dtype=np.uint64)
+        for j in range(width):
+            wanted = wanted * base + arr[:, j]
+    counts = []
+    for w, h in zip(arr, wanted):
+        r, c = np.nonzero(hashes == h)
+        counts.append(int(sum(np.array_equal(rows[i, j : j + width], w) for i, j in zip(r, c))))
+    return counts
 
 
 def split_search(members: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:

@@ -10,7 +10,9 @@ Writes to ``data/metrics/{model}/{method}/{level}/``:
 - ``mia.parquet``: one row per sample: the four membership scores of ``prunemem.evaluate.mia``;
 - ``perplexity_windows.parquet``: one row per scored window: its summed NLL, scored tokens and the
   perplexity document its first scored token lies in, so the report can bootstrap over documents;
-- ``summary.json``: per-k rates with Wilson 95% intervals, re-check and cross-check counts,
+- ``summary.json``: per-k rates over all members with Wilson 95% intervals, the same per
+  (k, kind, copies) in ``per_kind`` (canaries by copy count, ordinary training windows and
+  held-out windows apart), re-check and cross-check counts,
   perplexity (and, for dense, ``reference_perplexity``: unigram, bigram, no blocks), sparsity,
   MIA AUCs with bootstrap CIs and TPR at 1% FPR, device, provenance.
 
@@ -39,7 +41,7 @@ from prunemem.evaluate import mia
 from prunemem.evaluate.memorization import FIELDS, greedy_extracted, score_batch
 from prunemem.evaluate.perplexity import combine, span_nll, spans
 from prunemem.evaluate.reference import reference_perplexity
-from prunemem.evaluate.stats import rate_row
+from prunemem.evaluate.stats import kind_rates, rate_row
 from prunemem.plan import Plan
 from prunemem.prune import masks as mask_io
 from prunemem.prune.targets import prunable
@@ -282,7 +284,8 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
     write_parquet(ppl_frame, out_dir / "perplexity_windows.parquet")
     summary = {
         "model": model_name, "method": method, "level": level, "perplexity": ppl, "perplexity_tokens": n_scored,
-        **references, **sp, "compression": compression, "per_k": rates, "mia": mia_rows,
+        **references, **sp, "compression": compression, "per_k": rates,
+        "per_kind": kind_rates(per_sample), "mia": mia_rows,
         "device": device, "dtype": str(dtype).removeprefix("torch."), "batch_size": batch,
         "perplexity_batch_size": ppl_batch,
         "memorization_sha256": sha256_file(out_dir / "memorization.parquet"),

@@ -47,6 +47,22 @@ def rate_row(per_sample, k: int) -> dict:
             "token_match_rate": float(members["token_match_rate"].mean()) if n else 0.0}
 
 
+def kind_rates(per_sample) -> list[dict]:
+    """Extraction per (k, kind, copies) with Wilson 95% intervals: canaries by copy count, ordinary
+    training windows (``train``) and held-out windows (``heldout``) apart, members and non-members alike.
+
+    One definition for the summary's ``per_kind`` and the report's table of member kinds.
+    """
+    rows = []
+    for (k, kind, copies), group in sorted(per_sample.group_by("k", "kind", "copies"),
+                                           key=lambda item: (item[0][0], item[0][1], item[0][2] or 0)):
+        n, hits = group.height, int(group["extracted"].sum())
+        lo, hi = wilson(hits, n)
+        rows.append({"k": int(k), "kind": kind, "copies": int(copies or 0), "member": bool(group["member"][0]),
+                     "n_samples": n, "n_extracted": hits, "extraction_rate": hits / n, "ci_low": lo, "ci_high": hi})
+    return rows
+
+
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value from the discordant pairs (a binomial test of b vs b + c at 1/2).
 

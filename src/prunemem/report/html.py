@@ -274,6 +274,29 @@ def methods_info(plan: Plan) -> dict:
     return out
 
 
+KIND_LABELS = {("canary", True): "canaries planted &ge; 1 time", ("train", True): "ordinary training windows",
+               ("canary", False): "canaries planted 0 times", ("heldout", False): "held-out windows"}
+
+
+def _kinds_html(kinds: pl.DataFrame | None) -> list[str]:
+    """Extraction per sample kind: canaries, ordinary training windows and non-members apart."""
+    if kinds is None or not kinds.height:
+        return []
+    rows = []
+    for r in kinds.iter_rows(named=True):
+        label = KIND_LABELS.get((r["kind"], r["member"]), html.escape(r["kind"]))
+        if r["kind"] == "train":
+            label += f" (in the training rows {r['copies']}&times;)"
+        rows.append(f"<tr><td>{html.escape(r['model'])}<td>{html.escape(r['variant'])}<td>{label}"
+                    f"<td>{'member' if r['member'] else 'non-member'}<td class=num>{r['n_samples']}"
+                    f"<td class=num>{r['n_extracted']}<td class=num>{100 * r['extraction_rate']:.1f}%"
+                    f"<td class=num>[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]</tr>")
+    return ["<p class=note>Extraction by sample kind (Wilson 95% intervals): members that are canaries and "
+            "members that are ordinary training text are reported apart; non-members should stay near 0.</p>",
+            "<table class=kinds><tr><th>model<th>variant<th>samples<th>membership<th>n<th>extracted<th>rate"
+            "<th>95% CI</tr>" + "".join(rows) + "</table>"]
+
+
 def _reference(value) -> str:
     """A reference perplexity as recorded: a number, or a record holding one under 'perplexity'."""
     if isinstance(value, dict):
@@ -311,13 +334,16 @@ def build(plan: Plan) -> tuple[str, str]:
     dup = pl.concat([tables.by_duplication(plan, model, [(DENSE, "0")] + [
         (m, lv) for m in reference for lv in plan.model_levels(model)][:charts.MAX_SERIES - 1], k)
         for model in plan.models if (plan.metrics_dir(model, DENSE, "0") / "memorization.parquet").is_file()])
+    kinds = [tables.by_kind(plan, model, [(DENSE, "0")] + [(m, lv) for m in reference
+                                                            for lv in plan.model_levels(model)][:2], k)
+             for model in plan.models if (plan.metrics_dir(model, DENSE, "0") / "memorization.parquet").is_file()]
     env = environment()
     samples = {m: compare.load_samples(plan, m) for m in plan.models}
     context = {"suffix": plan.params["samples"]["suffix_tokens"], "k": k, "ks": plan.ks,
                "checkpoint_ids": tables.checkpoint_ids(plan), "examples": redaction.extracted_examples(plan),
                "paper_names": {m: tables.paper_model_name(plan, m) for m in plan.models},
                "built_by": f"prunemem {env['prunemem']} (commit {env['git_commit'] or 'unknown'})", "history": history,
-               "samples": samples, "methods": methods_info(plan)}
+               "samples": samples, "methods": methods_info(plan), "kinds": pl.concat(kinds) if kinds else None}
     page, figures, analyses = render(results, layers, dup, context)
     summaries = {f"{m}/{me}/{lv}": sha256_file(plan.metrics_dir(m, me, lv) / "summary.json")
                  for m in plan.models for me, lv in plan.variants(m)}
@@ -487,7 +513,8 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
     if dup.height:
         p.section("duplication", f"Extraction against duplication (k={k})",
                   "<p class=note>Canaries planted 0 times were never trained on: their rate is what the model guesses "
-                  "without memorizing.</p>", p.chart("duplication", charts.extraction_vs_duplication(dup, k)))
+                  "without memorizing.</p>", p.chart("duplication", charts.extraction_vs_duplication(dup, k)),
+                  *_kinds_html(context.get("kinds")))
     if layers.height:
         p.section("layers", "Achieved sparsity per block",
                   "<p class=note>Share of each block's prunable weights removed by each mask: uniform for layerwise "

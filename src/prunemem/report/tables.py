@@ -101,6 +101,25 @@ def by_duplication(plan: Plan, model: str, variants: list[tuple[str, str]], k: i
     )
 
 
+def by_kind(plan: Plan, model: str, variants: list[tuple[str, str]], k: int) -> pl.DataFrame:
+    """Extraction at ``k`` per sample kind, members and non-members apart (``stats.kind_rates``),
+    with the canaries' copy counts pooled: planted canaries, ordinary training windows, 0-copy
+    canaries, held-out windows."""
+    from prunemem.evaluate.stats import kind_rates
+
+    rows = []
+    for method, level in variants:
+        per_sample = read_parquet(plan.metrics_dir(model, method, level) / "memorization.parquet", "per-sample results")
+        pooled = per_sample.filter(pl.col("k") == k).with_columns(
+            pl.when(pl.col("kind") == "canary").then(pl.col("member").cast(pl.Int32)).otherwise(pl.col("copies"))
+            .alias("copies"))  # canaries: 1 = planted at least once, 0 = never
+        rows += [{"model": model, "variant": f"{method} {level}", **r} for r in kind_rates(pooled)]
+    return pl.DataFrame(rows, schema={"model": pl.String, "variant": pl.String, "k": pl.Int64, "kind": pl.String,
+                                      "copies": pl.Int64, "member": pl.Boolean, "n_samples": pl.Int64,
+                                      "n_extracted": pl.Int64, "extraction_rate": pl.Float64, "ci_low": pl.Float64,
+                                      "ci_high": pl.Float64})
+
+
 PAPER_VALUES = "pruning-as-a-defense-values.csv"
 PAPER_SOURCE = ("Gupta et al., \"Pruning as a Defense: Reducing Memorization in Large Language Models\", "
                 "arXiv 2502.15796 (values as quoted in the project's paper summary)")
