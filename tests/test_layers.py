@@ -71,7 +71,7 @@ def test_kernels_import_neither_the_plan_nor_a_stage_runner():
 def test_the_plan_sits_below_every_stage_runner_and_loads_no_kernel():
     plan = _files("plan")
     assert plan <= {"__init__.py", "plan.py", "errors.py", "provenance.py", "codedeps.py", "prune/__init__.py",
-                    "prune/registry.py", "prune/units.py", "data/__init__.py", "data/layout.py",
+                    "prune/registry.py", "prune/units.py", "data/__init__.py", "data/layout.py", "data/canaries.py",
                     "schemas/params.schema.yaml"}, sorted(plan)
     for runner in ["prune.run", "compress.run", "evaluate.run", "report.html"]:
         assert "plan.py" in _files(runner), runner

@@ -160,7 +160,9 @@ def test_dvc_params_are_the_digested_keys(default_params):
 NAMES = {*REGISTRY, registry.LOWRANK, registry.CCDS, "int", "evop", "evop-mem"}
 # names a table keyed by method names would hold (not 'attention' / 'mlp', which also name weight parts)
 CALIBRATED = {n for n, e in REGISTRY.items() if e.calibrated} | {registry.CCDS}
-OWNERS = {SRC / "prune" / "registry.py", SRC / "prune" / "methods.py"}
+# the method registry, the method bodies, and the registry of importance metrics (whose names, such as
+# 'wanda', are metric names that width-<metric> methods borrow)
+OWNERS = {SRC / "prune" / "registry.py", SRC / "prune" / "methods.py", SRC / "prune" / "importance.py"}
 
 
 def _spelled_names(path: Path) -> list[str]:

@@ -17,7 +17,7 @@ from prunemem import embedded
 from prunemem.errors import PrunememError
 from prunemem.identity import CHECKPOINT_PROVENANCE as PROVENANCE, WEIGHTS  # noqa: F401 (torch-free identity)
 from prunemem.identity import TOKENIZER_FILES, checkpoint_hash, weights_file as _weights_file  # noqa: F401
-from prunemem.provenance import AtomicDir, record, sha256_file, write_json
+from prunemem.provenance import AtomicDir, read_json, record, sha256_file, write_json
 from prunemem.runtime import deterministic
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,44 @@ def _save_training_rows(stream, path: Path) -> None:
                "row_canary_offset": stream.row_canary_offset}, path)
 
 
+def copy_shipped(pins: dict, out_dir: Path, params: dict, prov_params: dict) -> Path:
+    """Check every shipped file against its pin, copy them, rebuild the training rows and check those too.
+
+    The copy gets a provenance record of its own (this job's ``prov_params``), which keeps the
+    training run's record under ``shipped``: a copy named ``small`` is not the run that trained ``tiny``.
+    """
+    import polars as pl
+
+    from prunemem import shipped
+
+    source = shipped.shipped_dir()
+    for name, expected in pins["files"].items():
+        shipped.verify_pinned(source / name, expected, shipped.restore_hint(source / name))
+    cfg = params["embedded"]
+    with AtomicDir(out_dir) as tmp:
+        for name in pins["files"]:
+            shutil.copyfile(source / name, tmp / name)
+        tokenizer = load_tokenizer(tmp)
+        split = embedded.split_corpus(embedded.load_corpus(), cfg["split"], cfg["seed"])
+        canaries = [embedded.Canary(r["canary_id"], r["doc_id"], r["offset"], r["copies"], r["tokens"])
+                    for r in pl.read_parquet(tmp / embedded.CANARIES).iter_rows(named=True)]
+        _save_training_rows(_training_stream(tokenizer, split, canaries, cfg), tmp / embedded.TRAINING_ROWS)
+        rows = tmp / embedded.TRAINING_ROWS
+        if (actual := sha256_file(rows)) != pins["training_rows_sha256"]:
+            raise PrunememError(f"{source}: the rebuilt training rows hash to {actual}, not the pinned "
+                                f"{pins['training_rows_sha256']}: the corpus or the stream code changed since the "
+                                f"checkpoint was shipped; retrain it (`{shipped.RETRAIN}`)")
+        trained = read_json(tmp / PROVENANCE, "shipped checkpoint provenance")
+        prov = record("checkpoint", {"corpus": embedded.CORPUS_SHA256}, prov_params)
+        prov.update(checkpoint_sha256=sha256_file(tmp / WEIGHTS), source="embedded", training_rows_sha256=actual,
+                    training=trained.get("training", {}),
+                    shipped={"pins": shipped.PINS, "trained": pins["trained"], "training_record": trained})
+        write_json(tmp / PROVENANCE, prov)
+    log.info("verified copy of the shipped checkpoint (%s, trained %s)", source, pins["trained"].get("time"))
+    return out_dir
+
+
+
 def build_embedded(out_dir: str | Path, params: dict, progress=None, prov_params: dict | None = None,
                    retrain: bool = False) -> Path:
     """The embedded model, its tokenizer and its training stream in ``out_dir``.
@@ -96,7 +134,7 @@ def build_embedded(out_dir: str | Path, params: dict, progress=None, prov_params
 
     out_dir = Path(out_dir)
     if not retrain and (pins := shipped.matching_pins(embedded_recipe(params))) is not None:
-        return shipped.copy_verified(pins, out_dir, params, prov_params or embedded_recipe(params))
+        return copy_shipped(pins, out_dir, params, prov_params or embedded_recipe(params))
     cfg, seed = params["embedded"], params["embedded"]["seed"]
     deterministic(cfg["training"]["threads"])
     docs = embedded.load_corpus()

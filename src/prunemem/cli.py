@@ -94,6 +94,9 @@ def cmd_checkpoint(plan: Plan, args) -> None:
         if args.ship and not args.retrain:
             raise PrunememError("--ship: ships a model trained by this command; allowed: with --retrain")
         start = time.perf_counter()
+        from prunemem.provenance import git_commit
+
+        commit = git_commit()  # the code the training runs, before the tree can move on
         out = build_embedded(plan.checkpoint_dir(args.model), plan.params, progress=_progress("train"),
                              prov_params=plan.stage_params("checkpoint", args.model), retrain=args.retrain)
         if args.ship:
@@ -101,7 +104,7 @@ def cmd_checkpoint(plan: Plan, args) -> None:
             from prunemem.shipped import ship
 
             ship(out, embedded_recipe(plan.params), time.perf_counter() - start,
-                 plan.params["embedded"]["training"]["threads"])
+                 plan.params["embedded"]["training"]["threads"], commit)
     print(out)
 
 

@@ -66,7 +66,8 @@ def _scan(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
                 and not node.value.startswith("/") and len(node.value) < 200 and "\n" not in node.value:
             if (ROOT / node.value).is_file():  # a file bundled with the package, named by its path in it
                 data.append(node.value)
-            elif node.value.startswith("resources/") and (ROOT / node.value).is_dir():  # a bundled folder
+            elif node.value.startswith("resources/") and node.value.strip("/") != "resources" \
+                    and (ROOT / node.value).is_dir():  # a bundled folder, e.g. the shipped checkpoint
                 data += sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / node.value).rglob("*") if p.is_file())
     found = [m for m in dict.fromkeys(modules) if module_file(m) is not None]
     return tuple(found), tuple(dict.fromkeys(data))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from prunemem.data.canaries import canary_counts, planted_tokens  # noqa: F401 (re-exported)
 from prunemem.errors import PrunememError
 from prunemem.provenance import sha256_file
 
@@ -94,24 +95,6 @@ class Canary:
     offset: int  # token offset of the window in its document
     copies: int
     tokens: list[int]
-
-
-def canary_counts(cfg: dict) -> dict[int, int]:
-    """``{copies: canaries}`` from ``embedded.canaries``: ``per_copy_count`` is one number for every
-    copy count, or a list beside ``copies`` (so that the buckets whose rate is near 50% can be
-    large and the always- or never-extracted ones small)."""
-    per = cfg["per_copy_count"]
-    if isinstance(per, int):
-        per = [per] * len(cfg["copies"])
-    if len(per) != len(cfg["copies"]):
-        raise PrunememError(f"embedded.canaries.per_copy_count: {len(per)} counts for {len(cfg['copies'])} copy "
-                            "counts; allowed: one number, or one count per entry of embedded.canaries.copies")
-    return dict(zip(cfg["copies"], per))
-
-
-def planted_tokens(cfg: dict) -> int:
-    """Canary tokens in the training stream: every copy of every canary."""
-    return cfg["tokens"] * sum(copies * n for copies, n in canary_counts(cfg).items())
 
 
 def spaced_windows(docs: list[tuple[str, list[int]]], length: int, rng: random.Random

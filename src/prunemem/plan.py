@@ -19,7 +19,7 @@ import yaml
 
 from prunemem.codedeps import closure
 from prunemem.data.layout import PRESHUFFLED_ROW, hf_specs, local_format, preshuffled_step  # noqa: F401 (re-exported)
-from prunemem.embedded import canary_counts
+from prunemem.data.canaries import canary_counts
 from prunemem.errors import PrunememError
 from prunemem.prune import registry
 from prunemem.prune.registry import DENSE, DENSE_LEVEL, LOWRANK, level_name, uses_calibration  # noqa: F401

@@ -14,7 +14,8 @@ carries the result of one run of the project's own training code under
   corpus, the shipped tokenizer and the recipe); it is rebuilt and must hash to this;
 - ``trained``: code version, machine, threads, time and wall time of the run that made it.
 
-The verification is ``verify_pinned``, the same check a hub checkpoint's pinned files get.
+The verification is ``verify_pinned``, the same check a hub checkpoint's pinned files get; the
+verified copy itself is ``prunemem.checkpoints.copy_shipped``. This module is torch-free.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def verify_pinned(path: Path, expected: str, restore: str) -> None:
         raise PrunememError(f"{path}: sha256 {actual} does not match the pinned {expected}; restore it with {restore}")
 
 
-def _restore_hint(path: Path) -> str:
+def restore_hint(path: Path) -> str:
     return f"`git checkout -- {path}` or retrain it (`{RETRAIN}`)"
 
 
@@ -66,47 +67,13 @@ def matching_pins(recipe: dict) -> dict | None:
     return pins if pins.get("recipe_digest") == digest_json(recipe) else None
 
 
-def copy_verified(pins: dict, out_dir: Path, params: dict, prov_params: dict) -> Path:
-    """Check every shipped file against its pin, copy them, rebuild the training rows and check those too.
+def ship(checkpoint_dir: Path, recipe: dict, wall_s: float, threads: int, commit: str | None = None) -> Path:
+    """Copy a freshly trained checkpoint into the package and pin it (the ``--ship`` of ``prunemem checkpoint``).
 
-    The copy gets a provenance record of its own (this job's ``prov_params``), which keeps the
-    training run's record under ``shipped``: a copy named ``small`` is not the run that trained ``tiny``.
+    ``commit`` is the code version the training ran (read before it started: the tree may move on
+    during an hour of training); by default the current one.
     """
-    import polars as pl
-
-    from prunemem.checkpoints import PROVENANCE, WEIGHTS, _save_training_rows, _training_stream, load_tokenizer
-    from prunemem.provenance import AtomicDir, record
-
-    source = shipped_dir()
-    for name, expected in pins["files"].items():
-        verify_pinned(source / name, expected, _restore_hint(source / name))
-    cfg = params["embedded"]
-    with AtomicDir(out_dir) as tmp:
-        for name in pins["files"]:
-            shutil.copyfile(source / name, tmp / name)
-        tokenizer = load_tokenizer(tmp)
-        split = embedded.split_corpus(embedded.load_corpus(), cfg["split"], cfg["seed"])
-        canaries = [embedded.Canary(r["canary_id"], r["doc_id"], r["offset"], r["copies"], r["tokens"])
-                    for r in pl.read_parquet(tmp / embedded.CANARIES).iter_rows(named=True)]
-        _save_training_rows(_training_stream(tokenizer, split, canaries, cfg), tmp / embedded.TRAINING_ROWS)
-        rows = tmp / embedded.TRAINING_ROWS
-        if (actual := sha256_file(rows)) != pins["training_rows_sha256"]:
-            raise PrunememError(f"{source}: the rebuilt training rows hash to {actual}, not the pinned "
-                                f"{pins['training_rows_sha256']}: the corpus or the stream code changed since the "
-                                f"checkpoint was shipped; retrain it (`{RETRAIN}`)")
-        trained = read_json(tmp / PROVENANCE, "shipped checkpoint provenance")
-        prov = record("checkpoint", {"corpus": embedded.CORPUS_SHA256}, prov_params)
-        prov.update(checkpoint_sha256=sha256_file(tmp / WEIGHTS), source="embedded", training_rows_sha256=actual,
-                    training=trained.get("training", {}),
-                    shipped={"pins": PINS, "trained": pins["trained"], "training_record": trained})
-        write_json(tmp / PROVENANCE, prov)
-    log.info("verified copy of the shipped checkpoint (%s, trained %s)", source, pins["trained"].get("time"))
-    return out_dir
-
-
-def ship(checkpoint_dir: Path, recipe: dict, wall_s: float, threads: int) -> Path:
-    """Copy a freshly trained checkpoint into the package and pin it (the ``--ship`` of ``prunemem checkpoint``)."""
-    from prunemem.checkpoints import PROVENANCE
+    from prunemem.identity import CHECKPOINT_PROVENANCE as PROVENANCE
     from prunemem.provenance import git_commit
 
     prov = read_json(checkpoint_dir / PROVENANCE, "checkpoint provenance")
@@ -122,7 +89,7 @@ def ship(checkpoint_dir: Path, recipe: dict, wall_s: float, threads: int) -> Pat
         "checkpoint_sha256": prov["checkpoint_sha256"],
         "training_rows_sha256": prov["training_rows_sha256"],
         "files": {name: sha256_file(target / name) for name in names},
-        "trained": {"command": RETRAIN, "prunemem": prov["environment"]["prunemem"], "git_commit": git_commit(),
+        "trained": {"command": RETRAIN, "prunemem": prov["environment"]["prunemem"], "git_commit": commit or git_commit(),
                     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
                                f"{platform.release()}", "device": prov["environment"]["device"],
                     "threads": threads, "wall_s": round(wall_s, 1),

@@ -292,6 +292,9 @@ def _fixed_baselines(model, calibration, metrics, level, kinds, cfg, split, k, s
     return out
 
 
-# by registry name (prunemem.prune.registry), dispatched by prunemem.prune.methods.width
-METHODS = {"adapruner": _adapruner(memorization=False), "adapruner-mem": _adapruner(memorization=True),
-           **{f"width-{metric}": fixed(metric) for metric in importance.METRICS}}
+def run(ctx, level: float) -> dict:
+    """The mask of a width method, as its registry traits say: AdaPruner's trial search (``trial_search``;
+    ``search_split``: adapruner-mem) or one fixed importance metric (``width_metric``: width-<metric>)."""
+    if ctx.method.trial_search:
+        return _adapruner(memorization=ctx.method.search_split)(ctx, level)
+    return fixed(ctx.method.width_metric)(ctx, level)

@@ -291,7 +291,7 @@ def width(ctx: MaskContext, level: float) -> MaskResult:
     in ``prunemem.prune.adapruner`` (imported here, so it is in the mask stage's code deps)."""
     from prunemem.prune import adapruner
 
-    return MaskResult(**adapruner.METHODS[ctx.method.base](ctx, level))
+    return MaskResult(**adapruner.run(ctx, level))
 
 
 def _localize(name: str):

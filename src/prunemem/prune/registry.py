@@ -88,6 +88,7 @@ class Entry:
     calibration_passes: int = 2  # forwards of every block over the calibration set (OWL measures in its own)
     width: bool = False  # removes MLP neurons and attention heads, shrinking the matrices (prunemem.prune.width)
     trial_search: bool = False  # finds its pattern by Bayesian trials, history in the mask header (AdaPruner)
+    width_metric: str | None = None  # width-<metric>: the importance metric it ranks units by (prune.importance)
     forgets: bool = False  # targeted forgetting (localize-*): reads the members, levels are unit budgets
 
 
@@ -119,6 +120,7 @@ class Method:
     calibration_passes: int = 2
     width: bool = False  # removes heads and neurons: the evaluated model is physically smaller
     trial_search: bool = False  # AdaPruner: its trial history is in the mask header
+    width_metric: str | None = None  # width-<metric>: its importance metric
     forgets: bool = False  # targeted forgetting: prunes the width units that hold a forget set (localize-*)
 
     @property
@@ -189,7 +191,7 @@ register(Entry("evop-mem", f"{_M}:evop_mem", params=(*EVOP_KEYS, "prune.evop.lam
                calibrated=True, cluster_sampling=True, removes_units=True, search=True, search_split=True,
                threads="prune.evop.threads", workload="forward"))
 
-_W = f"{_M}:width"  # one entry point; prunemem.prune.adapruner.METHODS holds the code by name
+_W = f"{_M}:width"  # one entry point; prunemem.prune.adapruner.run dispatches on the traits below
 _DATA_METRICS = {"wanda", "taylor", "taylor-group", "flap"}  # read the calibration pass
 
 
@@ -198,7 +200,7 @@ def _width_reads_calibration(metric: str) -> Callable[[dict], bool]:
 
 
 for _metric in WIDTH_METRICS:  # width-l1 ... width-flap: one importance metric, prune.width's allocation
-    register(Entry(f"width-{_metric}", _W, width=True,
+    register(Entry(f"width-{_metric}", _W, width=True, width_metric=_metric,
                    params=WIDTH_KEYS,
                    calibrated=_width_reads_calibration(_metric)))
 # the fixed-metric baselines in an adapruner header use prune.width's allocation: WIDTH_KEYS
@@ -231,7 +233,8 @@ def _from_entry(name: str, entry: Entry, params: dict, **changes) -> Method:
                     loads_model=calibrated, reference=entry.reference, paper=entry.paper, subset=entry.subset,
                     replicates=entry.replicates, workload=entry.workload if calibrated else None,
                     calibration_passes=entry.calibration_passes, width=entry.width,
-                    trial_search=entry.trial_search, forgets=entry.forgets)
+                    trial_search=entry.trial_search, forgets=entry.forgets,
+                    width_metric=entry.width_metric)
     return replace(method, **changes)
 
 
