@@ -645,7 +645,7 @@ def test_params_checks_for_evop_and_ccds():
     message = _invalid(lambda p: p["models"]["tiny"].update(levels=[0.05]))
     assert "models.tiny.levels: 0.05 removes no sublayer" in message
     assert "samples.search_members" in _invalid(lambda p: p["samples"].update(search_members=0))
-    assert "samples.search_members" in _invalid(lambda p: p["samples"].update(search_members=190))
+    assert "samples.search_members" in _invalid(lambda p: p["samples"].update(search_members=245))
     message = _invalid(evop(elite=16))
     assert "prune.evop.elite" in message and "population of 16" in message
     message = _invalid(lambda p: (p["prune"].update(methods=["owl-ccds"]), p["prune"]["owl"].update(score="magnitude")))

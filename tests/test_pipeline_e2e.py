@@ -19,7 +19,8 @@ def _results(workdir):
 def test_results_table_follows_the_contract(pipeline):
     rows = _results(pipeline)
     assert list(rows[0]) == RESULT_COLUMNS
-    assert len(rows) == (1 + 8 * 2 + 1 + 3) * 2
+    # dense + 9 two-level methods + wanda-2of4 (one level) + int8, int4-gptq and lowrank, at 2 k
+    assert len(rows) == (1 + 9 * 2 + 1 + 3) * 2
     assert {int(r["n_samples"]) for r in rows} == {16 - 4}  # the search split is never evaluated
     dense = [r for r in rows if r["method"] == "dense"]
     assert {r["k"] for r in dense} == {"16", "32"} and all(float(r["achieved_sparsity"]) == 0 for r in dense)

@@ -9,6 +9,7 @@ A checkpoint is a standard Hugging Face directory (``config.json``, ``model.safe
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
