@@ -77,6 +77,17 @@ def random_model():
     return GPTNeoXForCausalLM(tiny_config()).eval()
 
 
+@pytest.fixture
+def biased_model(random_model):
+    """random_model with every parameter perturbed, biases included: a bias left behind (or removed by
+    mistake) by a width edit changes the logits."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in random_model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return random_model
+
+
 @pytest.fixture(scope="session")
 def memorizing_model():
     """A tiny GPT-NeoX trained until it reproduces four of eight random sequences verbatim.

@@ -22,12 +22,8 @@ from conftest import REPO
 
 
 @pytest.fixture
-def model(random_model):
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in random_model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return random_model
+def model(biased_model):
+    return biased_model
 
 
 def _ids(n=6, t=20, seed=0):
