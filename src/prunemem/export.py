@@ -126,7 +126,6 @@ def export_variant(plan: Plan, model_name: str, method: str, level: str, out: st
     variant_digest = plan.stage_digest(kind, model_name, method, level) if kind in ("mask", "transform") else \
         plan.stage_digest("checkpoint", model_name)
     with AtomicDir(out) as tmp:
-        model.config.torch_dtype = dtype
         model.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(ckpt).save_pretrained(tmp)
         prov = record("export", inputs, {"model": model_name, "method": method, "level": level, "dtype": dtype})
