@@ -119,7 +119,6 @@ def copy_shipped(pins: dict, out_dir: Path, params: dict, prov_params: dict) -> 
     return out_dir
 
 
-
 def build_embedded(out_dir: str | Path, params: dict, progress=None, prov_params: dict | None = None,
                    retrain: bool = False) -> Path:
     """The embedded model, its tokenizer and its training stream in ``out_dir``.
