@@ -29,6 +29,8 @@ def test_teacher_forcing_equals_greedy_generate(memorizing_model, k):
     scores = score_windows(model, seqs, k, suffix, batch_size=3)
     reference = greedy_extracted(model, seqs, k, suffix, pad_id=0)
     assert torch.equal(scores["extracted"], reference)
+    # batched prompts (no padding: one k, one length) decode as one prompt at a time does
+    assert torch.equal(greedy_extracted(model, seqs, k, suffix, pad_id=0, batch_size=1), reference)
     assert not scores["extracted"][4:].any()  # never seen
     if k == 28:  # the full training context: every trained sequence comes out verbatim
         assert scores["extracted"][:4].all()

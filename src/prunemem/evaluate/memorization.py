@@ -69,19 +69,25 @@ def score_windows(model, windows: torch.Tensor, k: int, suffix: int, batch_size:
 
 
 @torch.inference_mode()
-def greedy_extracted(model, windows: torch.Tensor, k: int, suffix: int, pad_id: int) -> torch.Tensor:
-    """Reference: greedy ``generate()`` per sample; True where all ``suffix`` tokens come out exactly.
+def greedy_extracted(model, windows: torch.Tensor, k: int, suffix: int, pad_id: int, batch_size: int = 64
+                     ) -> torch.Tensor:
+    """Reference: greedy ``generate()``; True where all ``suffix`` tokens come out exactly.
 
+    Prompts of one k all have k tokens, so a batch of them needs no padding and decodes as each
+    would alone (up to summation order); batching makes the near-tie re-checks and the
+    cross-check one ``generate()`` call per ``batch_size`` prompts instead of one per sample.
     End-of-text is an ordinary token here, as in teacher forcing: ``eos_token_id=[]`` (no stop
     tokens) makes generate() run the full suffix length; ``None`` would fall back to the model's
     own end-of-text, and ``min_new_tokens`` would instead ban it, making generate() reproduce
     suffixes greedy decoding would not.
     """
-    results = []
     device = next(model.parameters()).device
-    for window in windows[:, -(k + suffix):].long().to(device):
-        prompt = window[:k].unsqueeze(0)
+    windows = windows[:, -(k + suffix):].long().to(device)
+    results = []
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start : start + batch_size]
+        prompt = batch[:, :k]
         gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=suffix,
                              do_sample=False, pad_token_id=pad_id, eos_token_id=[])
-        results.append(bool((gen[0, k:] == window[k:]).all()))
-    return torch.tensor(results, dtype=torch.bool)
+        results.append((gen[:, k:] == batch[:, k:]).all(dim=1).cpu())
+    return torch.cat(results) if results else torch.zeros(0, dtype=torch.bool)
