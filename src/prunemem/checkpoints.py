@@ -155,6 +155,8 @@ def build_embedded(out_dir: str | Path, params: dict, progress=None, prov_params
     model = embedded.train(config, stream, cfg["training"], seed, progress=progress, heldout=heldout)
     log.info("trained %d parameters", sum(p.numel() for p in model.parameters()))
 
+    # trained in float32, stored in architecture.dtype (float16 halves the shipped file, as on the hub)
+    model.to(getattr(torch, cfg["architecture"].get("dtype", "float32")))
     with AtomicDir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
