@@ -186,3 +186,51 @@ def test_end_of_text_inside_a_suffix_is_an_ordinary_token(random_model):
     assert (ids[:, 8:] == 0).any(1).sum() >= 3 and (ids[:, 8:-1] == 0).any()  # end-of-text mid-suffix
     assert greedy_extracted(random_model, ids, 8, 10, pad_id=0).all()
     assert score_windows(random_model, ids, 8, 10, batch_size=4)["extracted"].all()
+
+
+def test_document_mode_matches_lm_eval_loglikelihood_rolling(pipeline):
+    """perplexity.mode: document reproduces lm-eval's per-document rolling log-likelihood on the embedded model."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from prunemem import embedded
+    from prunemem.checkpoints import load_model, load_tokenizer
+    from prunemem.evaluate.perplexity import layout, span_nll
+    from tests.conftest import SMALL
+
+    ckpt = pipeline / "data" / "checkpoints" / "tiny"
+    model, tokenizer = load_model(ckpt), load_tokenizer(ckpt)
+    window = 24  # short blocks: each document spans several, and some end in a short block
+    heldout = embedded.split_corpus(embedded.load_corpus(), SMALL["embedded"]["split"], 0)["heldout"]
+    texts = [heldout[0]["text"][:300], heldout[1]["text"][:41], heldout[2]["text"][:170], "x"]
+    eos = tokenizer.eos_token_id
+    docs = [ids + [eos] for ids in embedded.tokenize(tokenizer, texts)]  # EOS-terminated, as the samples stage writes
+    tokens, todo, span_doc = layout(docs, {"window": window, "stride": 8, "mode": "document"}, eos, eos)
+    nll = span_nll(model, tokens, todo)
+    ours = [-float(nll[[i for i, d in enumerate(span_doc) if d == doc]].sum()) for doc in range(len(docs))]
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, max_length=window, batch_size=3, device="cpu")
+    requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=i)
+                for i, text in enumerate(texts)]
+    theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
+    assert [len(ids) - 1 for ids in docs] == [len(lm.tok_encode(text)) for text in texts]
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    # every text token is scored exactly once, the prefix and the trailing end-of-text never
+    assert sum(s.end - s.first_scored for s in todo) == sum(len(ids) - 1 for ids in docs)
+
+
+def test_stream_and_document_layouts_differ_only_in_convention(memorizing_model):
+    """The same documents: stream mode scores the EOS separators and windows across documents; both are finite."""
+    from prunemem.evaluate.perplexity import combine, layout, span_nll
+
+    model, seqs = memorizing_model
+    docs = [row.tolist()[:n] + [0] for row, n in zip(seqs[:4], (30, 17, 9, 30))]
+    out = {}
+    for mode in ("stream", "document"):
+        tokens, todo, span_doc = layout(docs, {"window": 16, "stride": 8, "mode": mode}, 0, 0)
+        assert span_doc == sorted(span_doc) and set(span_doc) == set(range(len(docs)))
+        out[mode] = combine(float(span_nll(model, tokens, todo).sum()), todo)
+    # stream scores every token after the first (EOS separators included); document skips each EOS
+    assert out["stream"][1] == sum(map(len, docs)) - 1
+    assert out["document"][1] == sum(map(len, docs)) - len(docs)
+    assert math.isfinite(out["stream"][0]) and math.isfinite(out["document"][0])

@@ -1,10 +1,19 @@
-"""Token-weighted perplexity over held-out text with a sliding window.
+"""Token-weighted perplexity over held-out text, in one of two conventions (``perplexity.mode``).
 
-Windows of ``window`` tokens start every ``stride`` tokens; each window scores only the tokens
-no earlier window scored, each with at least ``window - stride`` tokens of context. With
-``stride < window`` every token after the first is scored exactly once; with ``stride == window``
-the first token of each window has no context and is skipped. Perplexity = exp(total NLL /
-scored tokens), so longer documents weigh more (token-weighted).
+``stream`` (ours): the held-out documents are one EOS-separated stream; windows of ``window``
+tokens start every ``stride`` tokens, and each scores only the tokens no earlier window scored,
+each with at least ``window - stride`` tokens of context. With ``stride < window`` every token
+after the first is scored exactly once; with ``stride == window`` the first token of each window
+has no context and is skipped.
+
+``document`` (lm-evaluation-harness's ``loglikelihood_rolling``, for numbers published that
+way): each document is scored on its own, its first token predicted from a prefix token (BOS,
+else EOS), in disjoint blocks of ``window`` predicted tokens fed ``window`` tokens each (a short
+last block takes extra context from before it); the document's end-of-text is not scored.
+Facts from lm_eval/utils.py (``get_rolling_token_windows`` with ``context_len=1``,
+``make_disjoint_window``); ``tests/test_evaluate.py`` checks the two agree document by document.
+
+Either way perplexity = exp(total NLL / scored tokens), so longer documents weigh more.
 
 Full-length windows are scored in batches; each window's NLL sum is kept separately so a
 long job can be resumed window batch by window batch.
@@ -12,6 +21,7 @@ long job can be resumed window batch by window batch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -20,8 +30,47 @@ import torch
 
 class Span(NamedTuple):
     start: int  # first token fed to the model
-    end: int  # one past the last token fed
+    end: int  # one past the last token predicted (tokens start .. end - 2 are fed)
     first_scored: int  # first token whose NLL counts
+
+
+def document_spans(lengths: list[int], window: int) -> list[Span]:
+    """lm-eval's rolling windows over documents laid out one after another as ``[prefix] + doc``.
+
+    In a document of ``n`` tokens (at ``base``, after its prefix), the first block predicts
+    tokens 1 .. min(window, n); each later block predicts the next ``window`` tokens (or what is
+    left), fed the ``window`` tokens before its last one.
+    """
+    out, base = [], 0
+    for n in lengths:
+        predicted = 0
+        while predicted < n:
+            end = predicted + min(n - predicted, window)  # in document tokens, after the prefix
+            out.append(Span(base + max(0, end - window), base + end + 1, base + predicted + 1))
+            predicted = end
+        base += n + 1
+    return out
+
+
+def layout(docs: list[list[int]], cfg: dict, prefix: int, eos: int) -> tuple[torch.Tensor, list[Span], list[int]]:
+    """(token stream, spans, document of each span) for ``perplexity`` params ``cfg`` (see the module doc).
+
+    ``docs`` are the perplexity set's EOS-terminated documents; ``document`` mode drops each
+    trailing EOS (lm-eval scores the text alone) and puts ``prefix`` before each document.
+    """
+    import bisect
+
+    if cfg.get("mode", "stream") == "document":
+        texts = [doc[:-1] if doc and doc[-1] == eos else doc for doc in docs]
+        tokens = torch.tensor([t for doc in texts for t in (prefix, *doc)], dtype=torch.long)
+        todo = document_spans([len(doc) for doc in texts], cfg["window"])
+        starts = list(itertools.accumulate((len(doc) + 1 for doc in texts), initial=0))
+    else:
+        tokens = torch.tensor([t for doc in docs for t in doc], dtype=torch.long)
+        todo = spans(tokens.numel(), cfg["window"], cfg["stride"])
+        starts = list(itertools.accumulate((len(doc) for doc in docs), initial=0))
+    # a span belongs to the document its first scored token is in
+    return tokens, todo, [bisect.bisect_right(starts, span.first_scored) - 1 for span in todo]
 
 
 def spans(n_tokens: int, window: int, stride: int) -> list[Span]:
@@ -47,8 +96,9 @@ def span_nll(model, tokens: torch.Tensor, batch: list[Span]) -> torch.Tensor:
         by_length.setdefault(span.end - span.start, []).append(i)
     for length, members in by_length.items():
         ids = torch.stack([tokens[batch[i].start : batch[i].end] for i in members]).long().to(device)
-        positions = torch.arange(length, device=device).expand_as(ids)
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions).logits[:, :-1]
+        fed = ids[:, :-1]  # the last token is only a target
+        positions = torch.arange(length - 1, device=device).expand_as(fed)
+        logits = model(input_ids=fed, attention_mask=torch.ones_like(fed), position_ids=positions).logits
         nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
         for row, i in enumerate(members):
             fresh = batch[i].end - batch[i].first_scored

@@ -39,7 +39,7 @@ from prunemem.data.samples import samples_hash
 from prunemem.errors import PrunememError
 from prunemem.evaluate import mia
 from prunemem.evaluate.memorization import FIELDS, greedy_extracted, score_batch
-from prunemem.evaluate.perplexity import combine, span_nll, spans
+from prunemem.evaluate.perplexity import combine, layout as perplexity_layout, span_nll
 from prunemem.evaluate.reference import reference_perplexity
 from prunemem.evaluate.stats import kind_rates, rate_row
 from prunemem.plan import Plan
@@ -238,15 +238,14 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
         log.info("k=%d: %d samples extracted", k, int(per_k[k]["extracted"].sum()))
 
     ppl_docs = read_parquet(samples_dir / "perplexity.parquet", "perplexity set")["tokens"].to_list()
-    ppl_tokens = torch.tensor([t for doc in ppl_docs for t in doc])
-    todo = spans(ppl_tokens.numel(), window, cfg["perplexity"]["stride"])
+    tokenizer = load_tokenizer(ckpt_dir)
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    ppl_tokens, todo, span_doc = perplexity_layout(ppl_docs, cfg["perplexity"], prefix, tokenizer.eos_token_id)
     nll = batched(store, "perplexity", len(todo), ppl_batch,
                   lambda lo, hi: {"nll": span_nll(model, ppl_tokens, todo[lo:hi])}, progress)["nll"]
     ppl, n_scored = combine(float(nll.sum()), todo)
-    doc_starts = np.cumsum([0] + [len(doc) for doc in ppl_docs])
-    ppl_frame = pl.DataFrame({
-        "document": np.searchsorted(doc_starts, [s.first_scored for s in todo], side="right").astype(np.int32) - 1,
-        "nll": nll.double().numpy(), "tokens": np.array([s.end - s.first_scored for s in todo], np.int32)})
+    ppl_frame = pl.DataFrame({"document": np.array(span_doc, np.int32), "nll": nll.double().numpy(),
+                              "tokens": np.array([s.end - s.first_scored for s in todo], np.int32)})
     log.info("perplexity %.3f over %d tokens (%d batches resumed)", ppl, n_scored, store.resumed)
     references = {}
     if plan.method(method).kind == "dense":  # the quality regime: unigram, bigram and no blocks beside dense
@@ -261,7 +260,6 @@ def evaluate(plan: Plan, model_name: str, method: str, level: str, progress=None
         if device == "cuda":
             torch.cuda.empty_cache()
         reference = load_variant(plan, model_name, method, level, device, torch.float32)[0]
-    tokenizer = load_tokenizer(ckpt_dir)
     checks = {k: _recheck_and_cross_check(reference, windows, samples, k, suffix, per_k[k], ev, tokenizer.eos_token_id)
               for k in plan.ks}
 

@@ -256,8 +256,8 @@ def methods_info(plan: Plan) -> dict:
             s = read_json(d / "summary.json", "evaluation summary")
             docs = pl.read_parquet(plan.samples_dir(model) / "perplexity.parquet").height \
                 if (plan.samples_dir(model) / "perplexity.parquet").is_file() else "?"
-            info["perplexity_set"] = (f"{docs} held-out documents, {s['perplexity_tokens']} scored tokens; window "
-                                      f"{plan.params['perplexity']['window']}, stride {plan.params['perplexity']['stride']}")
+            info["perplexity_set"] = (f"{docs} held-out documents, {s['perplexity_tokens']} scored tokens; "
+                                      + perplexity_convention(plan.params["perplexity"]))
             ref = s.get("reference_perplexity")
             base = f"dense {s['perplexity']:.2f}"
             if ref:  # issue 19's trivial baselines on the same text: unigram, bigram, every block removed
@@ -272,6 +272,17 @@ def methods_info(plan: Plan) -> dict:
             info["hardware"] = f"{s['device']} ({env.get('device', '')}), {s['dtype']}"
         out[model] = info
     return out
+
+
+def perplexity_convention(cfg: dict) -> str:
+    """How the perplexity was computed, in words (``prunemem.evaluate.perplexity``)."""
+    window = cfg["window"]
+    if cfg.get("mode", "stream") == "document":
+        return (f"each document scored alone after a BOS token, in disjoint blocks of {window} tokens (lm-eval's "
+                "loglikelihood_rolling convention); its end-of-text is not scored")
+    return (f"one packed, EOS-separated stream, windows of {window} tokens every {cfg['stride']} (each token "
+            f"scored once, with at least {window - cfg['stride']} tokens of context; lm-eval instead scores each "
+            "document alone after a BOS token: perplexity.mode: document)")
 
 
 KIND_LABELS = {("canary", True): "canaries planted &ge; 1 time", ("train", True): "ordinary training windows",
