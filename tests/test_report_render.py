@@ -212,3 +212,28 @@ def test_every_figure_compiles_with_unique_views_and_at_most_six_series():
         assert domains and all(1 <= len(d) <= charts.MAX_SERIES for d in domains)
         shown = [m for d in {tuple(d) for d in domains} for m in d]
         assert sorted(shown) == sorted(set(results["method"]) - {"dense"})  # every method in one panel, dense aside
+
+
+def test_structured_methods_are_compared_at_matched_parameter_count():
+    """Width, block and sublayer removal meet where they remove the same share of weights, not at a level."""
+    from prunemem.report.compare import Comparisons, ModelSamples, _matched_parameter_tests
+
+    removed = {("adapruner", 0.5): 1 / 3, ("width-flap", 0.5): 1 / 3, ("evop", 0.3): 1 / 3 + 0.001,
+               ("sleb", 0.5): 0.5, ("evop", 0.5): 0.5, ("width-flap", 0.7): 0.466, ("wanda", 0.5): 0.5,
+               ("random", 0.5): 0.5}
+    n = 400
+    samples = ModelSamples(kinds=np.array(["canary"] * n), copies=np.full(n, 64), extracted={})
+    for i, v in enumerate(removed):
+        samples.extracted[v] = {32: np.arange(n) < 10 * (i + 1)}
+    rows = pl.DataFrame([{"method": m, "level": lv, "achieved_sparsity": a, "perplexity": 20.0 + 10 * a + lv + (m == "sleb")}
+                         for (m, lv), a in removed.items()])
+    c = Comparisons("m", samples, rows, 32)
+    groups = _matched_parameter_tests(c, rows, list(removed))
+    assert [round(share, 3) for share, _ in groups] == [0.334, 0.5]
+    third, half = (pairs for _, pairs in groups)
+    # AdaPruner is the reference where it is present; the unstructured wanda and the random control never enter
+    assert [(t["a"], t["b"]) for t, _ in third] == [("adapruner@0.5", "evop@0.3"), ("adapruner@0.5", "width-flap@0.5")]
+    # else the lowest-perplexity variant: sleb 0.5 and evop 0.5 both remove half, evop has the lower perplexity
+    assert [(t["a"], t["b"]) for t, _ in half] == [("evop@0.5", "sleb@0.5")]
+    # the extraction test is the paired one on these samples: adapruner (10 extracted) vs evop 0.3 (30)
+    assert third[0][0]["test"].startswith("exact McNemar") and third[0][0]["effect"] == pytest.approx(-20 / n)

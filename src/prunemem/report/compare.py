@@ -419,6 +419,7 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
         for other in others:
             for lv in sorted(mine & {l for m, l in variants if m == other}):
                 structured.append((c.extraction((name, lv), (other, lv)), c.perplexity((name, lv), (other, lv))))
+    matched_params = _matched_parameter_tests(c, at_k, variants)
     claim_tests = _claims(c, at_k, rows_all, ks, paper, paper_name)
     frame = c.finish()
     search_lines = []
@@ -427,6 +428,13 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
                f"{_sentence_verdict(tp, 'lower', 'higher')})" if tp is not None else "")
         search_lines.append(f"{prefix}{t['a']} vs {t['b']}: extraction at k={k} {cite(t)}: "
                             f"{_sentence_verdict(t, 'lower', 'higher')}{ppl}.")
+    for removed, pairs in matched_params:
+        for t, tp in pairs:
+            ppl = (f"; perplexity {fmt_effect(tp)} (95% CI {fmt_ci(tp)}, {holm_p(tp['p_holm'])}: "
+                   f"{_sentence_verdict(tp, 'lower', 'higher')})" if tp is not None else "")
+            search_lines.append(f"{prefix}At matched parameter count ({percent(removed)} of the prunable weights "
+                                f"removed), {t['a']} vs {t['b']}: extraction at k={k} {cite(t)}: "
+                                f"{_sentence_verdict(t, 'lower', 'higher')}{ppl}.")
 
     # -- findings, in words, after Holm ----------------------------------------------------
     lines = []
@@ -515,6 +523,38 @@ def _paper_value(paper: pl.DataFrame, claim: str) -> str:
         value = f"{100 * float(r['value']):.2f}%" if r["metric"] == "extraction_rate" else f"ppl {float(r['value']):.2f}"
         parts.append(f"{r['model']} {r['method']} {value}")
     return "; ".join(dict.fromkeys(parts))
+
+
+def _matched_parameter_tests(c: Comparisons, at_k: pl.DataFrame, variants) -> list[tuple[float, list]]:
+    """Structured variants (width, blocks, sublayers) that remove the same share of prunable weights.
+
+    Levels mean different things across these methods (a share of MLP neurons, of blocks, of
+    sublayers), so they are grouped by the achieved share (within half a point). In each group
+    the trial-searched method (AdaPruner) is the reference, else the lowest-perplexity variant;
+    every other method in the group is tested against it (exact McNemar on extraction, paired
+    bootstrap on perplexity). Returns ``[(removed share, [(extraction test, perplexity test)])]``.
+    """
+    removed = {(r["method"], r["level"]): r["achieved_sparsity"] for r in at_k.iter_rows(named=True)
+               if (r["method"], r["level"]) in variants and not traits(r["method"]).control
+               and (describe(r["method"]).width or describe(r["method"]).removes_units)}
+    ppl = {(r["method"], r["level"]): r["perplexity"] for r in at_k.iter_rows(named=True)}
+    out, seen = [], set()
+    for v in sorted(removed, key=lambda v: (removed[v], order(v[0]), v[1])):
+        if v in seen:
+            continue
+        group = [w for w in sorted(removed, key=lambda w: (order(w[0]), w[1]))
+                 if w not in seen and abs(removed[w] - removed[v]) < 0.005]
+        seen.update(group)
+        by_method = {}
+        for w in group:  # one variant per method: the lowest level reaching this share
+            by_method.setdefault(w[0], w)
+        if len(by_method) < 2:
+            continue
+        searched = [w for m, w in by_method.items() if describe(m).trial_search]
+        ref = searched[0] if searched else min(by_method.values(), key=lambda w: (ppl[w], order(w[0])))
+        pairs = [(c.extraction(ref, w), c.perplexity(ref, w)) for w in by_method.values() if w != ref]
+        out.append((float(np.mean([removed[w] for w in by_method.values()])), pairs))
+    return out
 
 
 def _claims(c: Comparisons, at_k: pl.DataFrame, rows_all: pl.DataFrame, ks: list[int], paper: pl.DataFrame,
