@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The device check of bench/gpu.py (see its docstring): one H100/H200, no network, <= 8 minutes.
-#   bash bench/gpu.sh                 # writes bench/results/gpu.json and gpu.md
+# The device check of bench/gpu.py (see its docstring), then bench/width.py: one H100/H200, no network, <= 9.5 minutes.
+#   bash bench/gpu.sh                 # writes bench/results/gpu.json, gpu.md, width.json and width.md
 #   bash bench/gpu.sh --tiny          # the same code on the CPU in seconds
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +19,18 @@ if missing:
              "(make venv; .venv/bin/python on PATH) or a python that has them")
 PY
 # under the device budget: a run stopped at the limit still leaves gpu.json with what it measured so far
-exec timeout --signal=INT "${GPU_CHECK_TIMEOUT:-540}" python bench/gpu.py "$@"
+timeout --signal=INT "${GPU_CHECK_TIMEOUT:-480}" python bench/gpu.py "$@"
+# then width pruning's real speed (bench/width.py, issue 22) into the same --out: Pythia-1.4B's shape
+# on the device; with --tiny the same code on the embedded shape in seconds
+out=bench/results tiny=0 prev=
+for arg in "$@"; do
+  [ "$prev" = --out ] && out=$arg
+  [ "$arg" = --tiny ] && tiny=1
+  prev=$arg
+done
+if [ "$tiny" = 1 ]; then
+  width=(--shape embedded --levels 0.5 --batches 1 --tokens 64 --repeats 1 --threads 1)
+else
+  width=(--shape 1.4b --device cuda --dtype bfloat16 --levels 0.25 0.5 --batches 1 8 --tokens 512 --repeats 3)
+fi
+exec timeout --signal=INT "${WIDTH_CHECK_TIMEOUT:-90}" python bench/width.py "${width[@]}" --out "$out"

@@ -140,7 +140,7 @@ def test_transform_record_round_trip_and_refusals(plan_with_checkpoint, method, 
 @pytest.mark.parametrize("compress,fragment", [
     ({"quantize": {"int5": {"bits": 5, "group_size": 0, "symmetric": True}}}, "compress.quantize.int5.bits"),
     ({"quantize": {"int4": {"bits": 4, "group_size": 100, "symmetric": True}}},
-     "compress.quantize.int4.group_size: 100 does not divide the input dimension 256"),
+     "compress.quantize.int4.group_size: 100 does not divide the input dimension 192"),
     ({"lowrank": {"keep": [0.0]}}, "compress.lowrank.keep[0]"),
     ({"lowrank": {"keep": [1.5]}}, "compress.lowrank.keep[0]"),
     ({"lowrank": {"keep": [0.001]}}, "compress.lowrank.keep: 0.001 leaves rank 0"),

@@ -627,7 +627,9 @@ def test_default_params_are_valid():
 
     params = _params()
     validate(params)
-    assert {"evop", "evop-mem", "wanda-ccds", "sleb-ccds"} <= set(params["prune"]["methods"])
+    assert {"evop", "evop-mem"} <= set(params["prune"]["methods"])
+    params["prune"]["methods"] += ["wanda-ccds", "sleb-ccds"]  # opt-in in the default (README, "Calibration sampling")
+    validate(params)
 
 
 def test_params_checks_for_evop_and_ccds():
@@ -646,7 +648,7 @@ def test_params_checks_for_evop_and_ccds():
     assert "models.tiny.levels: 0.05 removes no sublayer" in message
     assert "samples.search_members" in _invalid(lambda p: p["samples"].update(search_members=0))
     assert "samples.search_members" in _invalid(lambda p: p["samples"].update(search_members=245))
-    message = _invalid(evop(elite=16))
+    message = _invalid(evop(elite=16, population=16))
     assert "prune.evop.elite" in message and "population of 16" in message
     message = _invalid(lambda p: (p["prune"].update(methods=["owl-ccds"]), p["prune"]["owl"].update(score="magnitude")))
     assert "owl-ccds" in message and "prune.owl.score" in message

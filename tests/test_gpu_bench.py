@@ -28,6 +28,9 @@ def test_gpu_check_tiny_writes_json_and_table(tmp_path):
     assert result["teacher_forcing"]["agreement"] == 1.0
     elapsed = result["elapsed_s"]  # gpu.json is rewritten after every section, so a stopped run keeps its figures
     assert list(elapsed)[0] == "build 12b" and elapsed["total"] == max(elapsed.values())
+    width = json.loads((tmp_path / "width.json").read_text())  # then width pruning's real speed, same --out
+    assert [(r["level"], r["batch"]) for r in width["rows"]] == [(0.0, 1), (0.5, 1)]
+    assert width["rows"][1]["params"] < width["rows"][0]["params"]
     hours = result["predicted_gpu_hours"]
     assert hours["sota"] > hours["paper"] > 0
     table = (tmp_path / "gpu.md").read_text()
