@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The device check of bench/gpu.py (see its docstring), then bench/width.py: one H100/H200, no network, <= 9.5 minutes.
-#   bash bench/gpu.sh                 # writes bench/results/gpu.json, gpu.md, width.json and width.md
+# The device check of bench/gpu.py (see its docstring), then bench/width.py and a zero-out localization: one H100/H200, no network, <= 9.5 minutes.
+#   bash bench/gpu.sh                 # writes bench/results/gpu.json, gpu.md, width.json, width.md, localize.jsonl
 #   bash bench/gpu.sh --tiny          # the same code on the CPU in seconds
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ if missing:
              "(make venv; .venv/bin/python on PATH) or a python that has them")
 PY
 # under the device budget: a run stopped at the limit still leaves gpu.json with what it measured so far
-timeout --signal=INT "${GPU_CHECK_TIMEOUT:-480}" python bench/gpu.py "$@"
+timeout --signal=INT "${GPU_CHECK_TIMEOUT:-420}" python bench/gpu.py "$@"
 # then width pruning's real speed (bench/width.py, issue 22) into the same --out: Pythia-1.4B's shape
 # on the device; with --tiny the same code on the embedded shape in seconds
 out=bench/results tiny=0 prev=
@@ -30,7 +30,12 @@ for arg in "$@"; do
 done
 if [ "$tiny" = 1 ]; then
   width=(--shape embedded --levels 0.5 --batches 1 --tokens 64 --repeats 1 --threads 1)
+  zeroout=(--shape embedded --threads 1)
 else
   width=(--shape 1.4b --device cuda --dtype bfloat16 --levels 0.25 0.5 --batches 1 8 --tokens 512 --repeats 3)
+  zeroout=(--shape pythia-1.4b --device cuda --dtype bfloat16)
 fi
-exec timeout --signal=INT "${WIDTH_CHECK_TIMEOUT:-90}" python bench/width.py "${width[@]}" --out "$out"
+timeout --signal=INT "${WIDTH_CHECK_TIMEOUT:-90}" python bench/width.py "${width[@]}" --out "$out"
+# and one zero-out localization (bench/localize.py, issue 23), a JSON line into $out/localize.jsonl
+timeout --signal=INT "${LOCALIZE_CHECK_TIMEOUT:-60}" python bench/localize.py --methods zeroout "${zeroout[@]}" \
+  > "$out/localize.jsonl"

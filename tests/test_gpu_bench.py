@@ -31,6 +31,8 @@ def test_gpu_check_tiny_writes_json_and_table(tmp_path):
     width = json.loads((tmp_path / "width.json").read_text())  # then width pruning's real speed, same --out
     assert [(r["level"], r["batch"]) for r in width["rows"]] == [(0.0, 1), (0.5, 1)]
     assert width["rows"][1]["params"] < width["rows"][0]["params"]
+    zeroout = [json.loads(line) for line in (tmp_path / "localize.jsonl").read_text().splitlines()]
+    assert [z["method"] for z in zeroout] == ["zeroout"] and zeroout[0]["seconds"] > 0
     hours = result["predicted_gpu_hours"]
     assert hours["sota"] > hours["paper"] > 0
     table = (tmp_path / "gpu.md").read_text()
