@@ -21,6 +21,7 @@ long job can be resumed window batch by window batch.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from typing import NamedTuple
@@ -58,8 +59,6 @@ def layout(docs: list[list[int]], cfg: dict, prefix: int, eos: int) -> tuple[tor
     ``docs`` are the perplexity set's EOS-terminated documents; ``document`` mode drops each
     trailing EOS (lm-eval scores the text alone) and puts ``prefix`` before each document.
     """
-    import bisect
-
     if cfg.get("mode", "stream") == "document":
         texts = [doc[:-1] if doc and doc[-1] == eos else doc for doc in docs]
         tokens = torch.tensor([t for doc in texts for t in (prefix, *doc)], dtype=torch.long)

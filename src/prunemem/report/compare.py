@@ -422,19 +422,15 @@ def analyse(model: str, samples: ModelSamples | None, results: pl.DataFrame, k: 
     matched_params = _matched_parameter_tests(c, at_k, variants)
     claim_tests = _claims(c, at_k, rows_all, ks, paper, paper_name)
     frame = c.finish()
-    search_lines = []
-    for t, tp in structured:
+    def pair_line(lead: str, t: dict, tp: dict | None) -> str:
         ppl = (f"; perplexity {fmt_effect(tp)} (95% CI {fmt_ci(tp)}, {holm_p(tp['p_holm'])}: "
                f"{_sentence_verdict(tp, 'lower', 'higher')})" if tp is not None else "")
-        search_lines.append(f"{prefix}{t['a']} vs {t['b']}: extraction at k={k} {cite(t)}: "
-                            f"{_sentence_verdict(t, 'lower', 'higher')}{ppl}.")
-    for removed, pairs in matched_params:
-        for t, tp in pairs:
-            ppl = (f"; perplexity {fmt_effect(tp)} (95% CI {fmt_ci(tp)}, {holm_p(tp['p_holm'])}: "
-                   f"{_sentence_verdict(tp, 'lower', 'higher')})" if tp is not None else "")
-            search_lines.append(f"{prefix}At matched parameter count ({percent(removed)} of the prunable weights "
-                                f"removed), {t['a']} vs {t['b']}: extraction at k={k} {cite(t)}: "
-                                f"{_sentence_verdict(t, 'lower', 'higher')}{ppl}.")
+        return (f"{prefix}{lead}{t['a']} vs {t['b']}: extraction at k={k} {cite(t)}: "
+                f"{_sentence_verdict(t, 'lower', 'higher')}{ppl}.")
+
+    search_lines = [pair_line("", t, tp) for t, tp in structured]
+    search_lines += [pair_line(f"At matched parameter count ({percent(removed)} of the prunable weights removed), ", t, tp)
+                     for removed, pairs in matched_params for t, tp in pairs]
 
     # -- findings, in words, after Holm ----------------------------------------------------
     lines = []
