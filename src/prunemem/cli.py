@@ -8,6 +8,7 @@
     prunemem mask       --model tiny --method global --level 0.5
     prunemem transform  --model tiny --method int4   --level 0     # quantization / low-rank baselines
     prunemem evaluate   --model tiny --method dense  --level 0
+    prunemem downstream --model tiny --method global --level 0.5   # lm-eval tasks (params downstream:)
     prunemem report                                 # reports/results.csv, reports/report.html
     prunemem export     --model tiny --method global --level 0.5 --out DIR   # a standard HF checkpoint
     prunemem audit                                  # re-hash everything, check it against params and dvc.lock
@@ -151,6 +152,15 @@ def cmd_evaluate(plan: Plan, args) -> None:
     print(plan.metrics_dir(args.model, args.method, args.level))
 
 
+def cmd_downstream(plan: Plan, args) -> None:
+    from prunemem.downstream.run import run_downstream
+
+    _check_model(plan, args.model)
+    _check_variant(plan, args.model, args.method, args.level)
+    run_downstream(plan, args.model, args.method, args.level)
+    print(plan.downstream_dir(args.model, args.method, args.level))
+
+
 def cmd_report(plan: Plan, args) -> None:
     from prunemem.report.html import build
 
@@ -203,7 +213,8 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
     for name, fn, helptext in (("mask", cmd_mask, "compute one pruning mask"),
                                ("transform", cmd_transform, "record one compression transform (int8, int4, lowrank)"),
-                               ("evaluate", cmd_evaluate, "evaluate one (masked) model")):
+                               ("evaluate", cmd_evaluate, "evaluate one (masked) model"),
+                               ("downstream", cmd_downstream, "score one variant on lm-eval tasks (params downstream:)")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)
         p.add_argument("--method", required=True)
