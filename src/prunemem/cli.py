@@ -9,6 +9,7 @@
     prunemem transform  --model tiny --method int4   --level 0     # quantization / low-rank baselines
     prunemem evaluate   --model tiny --method dense  --level 0
     prunemem downstream --model tiny --method global --level 0.5   # lm-eval tasks (params downstream:)
+    prunemem downstream --model tiny                # every variant of tiny, in one process
     prunemem report                                 # reports/results.csv, reports/report.html
     prunemem export     --model tiny --method global --level 0.5 --out DIR   # a standard HF checkpoint
     prunemem audit                                  # re-hash everything, check it against params and dvc.lock
@@ -153,12 +154,23 @@ def cmd_evaluate(plan: Plan, args) -> None:
 
 
 def cmd_downstream(plan: Plan, args) -> None:
-    from prunemem.downstream.run import run_downstream
+    """One variant, or (without --level, or without both) every level of a method or every variant of
+    the model in one process, which reads the tasks and pays the imports once."""
+    from prunemem.downstream.run import Downstream
 
     _check_model(plan, args.model)
-    _check_variant(plan, args.model, args.method, args.level)
-    run_downstream(plan, args.model, args.method, args.level)
-    print(plan.downstream_dir(args.model, args.method, args.level))
+    if args.level is not None and args.method is None:
+        raise PrunememError("--level: given without --method; allowed: --method M --level L, --method M, or neither")
+    variants = [(m, lv) for m, lv in plan.variants(args.model) if args.method in (None, m)]
+    if args.method is not None:
+        if args.level is not None:
+            variants = [(args.method, args.level)]
+        _check_variant(plan, args.model, args.method, args.level if args.level is not None else
+                       (variants[0][1] if variants else ""))
+    with Downstream(plan, args.model) as tasks:
+        for method, level in variants:
+            tasks.run(method, level)
+            print(plan.downstream_dir(args.model, method, level))
 
 
 def cmd_report(plan: Plan, args) -> None:
@@ -213,13 +225,17 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
     for name, fn, helptext in (("mask", cmd_mask, "compute one pruning mask"),
                                ("transform", cmd_transform, "record one compression transform (int8, int4, lowrank)"),
-                               ("evaluate", cmd_evaluate, "evaluate one (masked) model"),
-                               ("downstream", cmd_downstream, "score one variant on lm-eval tasks (params downstream:)")):
+                               ("evaluate", cmd_evaluate, "evaluate one (masked) model")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)
         p.add_argument("--method", required=True)
         p.add_argument("--level", required=True, help="as spelt in paths, e.g. 0.5 (dense: 0)")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("downstream", help="score variants on lm-eval tasks (params downstream:)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", help="default: every method of the model's grid")
+    p.add_argument("--level", help="as spelt in paths, e.g. 0.5 (dense: 0); default: every level of --method")
+    p.set_defaults(fn=cmd_downstream)
     p = sub.add_parser("export", help="write one variant as a standard Hugging Face checkpoint")
     p.add_argument("--model", required=True)
     p.add_argument("--method", required=True)
