@@ -27,6 +27,7 @@ from prunemem import embedded
 from prunemem.errors import PrunememError
 from prunemem.provenance import atomic_path, sha256_file
 
+TASKS_DIR = "resources/tasks"  # the YAMLs, in the package (a bundled folder: codedeps counts its files)
 NEXTLINE, COMPLETELINE = "prunemem_nextline", "prunemem_completeline"
 TASKS = (NEXTLINE, COMPLETELINE)
 # The defaults of downstream.local (params.schema.yaml documents each).
@@ -36,7 +37,7 @@ LOCAL_DEFAULTS = {"documents": 500, "choices": 4, "context_chars": 200, "min_lin
 
 def task_yaml(name: str) -> str:
     """The shipped YAML of one of our tasks."""
-    return resources.files("prunemem").joinpath(f"resources/tasks/{name}.yaml").read_text(encoding="utf-8")
+    return resources.files("prunemem").joinpath(TASKS_DIR, f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def _context(lines: list[str], i: int, budget: int) -> str:
