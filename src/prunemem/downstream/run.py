@@ -63,7 +63,7 @@ def settings(params: dict) -> dict:
     ds = params["downstream"]
     return {"limit": None, "batch_size": "auto", "max_batch_size": 64, "seed": 0, "backend": "hf",
             "bootstrap": 1000, "gen_kwargs": {}, "apply_chat_template": False, "system_instruction": None,
-            "max_length": None, "vllm": {}, **ds,
+            "max_length": None, "model_args": {}, "vllm": {}, **ds,
             "tasks": [{"num_fewshot": None, "gen_kwargs": {}, **t} for t in ds["tasks"]]}
 
 
@@ -224,7 +224,7 @@ def _lm(plan: Plan, model_name: str, method: str, level: str, ds: dict, tmp: Pat
         lm = VLLM(pretrained=str(exported), dtype=str(dtype).removeprefix("torch."), seed=ds["seed"],
                   batch_size=ds["batch_size"] if ds["batch_size"] != "auto" else "auto",
                   max_batch_size=ds["max_batch_size"],
-                  **({"max_length": ds["max_length"]} if ds["max_length"] else {}), **ds["vllm"])
+                  **({"max_length": ds["max_length"]} if ds["max_length"] else {}), **ds["model_args"], **ds["vllm"])
         return lm, {**prov["inputs"], "checkpoint": checkpoint_hash(ckpt_dir)}, device, dtype, ds["batch_size"]
     from lm_eval.models.huggingface import HFLM
 
@@ -235,7 +235,8 @@ def _lm(plan: Plan, model_name: str, method: str, level: str, ds: dict, tmp: Pat
     batch = ds["batch_size"]
     if batch == "auto":  # fitted like evaluation's: lm-eval's own "auto" probes by running out of memory
         batch = fit_batch_size(model.config, max_length, max_length, dtype, device, ds["max_batch_size"])
-    lm = HFLM(pretrained=model, tokenizer=load_tokenizer(ckpt_dir), batch_size=batch, max_length=max_length)
+    lm = HFLM(pretrained=model, tokenizer=load_tokenizer(ckpt_dir), batch_size=batch, max_length=max_length,
+              **ds["model_args"])
     return lm, inputs, device, dtype, batch
 
 
