@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from prunemem.downstream import local
-from prunemem.downstream.run import Downstream, check_names, load_tasks, portable_config, samples_file
+from prunemem.downstream.run import Downstream, check_names, columns, load_tasks, portable_config, samples_file
 from prunemem.errors import PrunememError
 from prunemem.plan import Plan
 from prunemem.provenance import digest_json, sha256_file
@@ -167,6 +167,11 @@ def test_summary_records_provenance(scored):
     assert set(dense["provenance"]["inputs"]) == {"checkpoint"}
     assert pruned["provenance"]["inputs"]["mask"] == sha256_file(plan.mask_path("tiny", "global", "0.5"))
     assert dense["provenance"]["params"]["downstream"]["limit"] == LIMIT
+    cols = columns(dense)  # what results.csv gains: one value and stderr per task metric
+    assert sorted(cols) == sorted(f"downstream_{t}_{m}{e}" for t, ms in (("prunemem_nextline", ("acc", "acc_norm")),
+                                                                       ("prunemem_completeline", ("exact_match",)))
+                                  for m in ms for e in ("", "_stderr"))
+    assert cols["downstream_prunemem_nextline_acc"] == dense["tasks"][local.NEXTLINE]["metrics"]["acc,none"]["value"]
 
 
 def test_config_hash_ignores_where_the_run_put_its_files():

@@ -199,6 +199,19 @@ def task_summary(name: str, results: dict, config: dict, n: dict, data_hashes: d
             "config_sha256": digest_json(portable), "dataset": dataset}
 
 
+def columns(summary: dict) -> dict[str, float | None]:
+    """A summary's metrics as flat result columns: ``downstream_<task>_<metric>[_<filter>]`` and
+    its ``_stderr`` (lm-eval's default filter ``none`` is left out of the name)."""
+    out = {}
+    for task, info in sorted(summary["tasks"].items()):
+        for key, m in sorted(info["metrics"].items()):
+            metric, filt = key.split(",", 1)
+            name = f"downstream_{task}_{metric}" + ("" if filt == "none" else f"_{filt}")
+            name = name.replace("-", "_")
+            out[name], out[f"{name}_stderr"] = m["value"], m["stderr"]
+    return out
+
+
 # -- the job ---------------------------------------------------------------------------------------
 def _lm(plan: Plan, model_name: str, method: str, level: str, ds: dict, tmp: Path):
     """The lm-eval model of the variant, and what was loaded (inputs' hashes, device, dtype, batch)."""
@@ -304,6 +317,10 @@ class Downstream:
                 apply_chat_template=ds["apply_chat_template"], system_instruction=ds["system_instruction"],
                 random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
             del lm
+            if device == "cuda":  # the next variant gets the whole GPU
+                import torch
+
+                torch.cuda.empty_cache()
         summary_tasks = {name: task_summary(name, results["results"][name], results["configs"][name],
                                             results["n-samples"].get(name, {}), self.data_hashes)
                          for name in self.tasks}
