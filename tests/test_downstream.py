@@ -86,6 +86,8 @@ def test_local_tasks_are_held_out_lines_built_deterministically(tmp_path, scored
     loaded = TaskManager(include_path=str(include), include_defaults=False).load(list(local.TASKS))["tasks"]
     assert {n: len(t.eval_docs) for n, t in loaded.items()} == {n: 500 for n in local.TASKS}
     assert hashes == {n: sha256_file(include / f"{n}.jsonl") for n in local.TASKS}
+    # the Arrow copy datasets makes stays beside the data, out of the user's cache
+    assert (include / ".datasets").is_dir() and any((include / ".datasets").iterdir())
 
 
 def _loglikelihood(model, tokenizer, context: str, choice: str, max_length: int) -> float:

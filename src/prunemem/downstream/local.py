@@ -135,9 +135,9 @@ def include_dir(params: dict, out_dir: str | Path, cache_dir: str | Path | None 
     """A task directory for lm-eval's ``TaskManager(include_path=...)``: our YAMLs beside their data.
 
     The shipped YAMLs name their data file relative to themselves; here it is made absolute
-    (``datasets`` resolves ``data_files`` against the working directory), and ``cache_dir`` keeps
-    the Arrow copy ``datasets`` makes of it out of the user's cache. Returns the directory and
-    the sha256 of each task's data file.
+    (``datasets`` resolves ``data_files`` against the working directory), and ``cache_dir``
+    (default: ``out_dir/.datasets``) keeps the Arrow copy ``datasets`` makes of it out of the
+    user's cache. Returns the directory and the sha256 of each task's data file.
     """
     import yaml
 
@@ -148,8 +148,7 @@ def include_dir(params: dict, out_dir: str | Path, cache_dir: str | Path | None 
         config = yaml.safe_load(task_yaml(name))
         config["dataset_kwargs"]["data_files"] = {split: str(data.resolve())
                                                   for split in config["dataset_kwargs"]["data_files"]}
-        if cache_dir is not None:
-            config["dataset_kwargs"]["cache_dir"] = str(Path(cache_dir).resolve())
+        config["dataset_kwargs"]["cache_dir"] = str(Path(cache_dir or out_dir / ".datasets").resolve())
         with atomic_path(out_dir / f"{name}.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         hashes[name] = sha256_file(data)
