@@ -212,3 +212,12 @@ def test_uncached_dataset_offline_is_one_line_with_the_prefetch_command(tmp_path
     line = str(err.value)
     assert "\n" not in line and line.startswith("downstream.tasks[0].name: hubtask: dataset prunemem-tests/absent/easy")
     assert "datasets.load_dataset('prunemem-tests/absent', 'easy')" in line and "HF_HUB_OFFLINE=1" in line
+
+
+def test_cli_refuses_a_level_without_a_method(tmp_path, capsys):
+    from prunemem.cli import main
+
+    _plan(tmp_path)
+    assert main(["--params", str(tmp_path / "params.yaml"), "downstream", "--model", "tiny", "--level", "0.5"]) == 1
+    assert capsys.readouterr().err == ("prunemem: error: --level: given without --method; allowed: --method M "
+                                       "--level L, --method M, or neither\n")
