@@ -221,9 +221,8 @@ def _lm(plan: Plan, model_name: str, method: str, level: str, ds: dict, tmp: Pat
 
     ev = plan.params["evaluate"]
     device, dtype = resolve_device(ev["device"], ev["dtype"], "evaluate")
-    deterministic(ev["threads"])
     ckpt_dir = plan.checkpoint_dir(model_name)
-    if ds["backend"] == "vllm":
+    if ds["backend"] == "vllm":  # vLLM's kernels are its own: torch's deterministic switch would refuse some
         try:
             from lm_eval.models.vllm_causallms import VLLM
             import vllm  # noqa: F401 -- lm-eval imports it lazily; fail here, in one line
@@ -235,12 +234,12 @@ def _lm(plan: Plan, model_name: str, method: str, level: str, ds: dict, tmp: Pat
         exported = export_variant(plan, model_name, method, level, tmp / "export", str(dtype).removeprefix("torch."))
         prov = json.loads((exported / "provenance.json").read_text())
         lm = VLLM(pretrained=str(exported), dtype=str(dtype).removeprefix("torch."), seed=ds["seed"],
-                  batch_size=ds["batch_size"] if ds["batch_size"] != "auto" else "auto",
-                  max_batch_size=ds["max_batch_size"],
+                  batch_size=ds["batch_size"], max_batch_size=ds["max_batch_size"],
                   **({"max_length": ds["max_length"]} if ds["max_length"] else {}), **ds["model_args"], **ds["vllm"])
         return lm, {**prov["inputs"], "checkpoint": checkpoint_hash(ckpt_dir)}, device, dtype, ds["batch_size"]
     from lm_eval.models.huggingface import HFLM
 
+    deterministic(ev["threads"])
     model, _, inputs, _ = load_variant(plan, model_name, method, level, device, dtype)
     inputs["checkpoint"] = checkpoint_hash(ckpt_dir)
     model.eval()
