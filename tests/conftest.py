@@ -50,6 +50,7 @@ SMALL = {
                  "lowrank": {"keep": [0.5]}},
     "evaluate": {"batch_size": "auto", "max_batch_size": 32, "threads": 1, "device": "cpu", "dtype": "float32",
                  "near_tie_margin": 0.1, "cross_check": 8, "seed": 0, "mia": {"min_k_fraction": 0.2, "bootstrap": 200}},
+    "jobs": {"batch": "method"},  # as the embedded default (tests/test_batches.py checks it builds the same bytes)
 }
 
 

@@ -65,7 +65,8 @@ def _dry_run(root: Path, *extra: str) -> list[dict[str, list[str]]]:
 
 
 def _job_of_output(plan: Plan, root: Path) -> dict[str, str]:
-    return {str(p): job.name for job in plan.jobs() for p in job.outputs}
+    """Snakemake output -> the batch (its job: one process) that writes it."""
+    return {str(p): batch.name for batch in plan.batches() for p in batch.targets}
 
 
 def _planned(dry: list[dict], jobs: dict[str, str]) -> set[str]:
@@ -77,11 +78,11 @@ def _modules(root: Path) -> list[Path]:
 
 
 def _closure_jobs(plan: Plan, root: Path) -> dict[str, set[str]]:
-    """Module (repo-relative) -> the jobs whose import closure contains it."""
+    """Module (repo-relative) -> the batches (Snakemake jobs, DVC stages) whose import closure contains it."""
     out = {p.relative_to(root).as_posix(): set() for p in _modules(root)}
-    for job in plan.jobs():
-        for f in job.code:
-            out.setdefault(f, set()).add(job.name)
+    for batch in plan.batches():
+        for f in batch.code:
+            out.setdefault(f, set()).add(batch.name)
     return out
 
 
@@ -90,13 +91,13 @@ def test_every_module_is_a_dep_of_exactly_the_jobs_that_import_it(tracked, monke
     plan = Plan.load(["params.yaml"])
     expected = _closure_jobs(plan, tracked)
     assert any(len(jobs) == 0 for jobs in expected.values())  # the CLI, the audit ... shape no artifact
-    assert "mask-tiny-wanda-0_5" in expected["src/prunemem/blockwise.py"]  # crosses the package folder
-    assert "evaluate-tiny-global-0_5" in expected["src/prunemem/prune/masks.py"]
+    assert "mask-tiny-wanda" in expected["src/prunemem/blockwise.py"]  # crosses the package folder
+    assert "evaluate-tiny-global" in expected["src/prunemem/prune/masks.py"]  # jobs.batch: method (SMALL)
     # Snakemake: each job's declared inputs, as the dry run of every job prints them
     jobs = _job_of_output(plan, tracked)
     assert _planned(_dry_run(tracked), jobs) == set()  # the study is up to date
     everything = _dry_run(tracked, "--forceall")
-    assert len(everything) == len(plan.jobs())
+    assert len(everything) == len(plan.batches()) < len(plan.jobs())
     declared: dict[str, set[str]] = {}
     for job in everything:
         for f in job["input"]:
@@ -131,13 +132,13 @@ def test_editing_a_module_makes_exactly_its_importers_stale_in_both_tools(tracke
     plan = Plan.load(["params.yaml"])
     expected = _closure_jobs(plan, tracked)
     jobs = _job_of_output(plan, tracked)
-    by_name = {job.name: job for job in plan.jobs()}
+    by_name = {batch.name: batch for batch in plan.batches()}
 
     def downstream(names: set[str]) -> set[str]:
         out = set(names)
-        for job in plan.jobs():  # upstream first
-            if any(up.name in out for up in plan.upstream(job)):
-                out.add(job.name)
+        for batch in plan.batches():  # upstream first
+            if any(up.name in out for up in plan.upstream_batches(batch)):
+                out.add(batch.name)
         return out
 
     assert set(by_name) >= set().union(*expected.values())
@@ -189,14 +190,14 @@ def test_a_hand_edited_dvc_yaml_fails_the_audit_naming_the_stage(tracked, tmp_pa
     copy = tmp_path / "repo"
     copy.mkdir()
     stages = yaml.safe_load((tracked / "dvc.yaml").read_text())
-    stages["stages"]["mask-tiny-wanda-0_5"]["deps"].remove("src/prunemem/blockwise.py")
+    stages["stages"]["mask-tiny-wanda"]["deps"].remove("src/prunemem/blockwise.py")
     del stages["stages"]["report"]
     (copy / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     audit = Audit(Plan.load([tracked / "params.yaml"], root=copy))
     audit.dvc_yaml()  # the check `prunemem audit` runs before `dvc status`
     assert audit.mismatches == [
         "dvc.yaml stage report: missing; regenerate dvc.yaml (prunemem dvc-yaml)",
-        "dvc.yaml stage mask-tiny-wanda-0_5: deps differ from the job table; regenerate dvc.yaml (prunemem dvc-yaml)"]
+        "dvc.yaml stage mask-tiny-wanda: deps differ from the job table; regenerate dvc.yaml (prunemem dvc-yaml)"]
 
 
 def rowwise(ctx, level):
@@ -225,7 +226,8 @@ def test_a_new_method_is_one_function_and_one_registry_entry(pipeline, tmp_path,
     plan = Plan.load(["params.yaml"])
     levels = plan.mask_levels("rowwise", "tiny")
     assert levels == plan.levels and all(("rowwise", lv) in plan.variants("tiny") for lv in levels)  # the grid
-    stage = stages(plan)["stages"]["mask-tiny-rowwise-0_5"]  # dvc.yaml
+    stage = stages(plan)["stages"]["mask-tiny-rowwise"]  # dvc.yaml: one stage builds its levels in turn
+    assert stage["cmd"] == "prunemem mask --model tiny --method rowwise " + " ".join(f"--level {lv}" for lv in levels)
     assert stage["params"] == ["evaluate.threads"] and "src/prunemem/prune/methods.py" in stage["deps"]
     assert "data/samples/tiny" not in stage["deps"]  # not calibrated
     for level in levels:

@@ -8,8 +8,9 @@
     prunemem mask       --model tiny --method global --level 0.5
     prunemem transform  --model tiny --method int4   --level 0     # quantization / low-rank baselines
     prunemem evaluate   --model tiny --method dense  --level 0
+    prunemem evaluate   --model tiny --method global --level 0.3 --level 0.5   # levels in turn, one process
     prunemem downstream --model tiny --method global --level 0.5   # lm-eval tasks (params downstream:)
-    prunemem downstream --model tiny                # every variant of tiny, in one process
+    prunemem downstream --model tiny                # every variant of tiny (or of one --method), one process
     prunemem report                                 # reports/results.csv, reports/report.html
     prunemem export     --model tiny --method global --level 0.5 --out DIR   # a standard HF checkpoint
     prunemem audit                                  # re-hash everything, check it against params and dvc.lock
@@ -121,52 +122,62 @@ def cmd_samples(plan: Plan, args) -> None:
 
 
 def _check_artifact(plan: Plan, args, kind: str) -> None:
-    """A mask or transform job: the model, a method of that kind in the plan, one of its levels."""
+    """A mask or transform job: the model, a method of that kind in the plan, its levels."""
     _check_model(plan, args.model)
     if args.method not in plan.variant_methods or plan.kind(args.method) != kind:
         allowed = ", ".join(m for m in plan.variant_methods if plan.kind(m) == kind)
         problem = f"has no {kind}" if args.method in plan.variant_methods else f"is not a {kind} method in params"
         raise PrunememError(f"--method: {args.method} {problem}; allowed: {allowed}")
-    _check_variant(plan, args.model, args.method, args.level)
+    _check_levels(plan, args)
 
 
+def _check_levels(plan: Plan, args) -> None:
+    """Every --level before any is built: a typo in the last one must not cost the first ones' work."""
+    for level in args.level:
+        _check_variant(plan, args.model, args.method, level)
+
+
+# --level repeated runs the levels one after another in this process (a batch, jobs.batch: method):
+# each is built exactly as its own job would build it, so one import of torch serves them all.
 def cmd_mask(plan: Plan, args) -> None:
     from prunemem.prune.run import build_mask
 
     _check_artifact(plan, args, "mask")
-    print(build_mask(plan, args.model, args.method, args.level))
+    for level in args.level:
+        print(build_mask(plan, args.model, args.method, level))
 
 
 def cmd_transform(plan: Plan, args) -> None:
     from prunemem.compress.run import build_transform
 
     _check_artifact(plan, args, "transform")
-    print(build_transform(plan, args.model, args.method, args.level))
+    for level in args.level:
+        print(build_transform(plan, args.model, args.method, level))
 
 
 def cmd_evaluate(plan: Plan, args) -> None:
     from prunemem.evaluate.run import evaluate
 
     _check_model(plan, args.model)
-    _check_variant(plan, args.model, args.method, args.level)
-    evaluate(plan, args.model, args.method, args.level, progress=_progress("evaluate"))
-    print(plan.metrics_dir(args.model, args.method, args.level))
+    _check_levels(plan, args)
+    for level in args.level:
+        evaluate(plan, args.model, args.method, level, progress=_progress("evaluate"))
+        print(plan.metrics_dir(args.model, args.method, level))
 
 
 def cmd_downstream(plan: Plan, args) -> None:
-    """One variant, or (without --level, or without both) every level of a method or every variant of
-    the model in one process, which reads the tasks and pays the imports once."""
+    """The variants named (--level repeatable, as for evaluate), every level of --method, or every
+    variant of the model, in turn in this process: the tasks are read and the imports paid once."""
     from prunemem.downstream.run import Downstream
 
     _check_model(plan, args.model)
-    if args.level is not None and args.method is None:
+    if args.level and args.method is None:
         raise PrunememError("--level: given without --method; allowed: --method M --level L, --method M, or neither")
-    variants = [(m, lv) for m, lv in plan.variants(args.model) if args.method in (None, m)]
+    if args.method is not None and not args.level:
+        args.level = [lv for m, lv in plan.variants(args.model) if m == args.method] or [""]
     if args.method is not None:
-        if args.level is not None:
-            variants = [(args.method, args.level)]
-        _check_variant(plan, args.model, args.method, args.level if args.level is not None else
-                       (variants[0][1] if variants else ""))
+        _check_levels(plan, args)
+    variants = [(args.method, lv) for lv in args.level] if args.method is not None else plan.variants(args.model)
     with Downstream(plan, args.model) as tasks:
         for method, level in variants:
             tasks.run(method, level)
@@ -223,18 +234,20 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--ship", action="store_true",
                            help="embedded, with --retrain: replace the shipped checkpoint and its pins")
         p.set_defaults(fn=fn)
-    for name, fn, helptext in (("mask", cmd_mask, "compute one pruning mask"),
-                               ("transform", cmd_transform, "record one compression transform (int8, int4, lowrank)"),
-                               ("evaluate", cmd_evaluate, "evaluate one (masked) model")):
+    for name, fn, helptext in (("mask", cmd_mask, "compute a pruning mask"),
+                               ("transform", cmd_transform, "record a compression transform (int8, int4, lowrank)"),
+                               ("evaluate", cmd_evaluate, "evaluate a (masked) model")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)
         p.add_argument("--method", required=True)
-        p.add_argument("--level", required=True, help="as spelt in paths, e.g. 0.5 (dense: 0)")
+        p.add_argument("--level", required=True, action="append",
+                       help="as spelt in paths, e.g. 0.5 (dense: 0); repeat it to build several levels in turn")
         p.set_defaults(fn=fn)
     p = sub.add_parser("downstream", help="score variants on lm-eval tasks (params downstream:)")
     p.add_argument("--model", required=True)
     p.add_argument("--method", help="default: every method of the model's grid")
-    p.add_argument("--level", help="as spelt in paths, e.g. 0.5 (dense: 0); default: every level of --method")
+    p.add_argument("--level", action="append",
+                   help="as spelt in paths, e.g. 0.5 (dense: 0); repeatable; default: every level of --method")
     p.set_defaults(fn=cmd_downstream)
     p = sub.add_parser("export", help="write one variant as a standard Hugging Face checkpoint")
     p.add_argument("--model", required=True)

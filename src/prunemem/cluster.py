@@ -128,3 +128,14 @@ def job_resources(plan: Plan, job: Job) -> dict[str, int]:
 def job_threads(plan: Plan, job: Job) -> int:
     """The job's CPU threads: the params key its registry entry or stage names (1 for I/O-bound jobs)."""
     return lookup(plan.params, job.threads_key) if job.threads_key else 1
+
+
+def batch_resources(plan: Plan, batch) -> dict[str, int]:
+    """A batch's resources (``plan.Batch``): its jobs run one after another in one process, so the
+    largest of their GPU, CPU and memory asks and the sum of their runtimes."""
+    each = [job_resources(plan, job) for job in batch.jobs]
+    return {key: (sum if key == "runtime" else max)(r[key] for r in each) for key in each[0]}
+
+
+def batch_threads(plan: Plan, batch) -> int:
+    return max(job_threads(plan, job) for job in batch.jobs)

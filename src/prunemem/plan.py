@@ -385,6 +385,89 @@ class Job:
         return closure(*self.entry)
 
 
+# Stages whose jobs are per level; with jobs.batch: method one process runs a method's levels.
+LEVEL_STAGES = ("mask", "transform", "evaluate")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The jobs one process runs (``Plan.batches``): one job, or every level of one (model, method)
+    of a level stage when ``jobs.batch`` is ``method``. It answers what a Snakemake rule or DVC
+    stage asks of a job (the unions of its jobs' files, params keys and code), so Snakemake's
+    rules and dvc.yaml's stages are made from batches while provenance, freshness and the audit
+    stay per job (the artifacts are the same either way: ``tests/test_batches.py``).
+    ``targets`` are what Snakemake's rule declares: a grouped batch owns its method's directory.
+    """
+
+    jobs: tuple[Job, ...]
+    targets: tuple[Path, ...]
+    grouped: bool = False
+
+    @property
+    def stage(self) -> str:
+        return self.jobs[0].stage
+
+    @property
+    def model(self) -> str | None:
+        return self.jobs[0].model
+
+    @property
+    def method(self) -> str | None:
+        return self.jobs[0].method
+
+    @property
+    def levels(self) -> list[str]:
+        return [job.level for job in self.jobs if job.level is not None]
+
+    @property
+    def id(self) -> tuple:
+        return self.jobs[0].id[:3] if self.grouped else self.jobs[0].id
+
+    @property
+    def name(self) -> str:
+        """The DVC stage name: mask-tiny-global-0_5, or mask-tiny-global for a grouped batch."""
+        return "-".join(p.replace(".", "_") for p in self.id if p is not None)
+
+    @property
+    def args(self) -> str:
+        """The CLI arguments of ``prunemem <stage>``: --level repeated for a grouped batch."""
+        first = self.jobs[0]
+        head = " ".join(f"{flag} {value}" for flag, value in (("--model", first.model), ("--method", first.method))
+                        if value is not None)
+        return " ".join([head, *(f"--level {level}" for level in self.levels)]).strip()
+
+    def _union(self, field: str) -> tuple:
+        return tuple(dict.fromkeys(x for job in self.jobs for x in getattr(job, field)))
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return self._union("outputs")
+
+    @property
+    def out(self) -> tuple[Path, ...]:
+        return self._union("out")
+
+    @property
+    def inputs(self) -> tuple[tuple[str, tuple], ...]:
+        roles: dict[str, list] = {}
+        for job in self.jobs:
+            for role, ids in job.inputs:
+                roles.setdefault(role, []).extend(ids)
+        return tuple((role, tuple(dict.fromkeys(ids))) for role, ids in roles.items())
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self._union("files")
+
+    @property
+    def param_keys(self) -> tuple[str, ...]:
+        return self._union("param_keys")
+
+    @property
+    def code(self) -> tuple[str, ...]:
+        return self._union("code")
+
+
 # Each stage: its CLI verb's entry module (what the job runs, for its code deps). Adding a stage =
 # one builder in Plan._jobs_of (paths, inputs, keys), one rule in stages.smk and one CLI verb.
 STAGE_ENTRY = {"fetch": ("prunemem.data.fetch",), "checkpoint": ("prunemem.checkpoints",),
@@ -641,6 +724,53 @@ class Plan:
         except KeyError:
             raise PrunememError(f"{stage}: no such job in the plan: {model} {method} {level}") from None
 
+    # -- batches: the jobs one process runs (Snakemake rules and DVC stages are made of these) ----
+    @property
+    def batch_by(self) -> str:
+        """jobs.batch: ``variant`` (one job per level, the default) or ``method`` (a method's levels in one)."""
+        return lookup(self.params, "jobs.batch", "variant")
+
+    def level_stage_dir(self, stage: str, model: str, method: str) -> Path:
+        """The directory holding every level of one (model, method) of a level stage."""
+        return {"mask": self.mask_path, "transform": self.transform_path,
+                "evaluate": self.metrics_dir}[stage](model, method, "0").parent
+
+    @cached_property
+    def _batches(self) -> dict[tuple, Batch]:
+        out: dict[tuple, Batch] = {}
+        groups: dict[tuple, list[Job]] = {}
+        for job in self.jobs():
+            if self.batch_by == "method" and job.stage in LEVEL_STAGES:
+                groups.setdefault(job.id[:3], []).append(job)
+                if len(groups[job.id[:3]]) == 1:
+                    out[job.id[:3]] = None  # keeps the table's order (upstream first)
+            else:
+                out[job.id] = Batch((job,), job.outputs)
+        for key, jobs in groups.items():
+            out[key] = Batch(tuple(jobs), (self.level_stage_dir(*key),), grouped=True)
+        return out
+
+    def batches(self, stage: str | None = None) -> list[Batch]:
+        """Every batch once, upstream first (of one stage when ``stage`` is given)."""
+        return [b for b in self._batches.values() if stage is None or b.stage == stage]
+
+    def batch(self, stage: str, model: str | None = None, method: str | None = None, level: str | None = None) -> Batch:
+        """The batch running a job (``level`` may be None for a grouped batch)."""
+        key = (stage, model, method) if self.batch_by == "method" and stage in LEVEL_STAGES else \
+            (stage, model, method, level)
+        try:
+            return self._batches[key]
+        except KeyError:
+            raise PrunememError(f"{stage}: no such job in the plan: {model} {method} {level or ''}".rstrip()) from None
+
+    def batch_of(self, job: Job) -> Batch:
+        return self.batch(*job.id)
+
+    def upstream_batches(self, batch: Batch, role: str | None = None) -> list[Batch]:
+        """The batches whose targets ``batch`` reads (those of one role when ``role`` is given)."""
+        return list({id(b): b for b in (self.batch_of(up) for job in batch.jobs for up in self.upstream(job, role))
+                     }.values())
+
     def upstream(self, job: Job, role: str | None = None) -> list[Job]:
         """The jobs whose outputs ``job`` reads (those of one role when ``role`` is given)."""
         return [self._job_table[i] for r, ids in job.inputs if role in (None, r) for i in ids]
@@ -665,6 +795,11 @@ class Plan:
             return {key: lookup(self.params, key) for key in EVALUATE_KEYS if lookup(self.params, key, _ABSENT)
                     is not _ABSENT}
         return self.job_params(self.job(stage, model, method, level))
+
+    def batch_digest(self, batch: Batch) -> str:
+        """Snakemake's params trigger of a batch: its one job's digest, or the digest of its jobs' digests."""
+        digests = [self.stage_digest(*job.id) for job in batch.jobs]
+        return digests[0] if not batch.grouped else digest_json(digests)
 
     def stage_digest(self, stage: str, model: str | None = None, method: str | None = None,
                      level: str | None = None) -> str:

@@ -12,7 +12,7 @@ from prunemem.dvcgen import write_dvc_yaml
 from prunemem.errors import PrunememError
 from prunemem.plan import METRICS_FILES, REPORT_DIRECTORIES, REPORT_FILES, SAMPLE_FILES, SAMPLE_PROVENANCE, Plan, read_params
 from prunemem.plan import validate as validate_params
-from prunemem.cluster import job_resources, job_threads
+from prunemem.cluster import batch_resources, batch_threads
 
 
 # params.yaml unless --configfile names others: a preset such as workflow/configs/pythia.yaml
@@ -47,8 +47,26 @@ def prunemem(verb):
     return f"prunemem {PARAMS_ARGS} {verb} > {{log}} 2>&1"
 
 
-def job_of(stage, wildcards):
-    return PLAN.job(stage, wildcards.get("model"), wildcards.get("method"), wildcards.get("level"))
+# A rule's job is a batch of the job table (prunemem.plan.Batch): one job, or with jobs.batch:
+# method every level of a (model, method), run in one process and owning the method's directory.
+GROUPED = PLAN.batch_by == "method"
+LEVEL = "" if GROUPED else "/{level}"  # the per-level part of a level stage's log path
+
+
+def batch_of(stage, wildcards):
+    return PLAN.batch(stage, wildcards.get("model"), wildcards.get("method"), wildcards.get("level"))
+
+
+def level_output(stage, files):
+    """A level stage's output: the variant's files, or the method's directory when grouped."""
+    if GROUPED:
+        return directory(str(PLAN.level_stage_dir(stage, W["model"], W["method"])))
+    return [str(f) for f in files]
+
+
+def level_args(stage):
+    """--level once per level of the rule's batch (params.levels of a level stage's rule)."""
+    return lambda wildcards: " ".join(f"--level {level}" for level in batch_of(stage, wildcards).levels)
 
 
 # Judge every existing artifact by its own provenance record before the DAG is built
@@ -69,48 +87,48 @@ else:
 STALE_STAMPS = Path(".snakemake/prunemem/stale")
 
 
-def _stale_stamp(job):
-    """A freshly written stamp (under .snakemake/) as an extra input of a job whose output is stale."""
-    reason = VERDICTS.get(job.id, FRESH)
-    if reason is FRESH:
+def _stale_stamp(batch):
+    """A freshly written stamp (under .snakemake/) as an extra input of a batch with a stale output."""
+    reasons = [VERDICTS[job.id] for job in batch.jobs if VERDICTS.get(job.id, FRESH) is not FRESH]
+    if not reasons:
         return []
-    stamp = STALE_STAMPS / job.name
+    stamp = STALE_STAMPS / batch.name
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(reason + "\n")
+    stamp.write_text("\n".join(reasons) + "\n")
     return [str(stamp)]
 
 
 def inputs_of(stage):
     """The input function of a rule: upstream outputs by role, code deps, and a stale stamp."""
     def inputs(wildcards):
-        job = job_of(stage, wildcards)
+        batch = batch_of(stage, wildcards)
         # an artifact that follows from its record is not rerun for its inputs' mtimes (dvc pull)
-        wrap = ancient if job.id in SETTLED else (lambda path: path)
+        wrap = ancient if all(job.id in SETTLED for job in batch.jobs) else (lambda path: path)
         named = {}
-        for role, _ in job.inputs:
-            named[role] = [wrap(str(p)) for up in PLAN.upstream(job, role) for p in up.outputs]
-        if job.files:
-            named["files"] = [wrap(str(p)) for p in job.files]
+        for role, _ in batch.inputs:
+            named[role] = [wrap(str(p)) for up in PLAN.upstream_batches(batch, role) for p in up.targets]
+        if batch.files:
+            named["files"] = [wrap(str(p)) for p in batch.files]
         # Snakemake's own code trigger covers only the shell command: these are the real imports
-        named["code"] = [str(Path(workflow.basedir) / f) for f in job.code]
-        named["stale"] = _stale_stamp(job)
+        named["code"] = [str(Path(workflow.basedir) / f) for f in batch.code]
+        named["stale"] = _stale_stamp(batch)
         return named
 
     return inputs
 
 
 def params_digest(stage):
-    return lambda wildcards: PLAN.stage_digest(*job_of(stage, wildcards).id)
+    return lambda wildcards: PLAN.batch_digest(batch_of(stage, wildcards))
 
 
 def threads_of(stage):
-    return lambda wildcards: job_threads(PLAN, job_of(stage, wildcards))
+    return lambda wildcards: batch_threads(PLAN, batch_of(stage, wildcards))
 
 
 def resources_of(stage):
     """gpu, cpus_per_gpu, mem_mb and runtime of a rule's jobs, scaled per model (prunemem.cluster)."""
     def one(key):
-        return lambda wildcards: job_resources(PLAN, job_of(stage, wildcards))[key]
+        return lambda wildcards: batch_resources(PLAN, batch_of(stage, wildcards))[key]
 
     return {key: one(key) for key in ("gpu", "cpus_per_gpu", "mem_mb", "runtime")}
 

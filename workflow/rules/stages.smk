@@ -62,49 +62,52 @@ rule mask:
     input:
         unpack(inputs_of("mask")),
     output:
-        str(PLAN.mask_path(W["model"], W["method"], W["level"])),
+        level_output("mask", [PLAN.mask_path(W["model"], W["method"], W["level"])]),
     params:
         digest=params_digest("mask"),
+        levels=level_args("mask"),
     threads: threads_of("mask")
     resources:
         **resources_of("mask"),
     log:
-        "logs/mask/{model}/{method}/{level}.log",
+        f"logs/mask/{{model}}/{{method}}{LEVEL}.log",
     shell:
-        prunemem("mask --model {wildcards.model} --method {wildcards.method} --level {wildcards.level}")
+        prunemem("mask --model {wildcards.model} --method {wildcards.method} {params.levels}")
 
 
 rule transform:
     input:
         unpack(inputs_of("transform")),
     output:
-        str(PLAN.transform_path(W["model"], W["method"], W["level"])),
-        str(PLAN.transform_weights_path(W["model"], W["method"], W["level"])),  # the stored weights
+        level_output("transform", [PLAN.transform_path(W["model"], W["method"], W["level"]),
+                                   PLAN.transform_weights_path(W["model"], W["method"], W["level"])]),  # + weights
     params:
         digest=params_digest("transform"),
+        levels=level_args("transform"),
     threads: threads_of("transform")
     resources:
         **resources_of("transform"),
     log:
-        "logs/transform/{model}/{method}/{level}.log",
+        f"logs/transform/{{model}}/{{method}}{LEVEL}.log",
     shell:
-        prunemem("transform --model {wildcards.model} --method {wildcards.method} --level {wildcards.level}")
+        prunemem("transform --model {wildcards.model} --method {wildcards.method} {params.levels}")
 
 
 rule evaluate:
     input:
         unpack(inputs_of("evaluate")),
     output:
-        [str(PLAN.metrics_dir(W["model"], W["method"], W["level"]) / name) for name in METRICS_FILES],
+        level_output("evaluate", [PLAN.metrics_dir(W["model"], W["method"], W["level"]) / n for n in METRICS_FILES]),
     params:
         digest=params_digest("evaluate"),
+        levels=level_args("evaluate"),
     threads: threads_of("evaluate")
     resources:
         **resources_of("evaluate"),
     log:
-        "logs/evaluate/{model}/{method}/{level}.log",
+        f"logs/evaluate/{{model}}/{{method}}{LEVEL}.log",
     shell:
-        prunemem("evaluate --model {wildcards.model} --method {wildcards.method} --level {wildcards.level}")
+        prunemem("evaluate --model {wildcards.model} --method {wildcards.method} {params.levels}")
 
 
 CAPTIONS = {"report.html": "report", "results.csv": "results", "layer_sparsity.csv": "layer_sparsity",
