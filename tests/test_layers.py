@@ -12,10 +12,10 @@ from prunemem.codedeps import closure, import_graph
 KERNELS = ["prune.magnitude", "prune.calibrated", "prune.ccds", "prune.targets", "prune.search", "prune.masks",
            "prune.methods", "prune.units", "prune.registry", "prune.localize", "compress.quantize", "compress.gptq", "compress.lowrank",
            "evaluate.memorization", "evaluate.mia", "evaluate.perplexity", "evaluate.stats", "blockwise",
-           "data.sources", "data.mmap", "data.sampling", "data.windows", "data.layout"]
+           "data.sources", "data.mmap", "data.sampling", "data.windows", "data.layout", "downstream.local"]
 # the stage runners and the tools above them
-ABOVE_PLAN = ["prune.run", "compress.run", "evaluate.run", "report.html", "report.tables", "cli", "audit", "dvcgen",
-              "freshness", "resources"]
+ABOVE_PLAN = ["prune.run", "compress.run", "evaluate.run", "downstream.run", "report.html", "report.tables", "cli",
+              "audit", "dvcgen", "freshness", "resources"]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -73,5 +73,5 @@ def test_the_plan_sits_below_every_stage_runner_and_loads_no_kernel():
     assert plan <= {"__init__.py", "plan.py", "errors.py", "provenance.py", "codedeps.py", "prune/__init__.py",
                     "prune/registry.py", "prune/units.py", "data/__init__.py", "data/layout.py", "data/canaries.py",
                     "schemas/params.schema.yaml"}, sorted(plan)
-    for runner in ["prune.run", "compress.run", "evaluate.run", "report.html"]:
+    for runner in ["prune.run", "compress.run", "evaluate.run", "downstream.run", "report.html"]:
         assert "plan.py" in _files(runner), runner

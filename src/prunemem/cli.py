@@ -9,6 +9,8 @@
     prunemem transform  --model tiny --method int4   --level 0     # quantization / low-rank baselines
     prunemem evaluate   --model tiny --method dense  --level 0
     prunemem evaluate   --model tiny --method global --level 0.3 --level 0.5   # levels in turn, one process
+    prunemem downstream --model tiny --method global --level 0.5   # lm-eval tasks (params downstream:)
+    prunemem downstream --model tiny                # every variant of tiny (or of one --method), one process
     prunemem report                                 # reports/results.csv, reports/report.html
     prunemem export     --model tiny --method global --level 0.5 --out DIR   # a standard HF checkpoint
     prunemem audit                                  # re-hash everything, check it against params and dvc.lock
@@ -163,6 +165,25 @@ def cmd_evaluate(plan: Plan, args) -> None:
         print(plan.metrics_dir(args.model, args.method, level))
 
 
+def cmd_downstream(plan: Plan, args) -> None:
+    """The variants named (--level repeatable, as for evaluate), every level of --method, or every
+    variant of the model, in turn in this process: the tasks are read and the imports paid once."""
+    from prunemem.downstream.run import Downstream
+
+    _check_model(plan, args.model)
+    if args.level and args.method is None:
+        raise PrunememError("--level: given without --method; allowed: --method M --level L, --method M, or neither")
+    if args.method is not None and not args.level:
+        args.level = [lv for m, lv in plan.variants(args.model) if m == args.method] or [""]
+    if args.method is not None:
+        _check_levels(plan, args)
+    variants = [(args.method, lv) for lv in args.level] if args.method is not None else plan.variants(args.model)
+    with Downstream(plan, args.model) as tasks:
+        for method, level in variants:
+            tasks.run(method, level)
+            print(plan.downstream_dir(args.model, method, level))
+
+
 def cmd_report(plan: Plan, args) -> None:
     from prunemem.report.html import build
 
@@ -222,6 +243,12 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--level", required=True, action="append",
                        help="as spelt in paths, e.g. 0.5 (dense: 0); repeat it to build several levels in turn")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("downstream", help="score variants on lm-eval tasks (params downstream:)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", help="default: every method of the model's grid")
+    p.add_argument("--level", action="append",
+                   help="as spelt in paths, e.g. 0.5 (dense: 0); repeatable; default: every level of --method")
+    p.set_defaults(fn=cmd_downstream)
     p = sub.add_parser("export", help="write one variant as a standard Hugging Face checkpoint")
     p.add_argument("--model", required=True)
     p.add_argument("--method", required=True)

@@ -638,6 +638,10 @@ class Plan:
     def metrics_dir(self, model: str, method: str, level: str) -> Path:
         return self.root / "data" / "metrics" / model / method / level
 
+    def downstream_dir(self, model: str, method: str, level: str) -> Path:
+        """lm-eval's scores of one variant (``prunemem.downstream.run``)."""
+        return self.root / "data" / "downstream" / model / method / level
+
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
