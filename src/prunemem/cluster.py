@@ -139,3 +139,11 @@ def batch_resources(plan: Plan, batch) -> dict[str, int]:
 
 def batch_threads(plan: Plan, batch) -> int:
     return max(job_threads(plan, job) for job in batch.jobs)
+
+
+def batch_priority(plan: Plan, batch) -> int:
+    """Snakemake's priority of a batch: the searched methods first (EvoP, AdaPruner: every candidate
+    is forward passes, the longest masks of any grid), and their evaluations as soon as they can
+    run, so that the critical path starts at once instead of after the quick jobs."""
+    method = plan.method(batch.method) if batch.method is not None else None
+    return int(method is not None and (method.search or method.trial_search))

@@ -38,7 +38,7 @@ def _record(plan: Plan, job: Job) -> dict | str | None:
         if job.stage == "mask":
             return mask_provenance(path)
         record = json.loads(path.read_text())
-        return record["provenance"] if job.stage in ("transform", "evaluate") else record
+        return record["provenance"] if job.stage in ("transform", "evaluate", "downstream") else record
     except (OSError, ValueError, KeyError, TypeError, PrunememError):
         return "unreadable"
 

@@ -386,7 +386,7 @@ class Job:
 
 
 # Stages whose jobs are per level; with jobs.batch: method one process runs a method's levels.
-LEVEL_STAGES = ("mask", "transform", "evaluate")
+LEVEL_STAGES = ("mask", "transform", "evaluate", "downstream")
 
 
 @dataclass(frozen=True)
@@ -473,12 +473,20 @@ class Batch:
 STAGE_ENTRY = {"fetch": ("prunemem.data.fetch",), "checkpoint": ("prunemem.checkpoints",),
                "samples": ("prunemem.data.samples",),
                "mask": ("prunemem.prune.run",), "transform": ("prunemem.compress.run",),
-               "evaluate": ("prunemem.evaluate.run",), "report": ("prunemem.report.html",)}
+               "evaluate": ("prunemem.evaluate.run",), "downstream": ("prunemem.downstream.run",),
+               "report": ("prunemem.report.html",)}
 # a checkpoint job's entry by the model's source: the embedded build lives in prunemem.checkpoints;
 # the pinned hub download and adopting a local directory (the same weight conversion) in prunemem.hub
 CHECKPOINT_ENTRY = {"embedded": ("prunemem.checkpoints",), "hub": ("prunemem.hub",), "local": ("prunemem.hub",)}
 # the params keys each stage reads besides its method's (registry.Method.params)
 EVALUATE_KEYS = ("samples.k", "samples.suffix_tokens", "perplexity", "evaluate")
+# a downstream job: its own section, the device and dtype the variant is loaded in, and the
+# embedded split our local tasks are cut from (prunemem.downstream.local)
+DOWNSTREAM_KEYS = ("downstream", "evaluate.device", "evaluate.dtype", "evaluate.threads", "embedded.seed",
+                   "embedded.split")
+DOWNSTREAM_SUMMARY = "summary.json"  # beside it lm-eval's per-sample logs, samples_<task>.jsonl
+# stages whose params are the same for every variant: one digest (their records keep no method or level)
+SHARED_PARAMS = {"evaluate": EVALUATE_KEYS, "downstream": DOWNSTREAM_KEYS}
 SAMPLES_KEYS = tuple(f"samples.{k}" for k in ("seed", "suffix_tokens", "k", "training_members", "perplexity_tokens",
                                                "search_members", "nonmembers", "calibration.tokens"))
 
@@ -535,6 +543,11 @@ class Plan:
         """A model's pruning levels: its own `levels` when set, else prune.levels."""
         own = self.params["models"][model].get("levels") if model is not None else None
         return [level_name(x) for x in own] if own else self.levels
+
+    @property
+    def downstream(self) -> bool:
+        """Whether the grid scores its variants on lm-eval tasks (params ``downstream.tasks``)."""
+        return bool(lookup(self.params, "downstream.tasks"))
 
     @property
     def ks(self) -> list[int]:
@@ -693,6 +706,11 @@ class Plan:
                             inputs=[("checkpoint", [ckpt]), ("samples", [samples]),
                                     (method.kind, [artifact] if artifact else [])],
                             keys=EVALUATE_KEYS, threads="evaluate.threads")
+            if self.downstream:  # lm-eval's tasks on the same variant, loaded as evaluation loads it
+                scores = self.downstream_dir(model, name, level)
+                yield self._job("downstream", model, name, level, outputs=[scores], record=scores / DOWNSTREAM_SUMMARY,
+                                inputs=[("checkpoint", [ckpt]), (method.kind, [artifact] if artifact else [])],
+                                keys=DOWNSTREAM_KEYS, threads="evaluate.threads")
 
     @property
     def _pool_key(self) -> str:
@@ -710,6 +728,7 @@ class Plan:
                               out=[self.reports_dir / n for n in REPORT_FILES if n != "metrics.json"],
                               record=self.reports_dir / "provenance.json",
                               inputs=[("summaries", by_stage("evaluate")), ("masks", by_stage("mask")),
+                                      ("downstream", by_stage("downstream")),
                                       ("checkpoints", by_stage("checkpoint")), ("samples", by_stage("samples"))],
                               keys=["report"]))
         return {job.id: job for job in jobs}
@@ -732,8 +751,8 @@ class Plan:
 
     def level_stage_dir(self, stage: str, model: str, method: str) -> Path:
         """The directory holding every level of one (model, method) of a level stage."""
-        return {"mask": self.mask_path, "transform": self.transform_path,
-                "evaluate": self.metrics_dir}[stage](model, method, "0").parent
+        return {"mask": self.mask_path, "transform": self.transform_path, "evaluate": self.metrics_dir,
+                "downstream": self.downstream_dir}[stage](model, method, "0").parent
 
     @cached_property
     def _batches(self) -> dict[tuple, Batch]:
@@ -783,7 +802,7 @@ class Plan:
     def job_params(self, job: Job) -> dict[str, Any]:
         """The allow-list: exactly the params keys the job reads, with their values."""
         spec: dict[str, Any] = {key: lookup(self.params, key) for key in job.param_keys}
-        if job.method is not None and job.stage != "evaluate":
+        if job.method is not None and job.stage not in SHARED_PARAMS:
             spec = {"method": job.method, "level": job.level, **spec}
         if job.stage == "transform":
             spec["transform"] = self.transform_spec(job.method, job.level)
@@ -791,9 +810,9 @@ class Plan:
 
     def stage_params(self, stage: str, model: str | None = None, method: str | None = None,
                      level: str | None = None) -> dict[str, Any]:
-        if stage == "evaluate":  # one digest for every evaluation: they read the same keys
-            return {key: lookup(self.params, key) for key in EVALUATE_KEYS if lookup(self.params, key, _ABSENT)
-                    is not _ABSENT}
+        if stage in SHARED_PARAMS:  # one digest for every evaluation (downstream job): they read the same keys
+            return {key: lookup(self.params, key) for key in SHARED_PARAMS[stage]
+                    if lookup(self.params, key, _ABSENT) is not _ABSENT}
         return self.job_params(self.job(stage, model, method, level))
 
     def batch_digest(self, batch: Batch) -> str:

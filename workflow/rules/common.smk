@@ -12,7 +12,7 @@ from prunemem.dvcgen import write_dvc_yaml
 from prunemem.errors import PrunememError
 from prunemem.plan import METRICS_FILES, REPORT_DIRECTORIES, REPORT_FILES, SAMPLE_FILES, SAMPLE_PROVENANCE, Plan, read_params
 from prunemem.plan import validate as validate_params
-from prunemem.cluster import batch_resources, batch_threads
+from prunemem.cluster import batch_priority, batch_resources, batch_threads
 
 
 # params.yaml unless --configfile names others: a preset such as workflow/configs/pythia.yaml
@@ -123,6 +123,10 @@ def params_digest(stage):
 
 def threads_of(stage):
     return lambda wildcards: batch_threads(PLAN, batch_of(stage, wildcards))
+
+
+def priority_of(stage):
+    return lambda wildcards: batch_priority(PLAN, batch_of(stage, wildcards))
 
 
 def resources_of(stage):

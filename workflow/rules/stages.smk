@@ -67,6 +67,7 @@ rule mask:
         digest=params_digest("mask"),
         levels=level_args("mask"),
     threads: threads_of("mask")
+    priority: priority_of("mask")
     resources:
         **resources_of("mask"),
     log:
@@ -102,6 +103,7 @@ rule evaluate:
         digest=params_digest("evaluate"),
         levels=level_args("evaluate"),
     threads: threads_of("evaluate")
+    priority: priority_of("evaluate")
     resources:
         **resources_of("evaluate"),
     log:

@@ -40,16 +40,12 @@ from pathlib import Path
 
 from prunemem.downstream import local
 from prunemem.errors import PrunememError
-from prunemem.plan import Plan, lookup
+from prunemem.plan import DOWNSTREAM_SUMMARY, Plan
 from prunemem.provenance import AtomicDir, digest_json, record, sha256_file
 
 log = logging.getLogger(__name__)
 
-# The params keys a downstream job reads (its digest): its own section, the device and dtype the
-# variant is loaded in, and the embedded split our local tasks are cut from.
-PARAMS_KEYS = ("downstream", "evaluate.device", "evaluate.dtype", "evaluate.threads", "embedded.seed",
-               "embedded.split")
-SUMMARY = "summary.json"
+SUMMARY = DOWNSTREAM_SUMMARY
 
 
 def samples_file(task: str) -> str:
@@ -65,11 +61,6 @@ def settings(params: dict) -> dict:
             "bootstrap": 1000, "gen_kwargs": {}, "apply_chat_template": False, "system_instruction": None,
             "max_length": None, "model_args": {}, "vllm": {}, **ds,
             "tasks": [{"num_fewshot": None, "gen_kwargs": {}, **t} for t in ds["tasks"]]}
-
-
-def stage_params(plan: Plan) -> dict:
-    """The params a downstream job depends on, with their values (what its record and digest keep)."""
-    return {key: value for key in PARAMS_KEYS if (value := lookup(plan.params, key)) is not None}
 
 
 # -- the tasks, before any model loads --------------------------------------------------------------
@@ -327,7 +318,7 @@ class Downstream:
         summary = {"model": model_name, "method": method, "level": level, "tasks": summary_tasks, "groups": groups,
                    "lm_eval_version": version("lm_eval"), "backend": ds["backend"], "device": device,
                    "dtype": str(dtype).removeprefix("torch."), "batch_size": batch, "limit": ds["limit"],
-                   "seed": seed, "provenance": record("downstream", inputs, stage_params(plan))}
+                   "seed": seed, "provenance": record("downstream", inputs, plan.stage_params("downstream"))}
         with AtomicDir(out_dir) as tmp:
             for name in self.tasks:
                 with open(tmp / samples_file(name), "w", encoding="utf-8") as fh:
