@@ -18,7 +18,8 @@ per family, keyed by ``config.model_type``:
 - ``residual``: ``parallel`` (GPT-NeoX with ``use_parallel_residual``: x + attn(ln1 x) + mlp(ln2 x))
   or ``sequential`` (Llama, Qwen, GPT-2: h = x + attn(ln1 x); h + mlp(ln2 h)); for GPT-NeoX the
   config decides (``residual_key``);
-- ``embed``, ``final_norm`` (attributes of the body) and ``unembed`` (of the causal LM).
+- ``embed``, ``final_norm`` (attributes of the body) and ``unembed`` (of the causal LM, as the module
+  names it: GPT-NeoX's ``lm_head``, which transformers saves as ``embed_out``).
 
 Which linears are prunable follows Wanda's ``find_layers`` (github.com/locuslab/wanda,
 lib/prune.py: every ``nn.Linear`` inside a decoder layer) and SparseGPT's per-layer sweep
@@ -108,7 +109,7 @@ _LLAMA = dict(body="model", blocks="layers", embed="embed_tokens", final_norm="n
 
 ARCHS: dict[str, Arch] = {a.model_type: a for a in (
     Arch("gpt_neox", "GPTNeoXForCausalLM", body="gpt_neox", blocks="layers", embed="embed_in",
-         final_norm="final_layer_norm", unembed="embed_out", attention="attention", mlp="mlp",
+         final_norm="final_layer_norm", unembed="lm_head", attention="attention", mlp="mlp",
          attention_norm="input_layernorm", mlp_norm="post_attention_layernorm",
          linears=(Linear("attention.query_key_value", "qkv"), Linear("attention.dense", "o"),
                   Linear("mlp.dense_h_to_4h", "up"), Linear("mlp.dense_4h_to_h", "down")),
