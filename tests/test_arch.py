@@ -319,7 +319,7 @@ def test_quantize_lowrank_gptq_touch_only_mapped_linears_and_apply_back(family, 
                 assert max(len(torch.unique(g)) for g in groups.reshape(-1, 16)) <= 15, (spec, name)
             else:
                 rows, cols = w.shape
-                assert int(torch.linalg.matrix_rank(w.double())) <= math.floor(0.5 * rows * cols / (rows + cols))
+                assert int(torch.linalg.matrix_rank(w.double(), rtol=1e-5)) <= math.floor(0.5 * rows * cols / (rows + cols))
         # the stored form, written and applied as the transform stage does, gives the same weights back
         weights = tmp_path / f"{family}.safetensors"
         write_safetensors(weights, store, {"format": WEIGHTS_FORMAT})

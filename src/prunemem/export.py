@@ -58,6 +58,8 @@ def standard_form(model) -> dict[str, list]:
     block_type = next((type(layer) for layer in layers if not isinstance(layer, SkipBlock)), None)
     zeroed = []
     for i, layer in enumerate(layers):
+        if isinstance(layer, SkipBlock):
+            continue
         for sub, zero_type in (("attention", _ZeroAttention), ("mlp", _ZeroMLP)):
             if isinstance(arch.sublayer(layer, family, sub), zero_type):
                 module = arch.sublayer(block_type(model.config, i), family, sub)
