@@ -422,3 +422,25 @@ def test_memory_plan_reads_each_family_from_the_map():
     assert sorted(gpt2.linears) == sorted([(96, 32), (32, 32), (128, 32), (32, 128)])  # [out, in], not Conv1D's
     neox = Shapes.from_config(_config("gpt_neox"))
     assert neox.block_linears is None and neox.linears == [(96, 32), (32, 32), (64, 32), (32, 64)]
+
+
+def test_pythia_bin_with_embed_out_converts_through_the_map(tmp_path):
+    """A Pythia ``pytorch_model.bin`` names the unembedding ``embed_out`` (the module calls it
+    ``lm_head``): the conversion accepts it and the checkpoint loads to the same logits."""
+    from prunemem.checkpoints import load_model
+    from prunemem.hub import _write_weights
+
+    model = _model("gpt_neox")
+    model.config.to_json_file(tmp_path / "config.json")
+    state = {("embed_out." + k.removeprefix("lm_head.")) if k.startswith("lm_head.") else k: v
+             for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_bytes((tmp_path / "config.json").read_bytes())
+    info = _write_weights([tmp_path / "pytorch_model.bin"], "pytorch_model.bin", ckpt / "model.safetensors",
+                          ckpt / "config.json")
+    assert info["dropped_keys"] == []
+    ids = _tokens(2, 12, seed=7)
+    with torch.no_grad():
+        assert torch.equal(load_model(ckpt)(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -36,11 +36,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-
-import torch
+from typing import TYPE_CHECKING
 
 from prunemem.errors import PrunememError
 from prunemem.prune.units import SUBLAYERS  # noqa: F401 (the unit names EvoP searches, whatever a block calls them)
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the map itself (and targets) stay torch-free
+    import torch
 
 ATTENTION_ROLES = ("qkv", "q", "k", "v", "o")
 MLP_ROLES = ("up", "gate", "down")
@@ -77,6 +79,7 @@ class Arch:
     linears: tuple[Linear, ...]
     residual: str = "sequential"  # or "parallel"
     residual_key: str | None = None  # config attribute that picks parallel (True) or sequential (False)
+    saved_as: tuple[tuple[str, str], ...] = ()  # (file prefix, module prefix) transformers renames on load
 
     @cached_property
     def pattern(self) -> re.Pattern:
@@ -113,7 +116,7 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in (
          attention_norm="input_layernorm", mlp_norm="post_attention_layernorm",
          linears=(Linear("attention.query_key_value", "qkv"), Linear("attention.dense", "o"),
                   Linear("mlp.dense_h_to_4h", "up"), Linear("mlp.dense_4h_to_h", "down")),
-         residual="parallel", residual_key="use_parallel_residual"),
+         residual="parallel", residual_key="use_parallel_residual", saved_as=(("embed_out.", "lm_head."),)),
     Arch("llama", "LlamaForCausalLM", **_LLAMA),
     Arch("qwen2", "Qwen2ForCausalLM", **_LLAMA),
     Arch("qwen3", "Qwen3ForCausalLM", **_LLAMA),
@@ -153,6 +156,8 @@ def blocks(model) -> torch.nn.ModuleList:
 
 
 def set_blocks(model, modules) -> None:
+    import torch
+
     setattr(body(model), of(model).blocks, modules if isinstance(modules, torch.nn.ModuleList)
             else torch.nn.ModuleList(modules))
 
@@ -234,6 +239,8 @@ def require(model, families: tuple[str, ...], what: str) -> None:
 def block_shapes(config) -> dict[Linear, tuple[int, int]]:
     """``{linear: (out, in)}`` of one block's prunable matrices for ``config``, from the model built
     on the meta device (no memory, whatever its size)."""
+    import torch
+
     family = of(config)
     with torch.device("meta"):
         model = model_class(family)(config)

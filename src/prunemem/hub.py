@@ -237,7 +237,7 @@ def _write_weights(sources: list[Path], fmt: str, out: Path, config_path: Path) 
     A file saved from the bare transformer (GPT-2's ``h.0.attn.c_attn.weight``, no ``transformer.``)
     is renamed to the causal LM's parameter names, which are the keys masks and transforms use.
     """
-    expected, body = _expected_keys(config_path)
+    expected, body, saved_as = _expected_keys(config_path)
     if fmt == "model.safetensors" and len(sources) == 1 and not _bare_keys(sources[0], expected, body):
         shutil.copyfile(sources[0], out)
         return {"conversion": None}
@@ -253,6 +253,9 @@ def _write_weights(sources: list[Path], fmt: str, out: Path, config_path: Path) 
                 tensors.update(torch.load(src, map_location="cpu", weights_only=True, mmap=True))
             except RuntimeError:  # a pre-zip (legacy) torch file cannot be memory-mapped
                 tensors.update(torch.load(src, map_location="cpu", weights_only=True))
+    for file_prefix, module_prefix in saved_as:  # Pythia's .bin names the unembedding embed_out, the module lm_head
+        tensors = {module_prefix + k[len(file_prefix):] if k.startswith(file_prefix) else k: v
+                   for k, v in tensors.items()}
     renamed = {k: f"{body}.{k}" for k in tensors if k not in expected and f"{body}.{k}" in expected}
     tensors = {renamed.get(k, k): v for k, v in tensors.items()}
     missing = sorted(expected - set(tensors))
@@ -275,9 +278,10 @@ def _bare_keys(path: Path, expected: set[str], body: str) -> bool:
         return any(k not in expected and f"{body}.{k}" in expected for k in fh.keys())
 
 
-def _expected_keys(config_path: Path) -> tuple[set[str], str]:
-    """(the state-dict keys of the causal LM config.json describes, its body prefix), built on the
-    meta device (no memory) from the layer map's class; a family the map does not know is refused."""
+def _expected_keys(config_path: Path) -> tuple[set[str], str, tuple]:
+    """(the state-dict keys of the causal LM config.json describes, its body prefix, the prefixes
+    transformers renames on load), built on the meta device (no memory) from the layer map's class;
+    a family the map does not know is refused."""
     import torch
 
     from prunemem import arch
@@ -290,7 +294,7 @@ def _expected_keys(config_path: Path) -> tuple[set[str], str]:
     keys = set(model.state_dict())
     if model.config.tie_word_embeddings:
         keys.discard(f"{family.unembed}.weight")
-    return keys, family.body
+    return keys, family.body, family.saved_as
 
 
 def _copy_hashing(src: Path, dst: Path, chunk: int = 1 << 22) -> str:
