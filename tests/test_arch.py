@@ -444,3 +444,10 @@ def test_pythia_bin_with_embed_out_converts_through_the_map(tmp_path):
     ids = _tokens(2, 12, seed=7)
     with torch.no_grad():
         assert torch.equal(load_model(ckpt)(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_context_length_is_read_under_each_familys_key():
+    for family in FAMILIES:
+        config = _config(family).to_dict()
+        assert arch.context_length(config) == 64, family
+    assert arch.context_length({"model_type": "gpt2", "max_position_embeddings": 9}) is None  # GPT-2 says n_positions

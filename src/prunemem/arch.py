@@ -80,6 +80,7 @@ class Arch:
     residual: str = "sequential"  # or "parallel"
     residual_key: str | None = None  # config attribute that picks parallel (True) or sequential (False)
     saved_as: tuple[tuple[str, str], ...] = ()  # (file prefix, module prefix) transformers renames on load
+    context_key: str = "max_position_embeddings"  # the config.json key holding the context length
 
     @cached_property
     def pattern(self) -> re.Pattern:
@@ -123,7 +124,8 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in (
     Arch("gpt2", "GPT2LMHeadModel", body="transformer", blocks="h", embed="wte", final_norm="ln_f",
          unembed="lm_head", attention="attn", mlp="mlp", attention_norm="ln_1", mlp_norm="ln_2",
          linears=(Linear("attn.c_attn", "qkv", True), Linear("attn.c_proj", "o", True),
-                  Linear("mlp.c_fc", "up", True), Linear("mlp.c_proj", "down", True))),
+                  Linear("mlp.c_fc", "up", True), Linear("mlp.c_proj", "down", True)),
+         context_key="n_positions"),
 )}
 
 
@@ -139,6 +141,12 @@ def of(model) -> Arch:
     """The map of a loaded causal LM (or of its config)."""
     config = getattr(model, "config", model)
     return for_type(getattr(config, "model_type", None), f"{type(model).__name__}.config")
+
+
+def context_length(config: dict):
+    """The context length a parsed config.json declares (under its family's key), or None."""
+    family = ARCHS.get(config.get("model_type"))
+    return config.get(family.context_key if family else "max_position_embeddings")
 
 
 def model_class(arch: Arch):
