@@ -110,6 +110,9 @@ def test_map_names_every_linear_of_every_block_with_its_sublayer(family):
     assert {t.role for t in targets} == ({"qkv", "o", "up", "down"} if family.startswith(("gpt_neox", "gpt2"))
                                          else {"q", "k", "v", "o", "gate", "up", "down"})
     assert arch.of(model).residual_of(model.config) == ("parallel" if family == "gpt_neox" else "sequential")
+    from prunemem.blockwise import Placement, compute_device, place  # offload walks the body's other children
+
+    assert compute_device(place(model, Placement("cpu", torch.float32, offload=True))) == torch.device("cpu")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -182,6 +185,8 @@ def test_wanda_sparsegpt_owl_on_each_family(family):
             ref = torch.ones_like(rows)
             ref.scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, : rows.shape[1] // 2], False)
             assert torch.equal(rows, ref), name
+    again = compute("wanda", _ctx(model, calibration), 0.5).masks  # deterministic: the same bits on a rerun
+    assert all(torch.equal(again[n].bits, m.bits) for n, m in compute("wanda", ctx, 0.5).masks.items())
     sgpt = compute("sparsegpt", ctx, 0.5)
     for name, mask in sgpt.bool_masks().items():
         assert int((~mask).sum()) == mask.numel() // 2 and torch.equal(sgpt.updated[name][~mask],
