@@ -279,6 +279,12 @@ def test_block_and_sublayer_removal_match_a_hand_written_forward(family):
             forward = search.GatedForward(gated, gates)
             forward.row_gates = search.gate_rows(pattern, LAYERS, "sublayer").expand(ids.shape[0], -1, -1)
             assert torch.allclose(forward(input_ids=ids).logits, ref, atol=1e-5), pattern
+    from prunemem.evaluate.reference import blocks_removed
+
+    none_left = _reference_logits(model, ids, {(b, s) for b in range(LAYERS) for s in search.SUBLAYERS})
+    with blocks_removed(model) as empty, torch.no_grad():  # the no_blocks reference perplexity's model
+        assert torch.allclose(empty(input_ids=ids).logits, none_left, atol=1e-5)
+    assert len(arch.blocks(model)) == LAYERS and torch.equal(model(input_ids=ids).logits, dense)  # put back
     calibration = _tokens(4, 16, seed=3)
     removed = sleb(_model(family), calibration, 2, protect_ends=True)
     assert sorted(removed) == [1, 2]
