@@ -462,3 +462,49 @@ def test_context_length_is_read_under_each_familys_key():
         config = _config(family).to_dict()
         assert arch.context_length(config) == 64, family
     assert arch.context_length({"model_type": "gpt2", "max_position_embeddings": 9}) is None  # GPT-2 says n_positions
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    from fakehub import FakeHub
+    from huggingface_hub import constants
+
+    server = FakeHub()
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield server
+    server.close()
+
+
+def test_hub_route_for_qwen3_and_gpt2_and_refusal_of_an_unknown_family(fake_hub, tmp_path):
+    """What a ``models: {m: {source: hub, repo: ...}}`` entry runs: the real download code against a local
+    fake hub, for a Qwen3 repo and a GPT-2 repo whose file has bare-transformer keys; the mask code then
+    finds every prunable matrix under the model's own names. An unknown model_type writes nothing."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from prunemem.checkpoints import load_model
+    from prunemem.hub import fetch_checkpoint
+    from prunemem.prune.targets import WeightSource
+
+    for family in ("qwen3", "gpt2"):
+        model = _model(family)
+        state = model.state_dict()
+        if family == "gpt2":
+            state = {k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"}
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / f"{family}.safetensors"))
+        fake_hub.add(f"org/{family}", "main", {"config.json": model.config.to_json_string().encode(),
+                                               "model.safetensors": (tmp_path / f"{family}.safetensors").read_bytes()})
+        out = fetch_checkpoint(f"org/{family}", "main", tmp_path / family, {}, cache_dir=str(tmp_path / "cache"))
+        assert WeightSource(out / "model.safetensors").names == [t.name for t in arch_targets(model)]
+        ids = _tokens(2, 12, seed=8)
+        with torch.no_grad():
+            assert torch.equal(load_model(out)(input_ids=ids).logits, model(input_ids=ids).logits)
+    fake_hub.add("org/bert", "main", {"config.json": json.dumps({"model_type": "bert"}).encode(),
+                                      "model.safetensors": (tmp_path / "gpt2.safetensors").read_bytes()})
+    with pytest.raises(PrunememError, match=r"config.json \(prunemem never runs remote code\): model_type 'bert' is "
+                                            r"not in prunemem's layer map; known: gpt2, gpt_neox, llama, qwen2, qwen3"):
+        fetch_checkpoint("org/bert", "main", tmp_path / "bert", {}, cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "bert").exists()
