@@ -107,8 +107,8 @@ class Arch:
 
 _LLAMA = dict(body="model", blocks="layers", embed="embed_tokens", final_norm="norm", unembed="lm_head",
               attention="self_attn", mlp="mlp", attention_norm="input_layernorm", mlp_norm="post_attention_layernorm",
-              linears=(Linear("self_attn.q_proj", "q"), Linear("self_attn.k_proj", "k"), Linear("self_attn.v_proj", "v"),
-                       Linear("self_attn.o_proj", "o"), Linear("mlp.gate_proj", "gate"), Linear("mlp.up_proj", "up"),
+              linears=(Linear("self_attn.q_proj", "q"), Linear("self_attn.k_proj", "k"),
+                       Linear("self_attn.v_proj", "v"), Linear("self_attn.o_proj", "o"), Linear("mlp.gate_proj", "gate"), Linear("mlp.up_proj", "up"),
                        Linear("mlp.down_proj", "down")))
 
 ARCHS: dict[str, Arch] = {a.model_type: a for a in (
