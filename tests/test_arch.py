@@ -164,7 +164,7 @@ def _block0_inputs(model, calibration):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_wanda_sparsegpt_owl_on_each_family(family):
+def test_wanda_sparsegpt_owl_on_each_family(family, tmp_path):
     """Wanda equals |W| * ||X|| pruned per output row (X from hooks on the dense model); SparseGPT keeps
     exactly the level and reconstructs block 0's outputs better than magnitude; OWL's masks hold its
     per-block levels row by row."""
@@ -200,6 +200,16 @@ def test_wanda_sparsegpt_owl_on_each_family(family):
             new = _out_in(module, sgpt.updated[name]).double()
             err = lambda v: float((x[short] @ (v - w).T).norm())  # noqa: E731
             assert err(new) < err(mag), name
+    from prunemem.prune import masks as mask_file  # the artifact round trip evaluation reads
+
+    path = tmp_path / "sparsegpt.safetensors"
+    mask_file.save(path, sgpt.masks, method="sparsegpt", level="0.5", checkpoint_sha256="c" * 64,
+                   updated=sgpt.updated)
+    applied = _model(family)
+    applied.prunemem_checkpoint_sha256 = "c" * 64
+    mask_file.apply(applied, path)
+    params = dict(applied.named_parameters())
+    assert all(torch.equal(params[n], w) for n, w in sgpt.updated.items())
     owl = compute("owl", ctx, 0.5)
     assert abs(sum(owl.block_levels) / LAYERS - 0.5) < 1e-9 and len(set(owl.block_levels)) > 1
     for name, mask in owl.bool_masks().items():
