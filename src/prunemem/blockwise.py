@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from prunemem.prune.targets import prunable
+from prunemem import arch
 
 HOST = "cpu"
 
@@ -40,7 +40,7 @@ class Placement:
 
 
 def _layers(model) -> torch.nn.ModuleList:
-    return model.gpt_neox.layers
+    return arch.blocks(model)
 
 
 def place(model, placement: Placement):
@@ -52,16 +52,17 @@ def place(model, placement: Placement):
     model.to(dtype=placement.dtype)
     if not placement.offload:
         return model.to(placement.device)
-    for name, child in model.gpt_neox.named_children():
-        if name != "layers":
+    blocks_attr = arch.of(model).blocks
+    for name, child in arch.body(model).named_children():
+        if name != blocks_attr:
             child.to(placement.device)
-    model.embed_out.to(placement.device)
+    arch.unembedding(model).to(placement.device)
     return model
 
 
 def compute_device(model) -> torch.device:
     """The device a model computes on: where its input embedding is (blocks may be offloaded to the host)."""
-    return model.gpt_neox.embed_in.weight.device
+    return arch.embedding(model).weight.device
 
 
 @contextlib.contextmanager
@@ -147,11 +148,14 @@ class HessianStats:
 
 
 @torch.no_grad()
-def blockwise(model, calibration: torch.Tensor, make_stats: Callable[[torch.nn.Linear], object],
-              edit_block: Callable[[int, dict[str, torch.nn.Linear], dict[str, object]], None],
+def blockwise(model, calibration: torch.Tensor, make_stats: Callable[[arch.Matrix], object],
+              edit_block: Callable[[int, dict[str, arch.Matrix], dict[str, object]], None],
               batch_size: int = 8, progress=None, meter: Callable[[int, dict], None] | None = None) -> None:
-    """For each block: collect ``make_stats(linear)`` hooks on its prunable linears over the
-    calibration set, call ``edit_block(index, linears, stats)``, and propagate the edited outputs.
+    """For each block: collect ``make_stats(matrix)`` hooks on its prunable linears over the
+    calibration set, call ``edit_block(index, matrices, stats)``, and propagate the edited outputs.
+
+    The linears come from the layer map as ``arch.Matrix`` (``.weight`` the [out, in] view, which
+    GPT-2's transposed Conv1D needs; ``.to_param`` back to the parameter's layout), keyed by module name.
 
     An offloaded model's block is moved to the device for its turn and back afterwards.
     ``meter(index, bytes)``, when given, receives what block ``index`` held at its peak: the
@@ -162,18 +166,15 @@ def blockwise(model, calibration: torch.Tensor, make_stats: Callable[[torch.nn.L
     batches = list(ids.split(batch_size))
     inputs = block0_inputs(model, batches)
     del ids, batches
-    modules = dict(model.named_modules())
-    names = [t.name.rsplit(".", 1)[0] for t in prunable([n for n, _ in model.named_parameters()])]
     layers = _layers(model)
     indices = range(len(layers)) if progress is None else progress(range(len(layers)))
     for index in indices:
         layer = layers[index]
         home = next(layer.parameters()).device
         layer.to(device)
-        prefix = f"gpt_neox.layers.{index}."
-        linears = {n: modules[n] for n in names if n.startswith(prefix)}
+        linears = arch.block_matrices(model, index)
         stats = {n: make_stats(m) for n, m in linears.items()}
-        handles = [m.register_forward_hook(stats[n]) for n, m in linears.items()]
+        handles = [m.module.register_forward_hook(stats[n]) for n, m in linears.items()]
         try:
             for args, kwargs in inputs:
                 layer(*args, **kwargs)
@@ -218,11 +219,12 @@ def resolve_placement(section: dict, key: str, checkpoint, method, sequences: in
     offload = section.get("offload", "auto")
     if device == "cpu":  # host memory is the model's home anyway: nothing to stream
         return Placement("cpu", dtype, False)
-    from transformers import GPTNeoXConfig
+    from transformers import AutoConfig
 
     from prunemem import memplan
 
-    shapes = memplan.Shapes.from_config(GPTNeoXConfig.from_pretrained(checkpoint, local_files_only=True))
+    shapes = memplan.Shapes.from_config(AutoConfig.from_pretrained(checkpoint, local_files_only=True,
+                                                                   trust_remote_code=False))
     free, _ = torch.cuda.mem_get_info(device)
     name = str(dtype).removeprefix("torch.")
 

@@ -25,15 +25,20 @@ log = logging.getLogger(__name__)
 
 
 def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Load a GPT-NeoX causal LM from safetensors, never running remote code; eval mode."""
+    """Load a causal LM of a family in the layer map (``prunemem.arch``: GPT-NeoX, Llama, Qwen2,
+    Qwen3, GPT-2) from safetensors, with that family's own transformers class, never running
+    remote code; eval mode."""
     from safetensors import SafetensorError
-    from transformers import GPTNeoXForCausalLM
+
+    from prunemem import arch
 
     directory = Path(directory)
     weights = _weights_file(directory)
+    config = read_json(directory / "config.json", "checkpoint config")
+    cls = arch.model_class(arch.for_type(config.get("model_type"), str(directory / "config.json")))
     try:
-        model = GPTNeoXForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True,
-                                                   trust_remote_code=False, local_files_only=True)
+        model = cls.from_pretrained(directory, dtype=dtype, use_safetensors=True,
+                                    trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise PrunememError(f"{weights}: cannot load checkpoint ({str(err).splitlines()[0]})") from None
     model.prunemem_checkpoint_sha256 = checkpoint_hash(directory)

@@ -44,25 +44,29 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def standard_form(model) -> dict[str, list]:
     """Replace prunemem's skip modules by the architecture's own: returns what was changed.
 
-    Removed blocks are dropped (attention ``layer_idx`` renumbered so the KV cache stays dense);
-    removed sublayers become zero-weight standard modules.
+    Removed blocks are dropped (attention ``layer_idx`` renumbered so the KV cache stays dense,
+    per-layer ``layer_types`` kept in step); removed sublayers become the family's own attention or
+    MLP module (taken from a freshly built block of the layer map's class) with every weight and
+    bias zero, which adds exactly nothing to the residual stream.
     """
-    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention, GPTNeoXMLP
-
+    from prunemem import arch
     from prunemem.prune.calibrated import SkipBlock
     from prunemem.prune.search import _ZeroAttention, _ZeroMLP
 
-    layers = model.gpt_neox.layers
+    family, layers = arch.of(model), arch.blocks(model)
     dropped = [i for i, layer in enumerate(layers) if isinstance(layer, SkipBlock)]
+    block_type = next((type(layer) for layer in layers if not isinstance(layer, SkipBlock)), None)
     zeroed = []
     for i, layer in enumerate(layers):
-        for sub, zero_type, standard in (("attention", _ZeroAttention, GPTNeoXAttention), ("mlp", _ZeroMLP, GPTNeoXMLP)):
-            if isinstance(getattr(layer, sub, None), zero_type):
-                module = standard(model.config, i) if sub == "attention" else standard(model.config)
+        if isinstance(layer, SkipBlock):
+            continue
+        for sub, zero_type in (("attention", _ZeroAttention), ("mlp", _ZeroMLP)):
+            if isinstance(arch.sublayer(layer, family, sub), zero_type):
+                module = arch.sublayer(block_type(model.config, i), family, sub)
                 for p in module.parameters():
                     p.zero_()
-                ref = next(layer.parameters())
-                setattr(layer, sub, module.to(device=ref.device, dtype=ref.dtype))
+                ref = next(model.parameters())
+                arch.set_sublayer(layer, family, sub, module.to(device=ref.device, dtype=ref.dtype))
                 zeroed.append(f"{i}.{sub}")
     widths = {}
     if getattr(model.config, "width_per_block", None) is not None:  # width pruning shrank the matrices
@@ -74,8 +78,10 @@ def standard_form(model) -> dict[str, list]:
             raise PrunememError("export: every block of the variant is removed; a standard checkpoint needs one")
         kept = [layer for i, layer in enumerate(layers) if i not in dropped]
         for new_index, layer in enumerate(kept):
-            layer.attention.layer_idx = new_index
-        model.gpt_neox.layers = torch.nn.ModuleList(kept)
+            arch.sublayer(layer, family, "attention").layer_idx = new_index
+        arch.set_blocks(model, kept)
+        if isinstance(getattr(model.config, "layer_types", None), list):  # Qwen3's per-layer attention kinds
+            model.config.layer_types = [t for i, t in enumerate(model.config.layer_types) if i not in dropped]
         model.config.num_hidden_layers = len(kept)
     return {"dropped_blocks": dropped, "zeroed_sublayers": zeroed, **({"width": widths} if widths else {})}
 

@@ -232,14 +232,18 @@ def fetch_checkpoint(repo: str, revision: str, out_dir: str | Path, params: dict
 
 
 def _write_weights(sources: list[Path], fmt: str, out: Path, config_path: Path) -> dict:
-    """One ``model.safetensors``: a single safetensors file copied, shards merged, .bin converted."""
-    if fmt == "model.safetensors" and len(sources) == 1:
+    """One ``model.safetensors``: a single safetensors file copied, shards merged, .bin converted.
+
+    A file saved from the bare transformer (GPT-2's ``h.0.attn.c_attn.weight``, no ``transformer.``)
+    is renamed to the causal LM's parameter names, which are the keys masks and transforms use.
+    """
+    expected, body, saved_as = _expected_keys(config_path)
+    if fmt == "model.safetensors" and len(sources) == 1 and not _bare_keys(sources[0], expected, body):
         shutil.copyfile(sources[0], out)
         return {"conversion": None}
     import torch
     from safetensors.torch import load_file, save_file
 
-    expected = _expected_keys(config_path)
     tensors: dict = {}
     for src in sources:
         if fmt == "model.safetensors":
@@ -249,6 +253,11 @@ def _write_weights(sources: list[Path], fmt: str, out: Path, config_path: Path) 
                 tensors.update(torch.load(src, map_location="cpu", weights_only=True, mmap=True))
             except RuntimeError:  # a pre-zip (legacy) torch file cannot be memory-mapped
                 tensors.update(torch.load(src, map_location="cpu", weights_only=True))
+    for file_prefix, module_prefix in saved_as:  # Pythia's .bin names the unembedding embed_out, the module lm_head
+        tensors = {module_prefix + k[len(file_prefix):] if k.startswith(file_prefix) else k: v
+                   for k, v in tensors.items()}
+    renamed = {k: f"{body}.{k}" for k in tensors if k not in expected and f"{body}.{k}" in expected}
+    tensors = {renamed.get(k, k): v for k, v in tensors.items()}
     missing = sorted(expected - set(tensors))
     if missing:
         raise PrunememError(f"{sources[0]}: weights lack {missing[0]} ({len(missing)} missing) for the architecture "
@@ -256,24 +265,36 @@ def _write_weights(sources: list[Path], fmt: str, out: Path, config_path: Path) 
     dropped = sorted(set(tensors) - expected)  # old buffers (attention.bias, masked_bias, rotary inv_freq)
     save_file({k: tensors[k].contiguous() for k in sorted(expected)}, str(out), metadata={"format": "pt"})
     how = "torch.load(weights_only=True)" if fmt == "pytorch_model.bin" else "safetensors shards merged"
+    if renamed:
+        how += f", bare-transformer keys prefixed with '{body}.'"
     return {"conversion": f"{fmt} -> model.safetensors via {how}", "dropped_keys": dropped}
 
 
-def _expected_keys(config_path: Path) -> set[str]:
-    """The state-dict keys of the GPT-NeoX model config.json describes, built on the meta device (no memory)."""
+def _bare_keys(path: Path, expected: set[str], body: str) -> bool:
+    """Whether a safetensors file names its tensors without the causal LM's body prefix."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return any(k not in expected and f"{body}.{k}" in expected for k in fh.keys())
+
+
+def _expected_keys(config_path: Path) -> tuple[set[str], str, tuple]:
+    """(the state-dict keys of the causal LM config.json describes, its body prefix, the prefixes
+    transformers renames on load), built on the meta device (no memory) from the layer map's class;
+    a family the map does not know is refused."""
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from prunemem import arch
 
     config = json.loads(config_path.read_text())
-    if config.get("model_type") != "gpt_neox":
-        raise PrunememError(f"{config_path}: model_type {config.get('model_type')!r}; allowed: gpt_neox "
-                            "(prunemem never runs remote code)")
+    family = arch.for_type(config.get("model_type"), f"{config_path} (prunemem never runs remote code)")
+    cls = arch.model_class(family)
     with torch.device("meta"):
-        model = GPTNeoXForCausalLM(GPTNeoXConfig.from_dict(config))
+        model = cls(cls.config_class.from_dict(config))
     keys = set(model.state_dict())
     if model.config.tie_word_embeddings:
-        keys.discard("embed_out.weight")
-    return keys
+        keys.discard(f"{family.unembed}.weight")
+    return keys, family.body, family.saved_as
 
 
 def _copy_hashing(src: Path, dst: Path, chunk: int = 1 << 22) -> str:

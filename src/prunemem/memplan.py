@@ -38,7 +38,7 @@ DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
 @dataclass(frozen=True)
 class Shapes:
-    """What the plan needs of a GPT-NeoX config."""
+    """What the plan needs of a model config (GPT-NeoX's four linears unless ``block_linears`` says otherwise)."""
 
     hidden: int
     intermediate: int
@@ -46,14 +46,22 @@ class Shapes:
     vocab: int
     heads: int
     rotary_dims: int
+    block_linears: tuple[tuple[int, int], ...] | None = None  # (out, in) per the layer map (other families)
 
     @classmethod
     def from_config(cls, config) -> "Shapes":
         head = config.hidden_size // config.num_attention_heads
         rope = getattr(config, "rope_parameters", None) or {}  # transformers 5; older configs: rotary_pct
         share = rope.get("partial_rotary_factor", getattr(config, "rotary_pct", 1.0))
-        return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size,
-                   config.num_attention_heads, int(head * share))
+        if config.model_type == "gpt_neox":
+            return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size,
+                       config.num_attention_heads, int(head * share))
+        from prunemem import arch
+
+        shapes = arch.block_shapes(config)  # refuses a family the layer map does not know
+        widest_mlp = max(max(shape) for lin, shape in shapes.items() if lin.part == "mlp")
+        return cls(config.hidden_size, widest_mlp, config.num_hidden_layers, config.vocab_size,
+                   config.num_attention_heads, int(head * share), tuple(shapes.values()))
 
     @classmethod
     def pythia(cls, size: str) -> "Shapes":
@@ -63,7 +71,10 @@ class Shapes:
 
     @property
     def linears(self) -> list[tuple[int, int]]:
-        """(out, in) of a block's prunable linears: query_key_value, dense, dense_h_to_4h, dense_4h_to_h."""
+        """(out, in) of a block's prunable linears: query_key_value, dense, dense_h_to_4h, dense_4h_to_h
+        (GPT-NeoX), or the layer map's for another family."""
+        if self.block_linears is not None:
+            return list(self.block_linears)
         h, i = self.hidden, self.intermediate
         return [(3 * h, h), (h, h), (i, h), (h, i)]
 

@@ -103,38 +103,43 @@ def transform_model(model, spec: dict, key: str, calibration: torch.Tensor | Non
     Units are parameters for low-rank and 16-bit weights for quantization. ``store`` receives the
     compact form of every transformed matrix (codes and scales, or factors), on the host.
     """
+    from prunemem.arch import out_in
     from prunemem.blockwise import HessianStats, blockwise
     from prunemem.compress.gptq import gptq
     from prunemem.prune.targets import prunable
 
     store = {} if store is None else store
     params = dict(model.named_parameters())
-    names = [t.name for t in prunable(list(params))]
+    targets = prunable(list(params))
+    # every kernel sees the [out, in] matrix the layer map gives (GPT-2's Conv1D is stored [in, out]);
+    # stored codes and factors are in that layout, and apply_transform writes them back through it
+    matrices = {t.name: out_in(params[t.name], t.transposed) for t in targets}
+    names = list(matrices)
     total = sum(params[n].numel() for n in names)
     if uses_calibration(spec):
         if calibration is None:
             raise PrunememError(f"{key}: gptq needs the calibration set (samples.calibration)")
         for name in names:  # settings errors before any calibration work
             try:
-                check(spec["bits"], spec["group_size"], params[name].shape[1])
+                check(spec["bits"], spec["group_size"], matrices[name].shape[1])
             except ValueError as err:
                 raise PrunememError(f"{key}: {err} ({name})") from None
 
         def edit(index, linears, stats):
-            for module_name, module in linears.items():
+            for module_name, matrix in linears.items():
                 kept: dict = {}
-                module.weight.copy_(gptq(module.weight, stats[module_name].hessian, spec["bits"], spec["group_size"],
+                matrix.weight.copy_(gptq(matrix.weight, stats[module_name].hessian, spec["bits"], spec["group_size"],
                                          spec["symmetric"], damp=spec.get("damp", 0.01), store=kept))
                 _store_quantized(store, f"{module_name}.weight", kept["codes"].cpu(), kept["scale"].cpu(),
                                  kept["zero"].cpu(), spec)
 
         blockwise(model, calibration, lambda m: HessianStats(m.in_features, m.weight.device), edit,
                   batch_size=batch_size, progress=progress)
-        return sum(_quantized_units(params[n], spec) for n in names) / total
+        return sum(_quantized_units(matrices[n], spec) for n in names) / total
     kept = 0.0
     for name in names:
-        new, units = _matrix_transform(spec, key, name, store)(params[name])
-        params[name].copy_(new)
+        new, units = _matrix_transform(spec, key, name, store)(matrices[name])
+        matrices[name].copy_(new)
         kept += units
     return kept / total
 
@@ -210,6 +215,7 @@ def apply_transform(model: torch.nn.Module, path: str | Path, calibration: torch
     """
     from safetensors import safe_open
 
+    from prunemem.arch import out_in
     from prunemem.prune.targets import prunable
 
     path = Path(path)
@@ -232,8 +238,9 @@ def apply_transform(model: torch.nn.Module, path: str | Path, calibration: torch
     dtype = getattr(torch, rec["placement"]["dtype"])
     try:
         with safe_open(str(weights), framework="pt") as fh:
-            for name in (t.name for t in prunable(list(params))):
-                param = params[name]
+            for target in prunable(list(params)):
+                name = target.name
+                param = out_in(params[name], target.transposed)  # the layout the transform was stored in
                 if spec["kind"] == "quantize":
                     scale = fh.get_tensor(f"{name}:scale")
                     zero = fh.get_tensor(f"{name}:zero").to(scale.dtype)

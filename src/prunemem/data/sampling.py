@@ -238,7 +238,9 @@ def hub_sets(checkpoint_dir: Path, params: dict, model_name: str, fetched: dict 
 
     model, samples = params["models"][model_name], params["samples"]
     window = max(samples["k"]) + samples["suffix_tokens"]
-    context = json.loads((checkpoint_dir / "config.json").read_text()).get("max_position_embeddings")
+    from prunemem.arch import context_length
+
+    context = context_length(json.loads((checkpoint_dir / "config.json").read_text()))
     for key, need in (("samples.k", window), ("perplexity.window", params["perplexity"]["window"]),
                       ("samples.calibration.tokens", samples["calibration"]["tokens"])):
         if context is not None and need > context:

@@ -13,7 +13,7 @@ each given the token before it.
   where ``T(v)`` is the number of distinct tokens seen after ``v`` (Chen & Goodman, "An Empirical
   Study of Smoothing Techniques for Language Modeling", 1998, section 2.4). It has no tuned
   parameter, so nothing is fitted on the held-out text.
-- no_blocks: embeddings -> final LayerNorm -> unembedding, i.e. the residual stream with every
+- no_blocks: embeddings -> final norm -> unembedding, i.e. the residual stream with every
   block's contribution removed, as SLEB or EvoP removing all blocks would leave it.
 """
 
@@ -56,17 +56,21 @@ def ngram_perplexity(rows: torch.Tensor, vocab_size: int, previous: np.ndarray, 
 
 @contextmanager
 def blocks_removed(model):
-    """The model with no transformer blocks (embed -> final LayerNorm -> unembed) inside the ``with``.
+    """The model with no transformer blocks (embed -> final norm -> unembed, per the layer map) inside the ``with``.
 
     The blocks are detached and put back afterwards rather than copied, so a large model does
     not need its memory twice.
     """
-    layers, n = model.gpt_neox.layers, model.config.num_hidden_layers
-    model.gpt_neox.layers, model.config.num_hidden_layers = torch.nn.ModuleList(), 0
+    from prunemem import arch
+
+    layers, n = arch.blocks(model), model.config.num_hidden_layers
+    arch.set_blocks(model, torch.nn.ModuleList())
+    model.config.num_hidden_layers = 0
     try:
         yield model
     finally:
-        model.gpt_neox.layers, model.config.num_hidden_layers = layers, n
+        arch.set_blocks(model, layers)
+        model.config.num_hidden_layers = n
 
 
 def reference_perplexity(model, checkpoint_dir, tokens: torch.Tensor, todo: list[Span], batch_size: int

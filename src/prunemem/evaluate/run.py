@@ -74,7 +74,9 @@ def check_inputs(plan: Plan, model_name: str) -> None:
     """Refuse, before any weights are loaded, windows the model cannot see and samples from another tokenizer."""
     ckpt_dir, samples_dir = plan.checkpoint_dir(model_name), plan.samples_dir(model_name)
     config_path = ckpt_dir / "config.json"
-    context = read_json(config_path, "model config").get("max_position_embeddings")
+    from prunemem.arch import context_length
+
+    context = context_length(read_json(config_path, "model config"))
     if not isinstance(context, int):
         raise PrunememError(f"{config_path}: no max_position_embeddings (the model's context length)")
     needed = {"samples.k + samples.suffix_tokens": max(plan.ks) + plan.params["samples"]["suffix_tokens"],

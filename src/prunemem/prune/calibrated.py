@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from prunemem import arch
 from prunemem.compress.gptq import inverse_hessian_cholesky
 
 
@@ -146,7 +147,7 @@ def sleb(model, calibration: torch.Tensor, n_remove: int, protect_ends: bool = F
     Ties go to the lower block index (strict ``<``). ``protect_ends`` keeps block 0 and the last
     block out of the candidates, as the reference does.
     """
-    layers = model.gpt_neox.layers
+    layers = arch.blocks(model)
     originals = list(layers)
     candidates = range(1, len(originals) - 1) if protect_ends else range(len(originals))
     removed: list[int] = []
@@ -168,5 +169,6 @@ def sleb(model, calibration: torch.Tensor, n_remove: int, protect_ends: bool = F
 
 
 def skip_blocks(model, blocks: list[int]) -> None:
+    layers = arch.blocks(model)
     for index in blocks:
-        model.gpt_neox.layers[index] = SkipBlock()
+        layers[index] = SkipBlock()

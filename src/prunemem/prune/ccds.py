@@ -23,11 +23,12 @@ def random_indices(pool: int, n: int, seed: int) -> list[int]:
 
 @torch.no_grad()
 def embed(model, windows: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """Mean last-layer hidden state (after the final LayerNorm) of each window, float64 [n, hidden].
+    """Mean last-layer hidden state (after the final norm) of each window, float64 [n, hidden].
 
     Runs the transformer body only (no unembedding: a micro-batch's logits would be the largest
     tensor of the pass), on the device the model computes on, blocks streamed when offloaded.
     """
+    from prunemem import arch
     from prunemem.blockwise import compute_device, streamed
 
     device = compute_device(model)
@@ -35,7 +36,7 @@ def embed(model, windows: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     with streamed(model):
         for ids in windows.long().split(batch_size):
             ids = ids.to(device)
-            hidden = model.gpt_neox(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+            hidden = arch.body(model)(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
             out.append(hidden.double().mean(dim=1).cpu())
     return torch.cat(out)
 

@@ -39,7 +39,7 @@ import torch
 
 from prunemem.errors import PrunememError
 from prunemem.prune.units import check_width_names
-from prunemem.prune.width import KINDS, WidthUnit, counts
+from prunemem.prune.width import KINDS, WidthUnit, _layers, _prefix, counts
 
 # the four matrices of a block, by role: (input projection, output projection) of each sublayer
 MATRICES = {"head": ("attention.query_key_value", "attention.dense"), "neuron": ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")}
@@ -73,11 +73,11 @@ class Stats:
 
 
 def _linears(model):
-    for b, layer in enumerate(model.gpt_neox.layers):
+    for b, layer in enumerate(_layers(model)):
         for kind in KINDS:
             for rel in MATRICES[kind]:
                 module = layer.get_submodule(rel)
-                yield f"gpt_neox.layers.{b}.{rel}", module
+                yield f"{_prefix(b)}{rel}", module
 
 
 def collect(model, calibration: torch.Tensor | None, gradients: bool = False, batch_size: int = 8) -> Stats:
@@ -147,7 +147,7 @@ def scores(stats: Stats, metric: str, block: int, kind: str, head_size: int) -> 
     """The metric's importance of every ``kind`` unit of ``block`` (float64, one per unit)."""
     if metric not in METRICS:
         raise PrunememError(f"importance metric {metric!r} is not registered; allowed: {', '.join(METRICS)}")
-    up, down = (f"gpt_neox.layers.{block}.{rel}" for rel in MATRICES[kind])
+    up, down = (f"{_prefix(block)}{rel}" for rel in MATRICES[kind])
     if metric in NEEDS_ACTIVATIONS and up not in stats.inputs:
         raise PrunememError(f"importance metric {metric!r} reads activations and no calibration pass was made")
     if metric in NEEDS_GRADIENTS and up not in stats.grads:
@@ -191,7 +191,7 @@ def block_outlier_ratio(stats: Stats, block: int, m: float) -> float:
     """OWL's outlier ratio of a block: share of its Wanda scores |W| ||X|| above m times their mean."""
     from prunemem.prune.calibrated import outlier_ratio
 
-    names = [f"gpt_neox.layers.{block}.{rel}" for kind in KINDS for rel in MATRICES[kind]]
+    names = [f"{_prefix(block)}{rel}" for kind in KINDS for rel in MATRICES[kind]]
     if any(n not in stats.inputs for n in names):
         raise PrunememError("allocation 'owl' reads activations and no calibration pass was made")
     return outlier_ratio([stats.weights[n].abs() * stats.inputs[n].norm().view(1, -1) for n in names], m)
@@ -221,7 +221,7 @@ def choose(model, stats: Stats, metric: str, allocation: str, level: float, kind
     """The units to remove: per kind, ``allocate`` the count over blocks, then each block's lowest scores
     (ties to the lower index)."""
     check_names(metric, allocation)
-    n_blocks = len(model.gpt_neox.layers)
+    n_blocks = len(_layers(model))
     shares = None
     if allocation == "owl":
         from prunemem.prune.calibrated import owl_levels
@@ -233,7 +233,7 @@ def choose(model, stats: Stats, metric: str, allocation: str, level: float, kind
         for block, n in enumerate(allocate(sizes, level, shares)):
             if n == 0:
                 continue
-            s = scores(stats, metric, block, kind, model.gpt_neox.layers[block].attention.head_size)
+            s = scores(stats, metric, block, kind, _layers(model)[block].attention.head_size)
             order = sorted(range(len(s)), key=lambda i: (float(s[i]), i))
             chosen += [WidthUnit(block, kind, i) for i in sorted(order[:n])]
     return sorted(chosen)

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from prunemem import arch
 from prunemem.errors import PrunememError
 from prunemem.prune import magnitude
 from prunemem.prune.masks import BitMask
@@ -126,16 +127,16 @@ def _blockwise_rows(ctx: MaskContext, block_level: Callable[[int], float], nm: t
 
     def edit(index, linears, stats):
         level = block_level(index)
-        for name, module in linears.items():
+        for name, matrix in linears.items():  # matrix.weight: the [out, in] view the layer map gives
             if sparse_gpt:
-                new, keep = cal.sparsegpt(module.weight, stats[name].hessian, level, nm=nm, damp=damp)
-                module.weight.copy_(new)
-                updated[f"{name}.weight"] = new.detach().to("cpu", copy=True)
+                new, keep = cal.sparsegpt(matrix.weight, stats[name].hessian, level, nm=nm, damp=damp)
+                matrix.weight.copy_(new)
+                updated[f"{name}.weight"] = matrix.to_param(new.detach()).to("cpu", copy=True)
             else:
-                score = cal.wanda_score(module.weight, stats[name])
+                score = cal.wanda_score(matrix.weight, stats[name])
                 keep = cal.nm_mask(score, *nm) if nm else cal.row_mask(score, level)
-                module.weight.mul_(keep)
-            masks[f"{name}.weight"] = BitMask.of(keep)  # packed where computed, kept on the host
+                matrix.weight.mul_(keep)
+            masks[f"{name}.weight"] = BitMask.of(matrix.to_param(keep))  # packed where computed, kept on the host
 
     stats = (lambda m: HessianStats(m.in_features, m.weight.device)) if sparse_gpt else \
         (lambda m: cal.NormStats(m.in_features, m.weight.device))
@@ -178,8 +179,8 @@ def owl(ctx: MaskContext, level: float) -> MaskResult:
     if spec["score"] == "wanda":
         masks = _blockwise_rows(ctx, lambda i: levels[i], model=model)
     else:
-        masks = {t.name: BitMask.of(cal.row_mask(source[t.name].abs().double(), levels[t.layer]))
-                 for t in source.targets}
+        masks = {t.name: BitMask.of(arch.out_in(cal.row_mask(source.matrix(t.name).abs().double(), levels[t.layer]),
+                                                t.transposed)) for t in source.targets}
     return MaskResult(masks, block_levels=levels)
 
 
@@ -226,7 +227,7 @@ def _evop(memorization: bool):
         device, dtype = resolve_device(spec.get("device", "auto"), spec.get("dtype", "auto"), "prune.evop")
         # only the chosen pattern leaves this function, so bf16 fitness on a GPU is fine
         model = ctx.load_model().to(device=device, dtype=dtype)
-        n_blocks, granularity = len(model.gpt_neox.layers), spec["granularity"]
+        n_blocks, granularity = len(arch.blocks(model)), spec["granularity"]
         names = search.unit_names(n_blocks, granularity)
         n_remove = search.removed_count(level, len(names))
         check_evop_level(level, n_blocks, granularity, "prune.levels")
@@ -269,7 +270,8 @@ def _nm(ctx: MaskContext, score: str) -> MaskResult:
             return MaskResult(masks, updated=updated)
         if score == "wanda":
             return MaskResult(_blockwise_rows(ctx, lambda i: 1 - n / m, nm=(n, m)))
-        return MaskResult({name: BitMask.of(cal.nm_mask(ctx.source[name].abs(), n, m)) for name in ctx.source.names})
+        return MaskResult({t.name: BitMask.of(arch.out_in(cal.nm_mask(ctx.source.matrix(t.name).abs(), n, m),
+                                                          t.transposed)) for t in ctx.source.targets})
     except ValueError as err:
         raise PrunememError(f"prune.methods: {ctx.method.name}: {err}") from None
 

@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from prunemem import arch
 from prunemem.prune.units import SUBLAYERS, removed_count, unit_names  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,12 @@ class _ZeroMLP(torch.nn.Module):
 
 
 def skip_sublayers(model, names: list[str]) -> None:
-    """Replace the named sublayers ('2.attention', '3.mlp') by zero-output modules."""
+    """Replace the named sublayers ('2.attention', '3.mlp') by zero-output modules (the layer map
+    says what a block calls them; with either residual layout a sublayer adding zero is removed)."""
+    family, layers = arch.of(model), arch.blocks(model)
     for name in names:
         block, sub = name.split(".")
-        layer = model.gpt_neox.layers[int(block)]
-        setattr(layer, sub, _ZeroAttention() if sub == "attention" else _ZeroMLP())
+        arch.set_sublayer(layers[int(block)], family, sub, _ZeroAttention() if sub == "attention" else _ZeroMLP())
 
 
 class SublayerGates:
@@ -69,12 +71,12 @@ class SublayerGates:
     """
 
     def __init__(self, model):
-        self.layers = model.gpt_neox.layers
+        family, self.layers = arch.of(model), arch.blocks(model)
         self.gates: torch.Tensor | None = None
         self.handles = []
         for index, layer in enumerate(self.layers):
-            self.handles.append(layer.attention.register_forward_hook(self._hook(index, 0)))
-            self.handles.append(layer.mlp.register_forward_hook(self._hook(index, 1)))
+            for which, sub in enumerate(SUBLAYERS):
+                self.handles.append(arch.sublayer(layer, family, sub).register_forward_hook(self._hook(index, which)))
 
     def _hook(self, block: int, which: int):
         def hook(module, args, output):
@@ -138,7 +140,7 @@ class GatedForward(torch.nn.Module):
 
         (args, kwargs), = block0_inputs(self.model, [input_ids])  # embeddings, rotary tables, causal mask
         hidden, n = args[0], input_ids.shape[0]
-        for index, layer in enumerate(self.model.gpt_neox.layers):
+        for index, layer in enumerate(arch.blocks(self.model)):
             active = (self.row_gates[:, index].amax(dim=1) > 0).nonzero().flatten()
             if active.numel() == 0:
                 continue
@@ -149,8 +151,8 @@ class GatedForward(torch.nn.Module):
             out = out[0] if isinstance(out, tuple) else out
             hidden = out if every else hidden.index_copy(0, active, out)
         self.gates.gates = None
-        hidden = self.model.gpt_neox.final_layer_norm(hidden)
-        head = self.model.get_output_embeddings()  # embed_out in the checkpoints, lm_head in the module
+        hidden = arch.final_norm(self.model)(hidden)
+        head = arch.unembedding(self.model)
         return SimpleNamespace(logits=head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden))
 
 
@@ -216,7 +218,7 @@ class Evaluator:
     cache: dict[Pattern, Score] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.n_blocks = len(self.model.gpt_neox.layers)
+        self.n_blocks = len(arch.blocks(self.model))
         self.device = next(self.model.parameters()).device
 
     def __call__(self, patterns: list[Pattern]) -> list[Score]:

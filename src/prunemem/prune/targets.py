@@ -1,18 +1,19 @@
 """Which weights are prunable, and the subsets the paper's strategies restrict themselves to.
 
-Prunable (docs/architecture.md, "Semantics the numbers depend on"): the ``nn.Linear`` weights inside transformer blocks, i.e. in
-GPT-NeoX ``query_key_value``, ``attention.dense``, ``dense_h_to_4h`` and ``dense_4h_to_h``.
-Embeddings, ``embed_out``, LayerNorms and biases are never pruned.
+Prunable (docs/architecture.md, "Semantics the numbers depend on"): the linear weights inside
+transformer blocks that the layer map (``prunemem.arch``) lists for the family, e.g. GPT-NeoX
+``query_key_value``, ``attention.dense``, ``dense_h_to_4h`` and ``dense_4h_to_h``; Llama/Qwen
+``q/k/v/o_proj`` and ``gate/up/down_proj``; GPT-2 ``c_attn``, ``attn.c_proj``, ``c_fc``, ``mlp.c_proj``.
+Embeddings, the unembedding, norms and biases are never pruned.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-PRUNABLE = re.compile(r"^gpt_neox\.layers\.(\d+)\.(attention\.(?:query_key_value|dense)|mlp\.(?:dense_h_to_4h|dense_4h_to_h))\.weight$")
+from prunemem import arch
 
 
 @dataclass(frozen=True)
@@ -20,14 +21,17 @@ class Target:
     name: str
     layer: int
     part: str  # "attention" or "mlp"
+    role: str = ""  # the layer map's role: qkv, q, k, v, o, up, gate, down
+    transposed: bool = False  # stored [in, out] (GPT-2's Conv1D): arch.out_in gives the [out, in] matrix
 
 
 def prunable(names: list[str]) -> list[Target]:
-    """The prunable tensors among ``names``, in (layer, name) order."""
+    """The prunable tensors among ``names`` (any family of the layer map), in (layer, name) order."""
     found = []
     for name in names:
-        if m := PRUNABLE.match(name):
-            found.append(Target(name, int(m.group(1)), m.group(2).split(".")[0]))
+        if hit := arch.match(name):
+            _, layer, linear = hit
+            found.append(Target(name, layer, linear.part, linear.role, linear.transposed))
     return sorted(found, key=lambda t: (t.layer, t.name))
 
 
@@ -50,7 +54,27 @@ def subset(targets: list[Target], which: str, block_fraction: float) -> list[Tar
     return [t for t in targets if keep(t)]
 
 
-class WeightSource:
+class _Source:
+    """What both sources share: the targets' names and their [out, in] matrices."""
+
+    targets: list[Target]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+    def matrix(self, name: str):
+        """Tensor ``name`` as its [out, in] matrix (the kernels' rows and input columns), per the layer map."""
+        return arch.out_in(self[name], self._transposed[name])
+
+    @property
+    def _transposed(self) -> dict[str, bool]:
+        if not hasattr(self, "_layout"):
+            self._layout = {t.name: t.transposed for t in self.targets}
+        return self._layout
+
+
+class WeightSource(_Source):
     """Prunable weights read one tensor at a time from a safetensors file (memory-mapped).
 
     Reading lazily keeps peak memory at about one tensor, which is what lets a 12B model's
@@ -69,17 +93,14 @@ class WeightSource:
             raise PrunememError(f"{self.path}: missing or corrupt checkpoint weights ({err})") from None
         self.targets = prunable(list(self._file.keys()))
         if not self.targets:
-            raise ValueError(f"{self.path}: no prunable GPT-NeoX block weights found")
+            raise ValueError(f"{self.path}: no prunable block weights of a family in the layer map "
+                             f"({', '.join(sorted(arch.ARCHS))})")
 
     def __getitem__(self, name: str):
         return self._file.get_tensor(name)
 
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.targets]
 
-
-class DictSource:
+class DictSource(_Source):
     """The same interface over an in-memory state dict (tests, models already loaded)."""
 
     def __init__(self, state_dict: dict):
@@ -89,7 +110,3 @@ class DictSource:
 
     def __getitem__(self, name: str):
         return self._sd[name]
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.targets]

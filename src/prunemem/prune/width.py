@@ -33,6 +33,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from prunemem import arch
 from prunemem.errors import PrunememError
 
 KINDS = ("head", "neuron")
@@ -58,8 +59,12 @@ class WidthUnit:
         return cls(int(block), kind, int(index))
 
 
+FAMILIES = ("gpt_neox",)  # the fused-qkv head layout below is GPT-NeoX's; other families are refused
+
+
 def _layers(model) -> torch.nn.ModuleList:
-    return model.gpt_neox.layers
+    arch.require(model, FAMILIES, "width pruning (width-*, adapruner*, localize-*: heads and neurons)")
+    return arch.blocks(model)
 
 
 def head_size(model, block: int) -> int:
@@ -79,7 +84,7 @@ def width_units(model) -> list[WidthUnit]:
 
 
 def _prefix(block: int) -> str:
-    return f"gpt_neox.layers.{block}."
+    return arch.ARCHS["gpt_neox"].block_prefix(block)
 
 
 def unit_slices(model, unit: WidthUnit) -> list[tuple[str, int, slice]]:
