@@ -50,7 +50,15 @@ SMALL = {
                  "lowrank": {"keep": [0.5]}},
     "evaluate": {"batch_size": "auto", "max_batch_size": 32, "threads": 1, "device": "cpu", "dtype": "float32",
                  "near_tie_margin": 0.1, "cross_check": 8, "seed": 0, "mia": {"min_k_fraction": 0.2, "bootstrap": 200}},
-    "jobs": {"batch": "method"},  # as the embedded default (tests/test_batches.py checks it builds the same bytes)
+    # as the embedded default: a method's levels in one process, lm-eval on every variant in one
+    # (tests/test_batches.py checks a batch builds the same bytes as its jobs alone)
+    "jobs": {"batch": {"mask": "method", "transform": "method", "evaluate": "method", "downstream": "model"}},
+    # the default's two held-out tasks, a few documents each
+    "downstream": {"tasks": [{"name": "prunemem_nextline", "num_fewshot": 0},
+                             {"name": "prunemem_completeline", "num_fewshot": 0}],
+                   "limit": 12, "batch_size": "auto", "max_batch_size": 32, "seed": 0, "backend": "hf",
+                   "local": {"documents": 200, "choices": 4, "context_chars": 60, "min_line_chars": 16,
+                             "max_line_chars": 60, "min_word_chars": 3, "max_word_chars": 6}},
 }
 
 

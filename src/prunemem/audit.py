@@ -217,6 +217,46 @@ class Audit:
                 if not _close(row.get("auc"), actual):
                     self.fail(where, f"{row['score']} AUC is {row.get('auc')} but mia.parquet gives {actual}")
 
+    def downstream(self, model: str, method: str, level: str, checkpoint: str | None) -> None:
+        """lm-eval's scores: the per-sample logs' hashes, the inputs and params, and each task's mean
+        metric recomputed from its per-sample log (what lm-eval's ``mean`` aggregation reports)."""
+        directory = self.plan.downstream_dir(model, method, level)
+        where = directory / "summary.json"
+        summary = self._json(where)
+        if summary is None:
+            return
+        self.checked += 1
+        for key, value in (("model", model), ("method", method), ("level", level)):
+            self._expect(where, key, summary.get(key), value)
+        logs = {}
+        for name, recorded in summary.get("files", {}).items():
+            path = directory / name
+            if not path.is_file():
+                self.fail(path, "missing")
+            elif self._same(path, "sha256", recorded, sha256_file(path)):
+                logs[name] = path
+        prov = summary.get("provenance", {})
+        inputs = prov.get("inputs", {})
+        self._same(where, "input checkpoint", inputs.get("checkpoint"), checkpoint)
+        artifact = self.plan.variant_artifact(model, method, level)
+        if artifact is not None:
+            key = "mask" if self.plan.kind(method) == "mask" else "transform"
+            self._same(where, f"input {key} ({artifact})", inputs.get(key),
+                       sha256_file(artifact) if artifact.is_file() else None)
+        self._params(where, prov, "downstream")
+        for task, info in summary.get("tasks", {}).items():
+            path = logs.get(f"samples_{task}.jsonl")
+            if path is None:
+                continue
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            for key, metric in info.get("metrics", {}).items():
+                name, filt = key.split(",", 1)
+                values = [row[name] for row in rows if row.get("filter", "none") == filt and name in row]
+                if len(values) == len(rows) and values and not _close(metric.get("value"),
+                                                                       sum(map(float, values)) / len(values)):
+                    self.fail(where, f"{task} {key} is {metric.get('value')} but its per-sample log gives "
+                                     f"{sum(map(float, values)) / len(values)}")
+
     def report(self) -> None:
         from prunemem.report import tables
 
@@ -313,6 +353,8 @@ class Audit:
                 self.transform(job.model, job.method, job.level, ckpt, samples)
             elif job.stage == "evaluate":
                 self.metrics(job.model, job.method, job.level, ckpt, samples)
+            elif job.stage == "downstream":
+                self.downstream(job.model, job.method, job.level, ckpt)
             else:
                 self.report()
         if dvc:

@@ -89,6 +89,12 @@ def _shapes(plan: Plan, model: str, n: float):
     return memplan.Shapes.pythia(match.group(1) if match and match.group(1) in memplan.PYTHIA else "12b")
 
 
+def _downstream_documents(plan: Plan) -> int:
+    """Documents scored per variant: downstream.limit per task (an unlimited task counted as 5,000)."""
+    limit = plan.params["downstream"].get("limit") or 5000
+    return len(plan.params["downstream"]["tasks"]) * limit
+
+
 def job_resources(plan: Plan, job: Job) -> dict[str, int]:
     """{gpu, cpus_per_gpu, mem_mb, runtime} for one job of the job table."""
     if job.model is None:  # the report
@@ -117,6 +123,10 @@ def job_resources(plan: Plan, job: Job) -> dict[str, int]:
             if method.search_split:
                 tokens += samples.get("search_members", 0) * (max(plan.ks) + samples["suffix_tokens"])
             minutes += 2 * n * tokens * evop["population"] * evop["generations"] / ASSUMED_FLOPS / 60
+    elif job.stage == "downstream":  # the variant loaded as evaluation loads it, then lm-eval's requests
+        gpu = int(big)
+        mem_gb = 8 + 1.5 * weights_gb
+        minutes = 30 + 2 * n / 1e9 * _downstream_documents(plan) / 100
     else:  # evaluate
         gpu = int(big)
         mem_gb = 8 + 1.5 * weights_gb

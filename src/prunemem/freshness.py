@@ -48,7 +48,9 @@ def _current_inputs(plan: Plan, job: Job, file_hash) -> dict[str, str]:
     if job.stage in ("fetch", "checkpoint"):
         return {}  # its inputs (corpus, hub or dataset files) are pinned by its params
     if job.stage == "report":
-        return {f"{e.model}/{e.method}/{e.level}": file_hash(e.record) for e in plan.upstream(job, "summaries")}
+        return {**{f"{e.model}/{e.method}/{e.level}": file_hash(e.record) for e in plan.upstream(job, "summaries")},
+                **{f"downstream/{e.model}/{e.method}/{e.level}": file_hash(e.record)
+                   for e in plan.upstream(job, "downstream")}}
     inputs = {}
     for role, ids in job.inputs:
         for up in plan.upstream(job, role):

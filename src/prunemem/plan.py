@@ -385,23 +385,29 @@ class Job:
         return closure(*self.entry)
 
 
-# Stages whose jobs are per level; with jobs.batch: method one process runs a method's levels.
+# Stages whose jobs are per variant; jobs.batch groups them into processes by a grain: one
+# variant, a method's levels, or (downstream) every variant of a model.
 LEVEL_STAGES = ("mask", "transform", "evaluate", "downstream")
+GRAINS = {"variant": 4, "method": 3, "model": 2}  # how much of a job id (stage, model, method, level) a batch shares
 
 
 @dataclass(frozen=True)
 class Batch:
-    """The jobs one process runs (``Plan.batches``): one job, or every level of one (model, method)
-    of a level stage when ``jobs.batch`` is ``method``. It answers what a Snakemake rule or DVC
-    stage asks of a job (the unions of its jobs' files, params keys and code), so Snakemake's
-    rules and dvc.yaml's stages are made from batches while provenance, freshness and the audit
-    stay per job (the artifacts are the same either way: ``tests/test_batches.py``).
-    ``targets`` are what Snakemake's rule declares: a grouped batch owns its method's directory.
+    """The jobs one process runs (``Plan.batches``): one job, or the jobs of a level stage sharing
+    a (model, method) or a model, by ``jobs.batch``. It answers what a Snakemake rule or DVC stage
+    asks of a job (the unions of its jobs' files, params keys and code), so Snakemake's rules and
+    dvc.yaml's stages are made from batches while provenance, freshness and the audit stay per job
+    (the artifacts are the same either way: ``tests/test_batches.py``). ``targets`` are what
+    Snakemake's rule declares: a batch of several jobs owns its method's (model's) directory.
     """
 
     jobs: tuple[Job, ...]
     targets: tuple[Path, ...]
-    grouped: bool = False
+    grain: str = "variant"
+
+    @property
+    def grouped(self) -> bool:
+        return self.grain != "variant"
 
     @property
     def stage(self) -> str:
@@ -421,17 +427,20 @@ class Batch:
 
     @property
     def id(self) -> tuple:
-        return self.jobs[0].id[:3] if self.grouped else self.jobs[0].id
+        return self.jobs[0].id[:GRAINS[self.grain]]
 
     @property
     def name(self) -> str:
-        """The DVC stage name: mask-tiny-global-0_5, or mask-tiny-global for a grouped batch."""
+        """The DVC stage name: mask-tiny-global-0_5, mask-tiny-global (a method's levels), downstream-tiny."""
         return "-".join(p.replace(".", "_") for p in self.id if p is not None)
 
     @property
     def args(self) -> str:
-        """The CLI arguments of ``prunemem <stage>``: --level repeated for a grouped batch."""
+        """The CLI arguments of ``prunemem <stage>``: --level repeated for a method's levels; a model's
+        batch names the model alone (``prunemem downstream --model tiny``: every variant in turn)."""
         first = self.jobs[0]
+        if self.grain == "model":
+            return f"--model {first.model}"
         head = " ".join(f"{flag} {value}" for flag, value in (("--model", first.model), ("--method", first.method))
                         if value is not None)
         return " ".join([head, *(f"--level {level}" for level in self.levels)]).strip()
@@ -744,29 +753,31 @@ class Plan:
             raise PrunememError(f"{stage}: no such job in the plan: {model} {method} {level}") from None
 
     # -- batches: the jobs one process runs (Snakemake rules and DVC stages are made of these) ----
-    @property
-    def batch_by(self) -> str:
-        """jobs.batch: ``variant`` (one job per level, the default) or ``method`` (a method's levels in one)."""
-        return lookup(self.params, "jobs.batch", "variant")
+    def batch_grain(self, stage: str) -> str:
+        """How ``stage``'s jobs are grouped into processes (jobs.batch): ``variant`` (each job alone, the
+        default), ``method`` (a method's levels) or ``model`` (downstream: every variant of a model)."""
+        spec = lookup(self.params, "jobs.batch", "variant")
+        if isinstance(spec, dict):
+            return spec.get(stage, "variant")
+        return spec if stage in LEVEL_STAGES else "variant"
 
-    def level_stage_dir(self, stage: str, model: str, method: str) -> Path:
-        """The directory holding every level of one (model, method) of a level stage."""
-        return {"mask": self.mask_path, "transform": self.transform_path, "evaluate": self.metrics_dir,
-                "downstream": self.downstream_dir}[stage](model, method, "0").parent
+    def level_stage_dir(self, stage: str, model: str, method: str | None = None) -> Path:
+        """The directory holding every level of one (model, method) of a level stage (every method's, without one)."""
+        level_dir = {"mask": self.mask_path, "transform": self.transform_path, "evaluate": self.metrics_dir,
+                     "downstream": self.downstream_dir}[stage](model, method or "-", "0").parent
+        return level_dir if method is not None else level_dir.parent
 
     @cached_property
     def _batches(self) -> dict[tuple, Batch]:
-        out: dict[tuple, Batch] = {}
         groups: dict[tuple, list[Job]] = {}
         for job in self.jobs():
-            if self.batch_by == "method" and job.stage in LEVEL_STAGES:
-                groups.setdefault(job.id[:3], []).append(job)
-                if len(groups[job.id[:3]]) == 1:
-                    out[job.id[:3]] = None  # keeps the table's order (upstream first)
-            else:
-                out[job.id] = Batch((job,), job.outputs)
+            key = job.id[:GRAINS[self.batch_grain(job.stage)]]
+            groups[key] = [*groups.pop(key, []), job]  # re-inserted: a batch sits where its last job does,
+        out = {}                                        # after everything its jobs read (upstream first)
         for key, jobs in groups.items():
-            out[key] = Batch(tuple(jobs), (self.level_stage_dir(*key),), grouped=True)
+            grain = self.batch_grain(jobs[0].stage)
+            targets = jobs[0].outputs if grain == "variant" else (self.level_stage_dir(*key),)
+            out[key] = Batch(tuple(jobs), tuple(targets), grain)
         return out
 
     def batches(self, stage: str | None = None) -> list[Batch]:
@@ -774,9 +785,8 @@ class Plan:
         return [b for b in self._batches.values() if stage is None or b.stage == stage]
 
     def batch(self, stage: str, model: str | None = None, method: str | None = None, level: str | None = None) -> Batch:
-        """The batch running a job (``level`` may be None for a grouped batch)."""
-        key = (stage, model, method) if self.batch_by == "method" and stage in LEVEL_STAGES else \
-            (stage, model, method, level)
+        """The batch running a job (``level``, ``method`` may be None where the batch spans them)."""
+        key = (stage, model, method, level)[:GRAINS[self.batch_grain(stage)]]
         try:
             return self._batches[key]
         except KeyError:

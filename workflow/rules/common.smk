@@ -47,26 +47,30 @@ def prunemem(verb):
     return f"prunemem {PARAMS_ARGS} {verb} > {{log}} 2>&1"
 
 
-# A rule's job is a batch of the job table (prunemem.plan.Batch): one job, or with jobs.batch:
-# method every level of a (model, method), run in one process and owning the method's directory.
-GROUPED = PLAN.batch_by == "method"
-LEVEL = "" if GROUPED else "/{level}"  # the per-level part of a level stage's log path
+# A rule's job is a batch of the job table (prunemem.plan.Batch): one job, or (jobs.batch) every
+# level of a (model, method), or every variant of a model, run in one process and owning its directory.
+WILDCARDS = {"variant": "{model}/{method}/{level}", "method": "{model}/{method}", "model": "{model}"}
 
 
 def batch_of(stage, wildcards):
     return PLAN.batch(stage, wildcards.get("model"), wildcards.get("method"), wildcards.get("level"))
 
 
-def level_output(stage, files):
-    """A level stage's output: the variant's files, or the method's directory when grouped."""
-    if GROUPED:
-        return directory(str(PLAN.level_stage_dir(stage, W["model"], W["method"])))
-    return [str(f) for f in files]
+def level_output(stage, files, is_directory=False):
+    """A level stage's output: the variant's files (or directory), or the directory of its batch."""
+    grain = PLAN.batch_grain(stage)
+    if grain != "variant":
+        return directory(str(PLAN.level_stage_dir(stage, W["model"], W["method"] if grain == "method" else None)))
+    return [directory(str(f)) if is_directory else str(f) for f in files]
 
 
-def level_args(stage):
-    """--level once per level of the rule's batch (params.levels of a level stage's rule)."""
-    return lambda wildcards: " ".join(f"--level {level}" for level in batch_of(stage, wildcards).levels)
+def level_log(stage):
+    return f"logs/{stage}/{WILDCARDS[PLAN.batch_grain(stage)]}.log"
+
+
+def batch_args(stage):
+    """The CLI arguments of the rule's batch (``Batch.args``: DVC's stage runs the same command)."""
+    return lambda wildcards: batch_of(stage, wildcards).args
 
 
 # Judge every existing artifact by its own provenance record before the DAG is built

@@ -65,15 +65,15 @@ rule mask:
         level_output("mask", [PLAN.mask_path(W["model"], W["method"], W["level"])]),
     params:
         digest=params_digest("mask"),
-        levels=level_args("mask"),
+        args=batch_args("mask"),
     threads: threads_of("mask")
     priority: priority_of("mask")
     resources:
         **resources_of("mask"),
     log:
-        f"logs/mask/{{model}}/{{method}}{LEVEL}.log",
+        level_log("mask"),
     shell:
-        prunemem("mask --model {wildcards.model} --method {wildcards.method} {params.levels}")
+        prunemem("mask {params.args}")
 
 
 rule transform:
@@ -84,14 +84,14 @@ rule transform:
                                    PLAN.transform_weights_path(W["model"], W["method"], W["level"])]),  # + weights
     params:
         digest=params_digest("transform"),
-        levels=level_args("transform"),
+        args=batch_args("transform"),
     threads: threads_of("transform")
     resources:
         **resources_of("transform"),
     log:
-        f"logs/transform/{{model}}/{{method}}{LEVEL}.log",
+        level_log("transform"),
     shell:
-        prunemem("transform --model {wildcards.model} --method {wildcards.method} {params.levels}")
+        prunemem("transform {params.args}")
 
 
 rule evaluate:
@@ -101,15 +101,34 @@ rule evaluate:
         level_output("evaluate", [PLAN.metrics_dir(W["model"], W["method"], W["level"]) / n for n in METRICS_FILES]),
     params:
         digest=params_digest("evaluate"),
-        levels=level_args("evaluate"),
+        args=batch_args("evaluate"),
     threads: threads_of("evaluate")
     priority: priority_of("evaluate")
     resources:
         **resources_of("evaluate"),
     log:
-        f"logs/evaluate/{{model}}/{{method}}{LEVEL}.log",
+        level_log("evaluate"),
     shell:
-        prunemem("evaluate --model {wildcards.model} --method {wildcards.method} {params.levels}")
+        prunemem("evaluate {params.args}")
+
+
+# lm-eval's tasks on a variant (params downstream:; prunemem.downstream.run): its directory holds
+# summary.json and one per-sample log per task, whose names follow lm-eval's task expansion.
+rule downstream:
+    input:
+        unpack(inputs_of("downstream")),
+    output:
+        level_output("downstream", [PLAN.downstream_dir(W["model"], W["method"], W["level"])], is_directory=True),
+    params:
+        digest=params_digest("downstream"),
+        args=batch_args("downstream"),
+    threads: threads_of("downstream")
+    resources:
+        **resources_of("downstream"),
+    log:
+        level_log("downstream"),
+    shell:
+        prunemem("downstream {params.args}")
 
 
 CAPTIONS = {"report.html": "report", "results.csv": "results", "layer_sparsity.csv": "layer_sparsity",

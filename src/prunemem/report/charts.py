@@ -495,3 +495,71 @@ def chosen_units_per_layer(layers: pl.DataFrame) -> Figure:
     if data["model"].n_unique() > 1:
         facet["row"] = alt.Row("model:N", title="model")
     return ds.figure(chart.facet(**facet).resolve_scale(y="independent"))
+
+
+def downstream_vs_sparsity(results: pl.DataFrame, model: str, column: str, title: str) -> Figure | None:
+    """One downstream task metric (± 1.96 lm-eval stderr) against achieved sparsity, one panel per
+    family, each curve from the dense model, as perplexity_vs_sparsity."""
+    ds = Datasets()
+    rows = _hashes(results.filter(pl.col("model") == model).unique(subset=["method", "level"], maintain_order=True))
+    stderr = pl.col(f"{column}_stderr").fill_null(0.0)
+    rows = rows.with_columns(pl.col(column).alias("score"), (pl.col(column) - 1.96 * stderr).alias("low"),
+                             (pl.col(column) + 1.96 * stderr).alias("high"))
+    methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
+    groups = panels(methods)
+    if not groups or rows["score"].null_count() == rows.height:
+        return None
+    names = []
+    for i, (panel, part) in enumerate(groups):
+        data = ds(_with_dense_origin(rows, part).select("model", "method", "level", "achieved_sparsity", "score", "low",
+                                                        "high", "extraction_rate", "ci_low", "ci_high", "perplexity",
+                                                        "mask", "metrics"))
+        names.append((data.name, f"pick_{column}_{i}", panel, part))
+    data0, pick0, title0, part0 = names[0]
+    enc, pick = _series(part0, pick0)
+    base = alt.Chart(alt.NamedData(name=data0, format=alt.DataFormat(type="csv")), title=title0).encode(
+        x=alt.X("achieved_sparsity:Q", title="achieved sparsity", axis=alt.Axis(format="%")))
+    first = (base.mark_line(point=True).encode(
+        y=alt.Y("score:Q", title=title, scale=alt.Scale(zero=False)),
+        tooltip=[*TOOLTIP[:4], alt.Tooltip("score:Q", title=title, format=".3f"), *TOOLTIP[4:]], **enc)
+        + base.mark_errorbar().encode(y=alt.Y("low:Q", title=title), y2="high:Q", color=enc["color"],
+                                      opacity=enc["opacity"])).add_params(pick).properties(width=WIDTH, height=HEIGHT)
+    return ds.figure(_wrap(_panels_like(first, names)))
+
+
+def memorization_vs_downstream(results: pl.DataFrame, model: str, k: int, column: str, title: str) -> Figure:
+    """Every variant: a downstream metric (higher is better) against extraction at k (Wilson bars);
+    the frontier of variants no other beats on both (more accuracy, less extraction) drawn and labelled."""
+    rows = _hashes(results.filter((pl.col("model") == model) & (pl.col("k") == k) & pl.col(column).is_not_null()))
+    ordered = rows.sort(column, "extraction_rate", descending=[True, False])
+    best = pl.col("extraction_rate").cum_min().shift(1, fill_value=float("inf"))
+    front = ordered.filter(pl.col("extraction_rate") < best).select("method", "level", pl.lit(True).alias("front"))
+    data = rows.join(front, on=["method", "level"], how="left").with_columns(
+        pl.col("front").fill_null(False), pl.col(column).alias("score"),
+        pl.col("method").map_elements(group, return_dtype=pl.String).alias("family"),
+        pl.struct("method", "level").map_elements(lambda r: variant_label(r["method"], r["level"]),
+                                                  return_dtype=pl.String).alias("variant")).select(
+        "model", "method", "level", "variant", "family", "front", "score", "achieved_sparsity", "extraction_rate",
+        "ci_low", "ci_high", "perplexity", "mask", "metrics")
+    fams = [f for f in (DENSE, *GROUPS) if f in set(data["family"])]
+    pick = alt.selection_point(name=f"pick_front_{column}", fields=["family"], bind="legend")
+    scale = dict(domain=fams)
+    color = alt.Color("family:N", title="family", scale=alt.Scale(**scale, range=(["#000000"] + PALETTE)[:len(fams)]),
+                      legend=alt.Legend(symbolOpacity=1))
+    shape = alt.Shape("family:N", title="family", scale=alt.Scale(**scale, range=(["cross"] + SHAPES)[:len(fams)]))
+    ds = Datasets()
+    base = alt.Chart(ds(data)).encode(x=alt.X("score:Q", title=title, scale=alt.Scale(zero=False)))
+    opacity = alt.condition(pick, alt.value(1.0), alt.value(0.15))
+    y_title = f"extraction rate (k={k})"
+    points = base.mark_point(filled=True, size=60).encode(
+        y=alt.Y("extraction_rate:Q", title=y_title, axis=alt.Axis(format="%")), color=color, shape=shape,
+        opacity=opacity, tooltip=[alt.Tooltip("variant:N"), alt.Tooltip("score:Q", title=title, format=".3f"),
+                                  *TOOLTIP[3:]]).add_params(pick)
+    bars = base.mark_errorbar().encode(y=alt.Y("ci_low:Q", title=y_title), y2="ci_high:Q", color=color,
+                                       opacity=opacity)
+    frontier = base.transform_filter(alt.datum.front).mark_line(interpolate="step-before", color="black",
+                                                                 strokeWidth=1).encode(
+        y="extraction_rate:Q", order=alt.Order("score:Q", sort="descending"))
+    labels = base.transform_filter(alt.datum.front).mark_text(align="left", dx=7, dy=-6, fontSize=10).encode(
+        y="extraction_rate:Q", text="variant:N")
+    return ds.figure((bars + frontier + points + labels).properties(width=760, height=320))

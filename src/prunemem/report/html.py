@@ -17,7 +17,7 @@ import polars as pl
 
 from prunemem.errors import PrunememError
 from prunemem.evaluate.mia import SCORES
-from prunemem.plan import DENSE, FIGURES, REPORT_DIRECTORIES, REPORT_FILES, Plan
+from prunemem.plan import DENSE, DOWNSTREAM_SUMMARY, FIGURES, REPORT_DIRECTORIES, REPORT_FILES, Plan
 from prunemem.provenance import atomic_path, environment, read_json, record, sha256_file, write_json
 from prunemem.prune.registry import describe, order
 from prunemem.report import charts, compare, forgetting, redaction, tables
@@ -331,6 +331,62 @@ def _ppl_intervals(samples: compare.ModelSamples | None) -> dict:
     return out
 
 
+def _downstream_context(plan: Plan) -> dict | None:
+    """What the downstream section shows, read from the downstream summaries and per-sample logs."""
+    from prunemem.report import downstream
+
+    if not plan.downstream:
+        return None
+    ds = plan.params["downstream"]
+    names = [t["name"] for t in ds["tasks"]]
+    heads = {m: downstream.headline(tables.downstream_summary(plan, m, DENSE, "0"), names) if (DENSE, "0") in
+             plan.variants(m) else [] for m in plan.models}
+    return {"tasks": names, "limit": ds.get("limit"), "headline": heads,
+            "tests": {m: downstream.paired_tests(plan, m) for m in plan.models}}
+
+
+def _downstream_html(p: Page, results: pl.DataFrame, context: dict, k: int) -> list[str]:
+    """Each task's headline metric against sparsity, the memorization-accuracy frontier, and every
+    variant tested against dense on the same documents (report/downstream.py)."""
+    from prunemem.report.compare import ALPHA, fmt_p, verdict
+
+    info = context["downstream"]
+    body = [f"<p class=note>Tasks: {html.escape(', '.join(info['tasks']))}; at most {info['limit'] or 'all'} documents "
+            "each, the same documents for every variant. Bars: ± 1.96 lm-eval stderr (one variant's own interval). "
+            "Differences from dense are paired: Newcombe's 95% interval on the per-document outcomes and an exact "
+            "McNemar test, Holm-corrected over every variant and task of the model; a direction is stated only "
+            f"below p {ALPHA}. Every metric with its stderr is in <a href=\"results.csv\">results.csv</a>, every "
+            "document's outcome in the per-sample logs beside each summary (data/downstream/).</p>"]
+    multi = len(info["tests"]) > 1
+    for model, tests in info["tests"].items():
+        body.append(f"<h3>{html.escape(model)}</h3>" if multi else "")
+        heads = info["headline"][model]
+        for task, key, column in heads:
+            chart = charts.downstream_vs_sparsity(results, model, column, f"{task} {key.split(',')[0]}")
+            if chart is not None:
+                body.append(p.chart(f"downstream-{model}-{task}", chart))
+        if heads:
+            task, key, column = heads[0]
+            body.append(p.chart(f"downstream-front-{model}", charts.memorization_vs_downstream(
+                results, model, k, column, f"{task} {key.split(',')[0]}")))
+        if tests.height:
+            shown = tests.select(
+                pl.struct("method", "level").map_elements(lambda r: f"{r['method']} {r['level']:g}",
+                                                          return_dtype=pl.String).alias("variant"),
+                "task", pl.col("metric").str.split(",").list.first().alias("metric"), "n",
+                pl.col("dense").map_elements(lambda v: f"{v:.3f}", return_dtype=pl.String).alias("dense"),
+                pl.col("variant").map_elements(lambda v: f"{v:.3f}", return_dtype=pl.String).alias("score"),
+                pl.struct("difference", "ci_low", "ci_high").map_elements(
+                    lambda r: f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                    return_dtype=pl.String).alias("difference [95% CI]"),
+                pl.col("p_holm").map_elements(fmt_p, return_dtype=pl.String).alias("p (Holm)"),
+                pl.struct("difference", "p_holm").map_elements(
+                    lambda r: verdict(r["difference"], r["p_holm"], "lower than dense", "higher than dense"),
+                    return_dtype=pl.String).alias("verdict"))
+            body.append(_table(shown, cls="sortable", left=3))
+    return body
+
+
 def build(plan: Plan) -> tuple[str, str]:
     """Write results.csv, comparisons.csv, claims.csv, the other tables, figures/, report.html and provenance.
 
@@ -357,10 +413,14 @@ def build(plan: Plan) -> tuple[str, str]:
                "built_by": f"prunemem {env['prunemem']} (commit {env['git_commit'] or 'unknown'})", "history": history,
                "trials": trials, "search_against_fixed": against,
                "samples": samples, "methods": methods_info(plan), "kinds": pl.concat(kinds) if kinds else None,
-               "forgetting": {m: forgetting.load(plan, m) for m in plan.models}}
+               "forgetting": {m: forgetting.load(plan, m) for m in plan.models},
+               "downstream": _downstream_context(plan)}
     page, figures, analyses = render(results, layers, dup, context)
     summaries = {f"{m}/{me}/{lv}": sha256_file(plan.metrics_dir(m, me, lv) / "summary.json")
                  for m in plan.models for me, lv in plan.variants(m)}
+    if plan.downstream:  # lm-eval's scores, keyed as freshness keys them
+        summaries.update({f"downstream/{m}/{me}/{lv}": sha256_file(plan.downstream_dir(m, me, lv) / DOWNSTREAM_SUMMARY)
+                          for m in plan.models for me, lv in plan.variants(m)})
     svgs = {name: charts.spec_to_svg(spec) for name, spec in figures.items()}
 
     out = plan.reports_dir
@@ -485,6 +545,9 @@ def render(results: pl.DataFrame, layers: pl.DataFrame, dup: pl.DataFrame, conte
               "Min-K%++), stratified bootstrap 95% bars, y-axis scaled to the data (chance 0.5 dashed when in view); "
               f"scores use the whole {max(ks) + suffix}-token window. Every score for every variant is in "
               "<a href=\"results.csv\">results.csv</a>.</p>", *body)
+
+    if context.get("downstream"):
+        p.section("downstream", "Downstream tasks (lm-evaluation-harness)", *_downstream_html(p, results, context, k))
 
     forgotten = {m: forgetting.analyse(m, samples.get(m), context.get("forgetting", {}).get(m, {}), results, k)
                  for m in models}

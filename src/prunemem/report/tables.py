@@ -6,7 +6,7 @@ import polars as pl
 
 from prunemem.errors import PrunememError
 from prunemem.evaluate.mia import SCORES
-from prunemem.plan import DENSE, Plan
+from prunemem.plan import DENSE, DOWNSTREAM_SUMMARY, Plan
 from prunemem.provenance import read_json, read_parquet
 from prunemem.prune.registry import describe, order
 
@@ -33,9 +33,21 @@ def _mia_columns(summary: dict) -> dict[str, float]:
     return out
 
 
+def downstream_summary(plan: Plan, model: str, method: str, level: str) -> dict:
+    """A variant's lm-eval scores (``prunemem.downstream.run``), or one line naming what is missing."""
+    path = plan.downstream_dir(model, method, level) / DOWNSTREAM_SUMMARY
+    if not path.is_file():
+        raise PrunememError(f"{path}: missing; run `prunemem downstream --model {model} --method {method} "
+                            f"--level {level}` before the report")
+    return read_json(path, "downstream summary")
+
+
 def results(plan: Plan) -> pl.DataFrame:
-    """One row per (model, method, level, k), in plan order, from every summary.json."""
-    rows = []
+    """One row per (model, method, level, k), in plan order, from every summary.json; with
+    ``downstream:`` each task's metrics and their stderr as ``downstream_<task>_<metric>`` columns."""
+    from prunemem.downstream.run import columns as downstream_columns
+
+    rows, extra = [], {}
     for model in plan.models:
         for method, level in plan.variants(model):
             path = plan.metrics_dir(model, method, level) / "summary.json"
@@ -44,6 +56,8 @@ def results(plan: Plan) -> pl.DataFrame:
             summary = read_json(path, "evaluation summary")
             prov = summary["provenance"]
             env = prov["environment"]
+            scores = downstream_columns(downstream_summary(plan, model, method, level)) if plan.downstream else {}
+            extra.update(dict.fromkeys(scores))
             for per_k in summary["per_k"]:
                 rows.append({
                     "model": model, "method": method, "level": float(level), **per_k,
@@ -53,9 +67,9 @@ def results(plan: Plan) -> pl.DataFrame:
                     "mask_sha256": prov["inputs"].get("mask") or prov["inputs"].get("transform"),
                     "samples_sha256": prov["inputs"]["samples"], "metrics_sha256": summary["memorization_sha256"],
                     "params_digest": prov["params_digest"],
-                    "code_version": f"{env['prunemem']}+{(env['git_commit'] or 'nogit')[:12]}",
+                    "code_version": f"{env['prunemem']}+{(env['git_commit'] or 'nogit')[:12]}", **scores,
                 })
-    return pl.DataFrame(rows).select(RESULT_COLUMNS)
+    return pl.DataFrame(rows, infer_schema_length=None).select([*RESULT_COLUMNS, *extra])
 
 
 def layer_sparsity(plan: Plan) -> pl.DataFrame:
