@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The device check of bench/gpu.py (see its docstring), then bench/width.py and a zero-out localization: one H100/H200, no network, <= 9.5 minutes.
-#   bash bench/gpu.sh                 # writes bench/results/gpu.json, gpu.md, width.json, width.md, localize.jsonl
+# The device check of bench/gpu.py (see its docstring), then bench/width.py, a zero-out localization and one
+# timed lm-eval run (bench/downstream.py): one H100/H200, no network, <= 10.5 minutes.
+#   bash bench/gpu.sh                 # writes bench/results/gpu.json, gpu.md, width.json, width.md, localize.jsonl,
+#                                     # downstream.json
 #   bash bench/gpu.sh --tiny          # the same code on the CPU in seconds
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,11 +33,16 @@ done
 if [ "$tiny" = 1 ]; then
   width=(--shape embedded --levels 0.5 --batches 1 --tokens 64 --repeats 1 --threads 1)
   zeroout=(--shape embedded --threads 1)
+  downstream=(--shape embedded --device cpu --limit 8 --context 160)
 else
   width=(--shape 1.4b --device cuda --dtype bfloat16 --levels 0.25 0.5 --batches 1 8 --tokens 512 --repeats 3)
   zeroout=(--shape pythia-1.4b --device cuda --dtype bfloat16)
+  downstream=(--shape 1.4b --device cuda --dtype bfloat16 --limit 200)
 fi
 timeout --signal=INT "${WIDTH_CHECK_TIMEOUT:-90}" python bench/width.py "${width[@]}" --out "$out"
 # and one zero-out localization (bench/localize.py, issue 23), a JSON line into $out/localize.jsonl
 timeout --signal=INT "${LOCALIZE_CHECK_TIMEOUT:-60}" python bench/localize.py --methods zeroout "${zeroout[@]}" \
   > "$out/localize.jsonl"
+# and the downstream stage's lm-eval run on Pythia-1.4B's shape, its batch fitted as the stage fits it (issue 21)
+timeout --signal=INT "${DOWNSTREAM_CHECK_TIMEOUT:-90}" python bench/downstream.py "${downstream[@]}" --out "$out" \
+  > /dev/null

@@ -36,8 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu import build, measured, sync  # noqa: E402  (bench/gpu.py: one model builder, one meter)
 
-# hidden, layers, heads, vocab: the embedded default (params.yaml embedded.architecture) and Pythia
-SHAPES = {"embedded": (256, 4, 4, 4096), "160m": (768, 12, 12, 50304), "410m": (1024, 24, 16, 50304),
+# hidden, layers, heads, vocab: the embedded default (params.yaml embedded.architecture), the previous
+# embedded model (bench/README.md's width figures were measured on it) and Pythia
+SHAPES = {"embedded": (192, 4, 3, 512), "embedded-256": (256, 4, 4, 4096), "160m": (768, 12, 12, 50304),
+          "410m": (1024, 24, 16, 50304),
           "1.4b": (2048, 24, 16, 50304)}
 SCOPES = {"mlp": ("neuron",), "attention": ("head",), "both": ("head", "neuron")}
 

@@ -33,6 +33,9 @@ def test_gpu_check_tiny_writes_json_and_table(tmp_path):
     assert width["rows"][1]["params"] < width["rows"][0]["params"]
     zeroout = [json.loads(line) for line in (tmp_path / "localize.jsonl").read_text().splitlines()]
     assert [z["method"] for z in zeroout] == ["zeroout"] and zeroout[0]["seconds"] > 0
+    downstream = json.loads((tmp_path / "downstream.json").read_text())  # one timed lm-eval run, same --out
+    assert downstream["documents"] == {"prunemem_nextline": 8, "prunemem_completeline": 8}
+    assert downstream["seconds"] > 0 and downstream["batch"] >= 1
     hours = result["predicted_gpu_hours"]
     assert hours["sota"] > hours["paper"] > 0
     table = (tmp_path / "gpu.md").read_text()

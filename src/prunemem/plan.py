@@ -719,7 +719,8 @@ class Plan:
                 scores = self.downstream_dir(model, name, level)
                 yield self._job("downstream", model, name, level, outputs=[scores], record=scores / DOWNSTREAM_SUMMARY,
                                 inputs=[("checkpoint", [ckpt]), (method.kind, [artifact] if artifact else [])],
-                                keys=DOWNSTREAM_KEYS, threads="evaluate.threads")
+                                keys=DOWNSTREAM_KEYS, threads="downstream.threads" if lookup(
+                                    self.params, "downstream.threads") else "evaluate.threads")
 
     @property
     def _pool_key(self) -> str:

@@ -244,7 +244,7 @@ def _lm(plan: Plan, model_name: str, method: str, level: str, ds: dict, tmp: Pat
         return lm, {**prov["inputs"], "checkpoint": checkpoint_hash(ckpt_dir)}, device, dtype, ds["batch_size"]
     from lm_eval.models.huggingface import HFLM
 
-    deterministic(ev["threads"])
+    deterministic(ds.get("threads") or ev["threads"])
     model, _, inputs, _ = load_variant(plan, model_name, method, level, device, dtype)
     inputs["checkpoint"] = checkpoint_hash(ckpt_dir)
     model.eval()
