@@ -57,7 +57,7 @@ SMALL = {
     "downstream": {"tasks": [{"name": "prunemem_nextline", "num_fewshot": 0},
                              {"name": "prunemem_completeline", "num_fewshot": 0}],
                    "limit": 12, "batch_size": "auto", "max_batch_size": 32, "seed": 0, "backend": "hf",
-                   "local": {"documents": 200, "choices": 4, "context_chars": 60, "min_line_chars": 16,
+                   "local": {"documents": 60, "choices": 4, "context_chars": 60, "min_line_chars": 16,
                              "max_line_chars": 60, "min_word_chars": 3, "max_word_chars": 6}},
 }
 

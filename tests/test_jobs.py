@@ -210,6 +210,7 @@ def rowwise(ctx, level):
 
 def test_a_new_method_is_one_function_and_one_registry_entry(pipeline, tmp_path, monkeypatch):
     from prunemem.audit import Audit
+    from prunemem.downstream.run import Downstream
     from prunemem.dvcgen import stages
     from prunemem.evaluate.run import evaluate
     from prunemem.prune.registry import REGISTRY, Entry
@@ -230,9 +231,11 @@ def test_a_new_method_is_one_function_and_one_registry_entry(pipeline, tmp_path,
     assert stage["cmd"] == "prunemem mask --model tiny --method rowwise " + " ".join(f"--level {lv}" for lv in levels)
     assert stage["params"] == ["evaluate.threads"] and "src/prunemem/prune/methods.py" in stage["deps"]
     assert "data/samples/tiny" not in stage["deps"]  # not calibrated
-    for level in levels:
-        build_mask(plan, "tiny", "rowwise", level)
-        evaluate(plan, "tiny", "rowwise", level)
+    with Downstream(plan, "tiny") as tasks:
+        for level in levels:
+            build_mask(plan, "tiny", "rowwise", level)
+            evaluate(plan, "tiny", "rowwise", level)
+            tasks.run("rowwise", level)  # lm-eval's tasks on it too
     html.build(plan)  # the report
     rows = (study / "reports/results.csv").read_text().splitlines()
     assert sum(row.split(",")[1] == "rowwise" for row in rows) == len(levels) * len(plan.ks)

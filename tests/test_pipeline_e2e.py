@@ -18,7 +18,15 @@ def _results(workdir):
 
 def test_results_table_follows_the_contract(pipeline):
     rows = _results(pipeline)
-    assert list(rows[0]) == RESULT_COLUMNS
+    # the contract's columns, then each downstream task's metrics with their stderr (params downstream:)
+    scores = ["downstream_prunemem_completeline_exact_match", "downstream_prunemem_nextline_acc",
+              "downstream_prunemem_nextline_acc_norm"]
+    assert list(rows[0]) == RESULT_COLUMNS + [c for s in scores for c in (s, f"{s}_stderr")]
+    for r in rows:  # a multiple-choice accuracy of 12 documents, and the same per variant at every k
+        assert float(r["downstream_prunemem_nextline_acc"]) * 12 == pytest.approx(
+            round(float(r["downstream_prunemem_nextline_acc"]) * 12))
+    dense_mc = {r["downstream_prunemem_nextline_acc"] for r in rows if r["method"] == "dense"}
+    assert len(dense_mc) == 1 and float(dense_mc.pop()) > 0.25  # above chance (4 choices)
     # dense + 9 two-level methods + wanda-2of4 (one level) + int8, int4-gptq and lowrank, at 2 k
     assert len(rows) == (1 + 9 * 2 + 1 + 3) * 2
     assert {int(r["n_samples"]) for r in rows} == {16 - 4}  # the search split is never evaluated
