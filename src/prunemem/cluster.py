@@ -152,8 +152,10 @@ def batch_threads(plan: Plan, batch) -> int:
 
 
 def batch_priority(plan: Plan, batch) -> int:
-    """Snakemake's priority of a batch: the searched methods first (EvoP, AdaPruner: every candidate
-    is forward passes, the longest masks of any grid), and their evaluations as soon as they can
-    run, so that the critical path starts at once instead of after the quick jobs."""
-    method = plan.method(batch.method) if batch.method is not None else None
-    return int(method is not None and (method.search or method.trial_search))
+    """Snakemake's priority of a batch, the critical path first: the searched masks (EvoP, AdaPruner:
+    every candidate is forward passes, the longest masks of any grid) 2, every other mask and
+    transform 1 (a model's downstream batch waits for all of them), evaluations 0."""
+    if batch.stage not in ("mask", "transform"):
+        return 0
+    method = plan.method(batch.method)
+    return 1 + int(method.search or method.trial_search)

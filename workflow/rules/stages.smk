@@ -86,6 +86,7 @@ rule transform:
         digest=params_digest("transform"),
         args=batch_args("transform"),
     threads: threads_of("transform")
+    priority: priority_of("transform")
     resources:
         **resources_of("transform"),
     log:
@@ -103,7 +104,6 @@ rule evaluate:
         digest=params_digest("evaluate"),
         args=batch_args("evaluate"),
     threads: threads_of("evaluate")
-    priority: priority_of("evaluate")
     resources:
         **resources_of("evaluate"),
     log:
