@@ -312,6 +312,19 @@ def memorization_vs_perplexity(results: pl.DataFrame, model: str, k: int, front:
     return ds.figure((bars + frontier + points + labels).properties(width=760, height=320))
 
 
+def _interval_panels(ds: Datasets, rows: pl.DataFrame, value: str, pick: str) -> list[tuple]:
+    """(data name, selection name, title, methods) of each family panel of ``value`` and its
+    ``low``-``high`` interval against achieved sparsity, every curve starting at dense."""
+    methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
+    out = []
+    for i, (title, part) in enumerate(panels(methods)):
+        data = ds(_with_dense_origin(rows, part).select("model", "method", "level", "achieved_sparsity", value, "low",
+                                                        "high", "extraction_rate", "ci_low", "ci_high", "perplexity",
+                                                        "mask", "metrics"))
+        out.append((data.name, f"{pick}_{i}", title, part))
+    return out
+
+
 def mia_vs_sparsity(results: pl.DataFrame, model: str, score: str) -> Figure | None:
     """One membership score's AUC (bootstrap 95% bars) against achieved sparsity, one panel per family,
     the y-axis scaled to the data; chance (0.5) dashed when in range."""
@@ -319,19 +332,12 @@ def mia_vs_sparsity(results: pl.DataFrame, model: str, score: str) -> Figure | N
     rows = _hashes(results.filter(pl.col("model") == model).unique(subset=["method", "level"], maintain_order=True))
     rows = rows.with_columns(pl.col(f"mia_{score}_auc").alias("auc"), pl.col(f"mia_{score}_auc_low").alias("low"),
                              pl.col(f"mia_{score}_auc_high").alias("high"))
-    methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
-    groups = panels(methods)
-    if not groups:
+    names = _interval_panels(ds, rows, "auc", "pick_mia")
+    if not names:
         return None
     lo, hi = float(rows["low"].min()), float(rows["high"].max())
     pad = max(0.01, 0.05 * (hi - lo))
     domain = [max(0.0, lo - pad), min(1.0, hi + pad)]
-    names = []
-    for i, (title, part) in enumerate(groups):
-        data = ds(_with_dense_origin(rows, part).select("model", "method", "level", "achieved_sparsity", "auc", "low",
-                                                        "high", "extraction_rate", "ci_low", "ci_high", "perplexity",
-                                                        "mask", "metrics"))
-        names.append((data.name, f"pick_mia_{i}", title, part))
     data0, pick0, title0, part0 = names[0]
     data = alt.NamedData(name=data0, format=alt.DataFormat(type="csv"))
     enc, pick = _series(part0, pick0)
@@ -505,16 +511,9 @@ def downstream_vs_sparsity(results: pl.DataFrame, model: str, column: str, title
     stderr = pl.col(f"{column}_stderr").fill_null(0.0)
     rows = rows.with_columns(pl.col(column).alias("score"), (pl.col(column) - 1.96 * stderr).alias("low"),
                              (pl.col(column) + 1.96 * stderr).alias("high"))
-    methods = [m for m in rows["method"].unique(maintain_order=True).to_list() if m != DENSE]
-    groups = panels(methods)
-    if not groups or rows["score"].null_count() == rows.height:
+    names = _interval_panels(ds, rows, "score", f"pick_{column}")
+    if not names or rows["score"].null_count() == rows.height:
         return None
-    names = []
-    for i, (panel, part) in enumerate(groups):
-        data = ds(_with_dense_origin(rows, part).select("model", "method", "level", "achieved_sparsity", "score", "low",
-                                                        "high", "extraction_rate", "ci_low", "ci_high", "perplexity",
-                                                        "mask", "metrics"))
-        names.append((data.name, f"pick_{column}_{i}", panel, part))
     data0, pick0, title0, part0 = names[0]
     enc, pick = _series(part0, pick0)
     base = alt.Chart(alt.NamedData(name=data0, format=alt.DataFormat(type="csv")), title=title0).encode(
